@@ -1,0 +1,83 @@
+"""ratchet command line: backtest, paper trading, the loopback Alpaca server, data, reports.
+
+Run ``python cli.py --help``. Each command lives in ``commands/<name>.py`` and is imported
+only when it runs, so ``--help`` stays fast and one broken extra never blocks the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common.errors import RatchetError, UserError  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+#: command name -> (module, attribute, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "backtest": ("commands.backtest", "backtest", "Run the strategy over Parquet bars."),
+    "paper": ("commands.paper", "paper", "Run the strategy on Alpaca paper trading."),
+    "alpaca-sim": ("commands.sim", "alpaca_sim", "Run the loopback Alpaca-compatible server."),
+    "data": ("commands.data", "data", "Download, import and inspect bar data."),
+    "report": ("commands.report", "report", "Write an HTML report of one or more runs."),
+    "train": ("commands.train", "train", "Train and validate an ML signal model."),
+    "show-config": ("commands.show_config", "show_config", "Print the effective settings."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, helptext) for name, (_, _, helptext) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option("0.1.0", prog_name="ratchet")
+def cli() -> None:
+    """ratchet: one Backtrader strategy, backtested on Parquet bars and run on Alpaca."""
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: user errors become one line on stderr and a non-zero exit code."""
+    try:
+        return cli.main(args=argv, prog_name="cli.py", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        return sys.exit(exc.exit_code)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return sys.exit(exc.exit_code)
+    except RatchetError as exc:
+        logger.debug("fatal error", exc_info=True)
+        click.echo(f"error: {exc}", err=True)
+        return sys.exit(getattr(exc, "exit_code", 1))
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return sys.exit(130)
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.exit(code if isinstance(code, int) else 0)

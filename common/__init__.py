@@ -1,0 +1,1 @@
+"""Shared plumbing for ratchet: configuration, errors, atomic file writes, logging."""

@@ -1,0 +1,1 @@
+"""Bar data: the Parquet store and the Backtrader feeds built on it."""
