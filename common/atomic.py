@@ -28,7 +28,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with tmp_path.open("rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        tmp_path.replace(path)
         _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

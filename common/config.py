@@ -89,7 +89,7 @@ class Settings:
     #: Largest fraction of a bar's volume one order may fill on that bar (None: no cap).
     volume_participation: float | None = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: C901 - one flat list of checks
         problems: list[str] = []
         if not self.symbols:
             problems.append("symbols: give at least one symbol")

@@ -266,7 +266,8 @@ def validate_columns(
             "or pass --drop-bad-rows to skip bad rows"
         )
     for row, why in bad[:20]:
-        logger.warning("%s: dropping row %d (%s): %s", path, row, _fmt_ts(cols["timestamp"][row]), why)
+        when = _fmt_ts(cols["timestamp"][row])
+        logger.warning("%s: dropping row %d (%s): %s", path, row, when, why)
     if len(bad) > 20:
         logger.warning("%s: dropped %d bad rows in all", path, len(bad))
     keep = np.ones(cols["timestamp"].shape[0], dtype=bool)

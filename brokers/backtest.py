@@ -1,0 +1,73 @@
+"""The backtest broker: Backtrader's BackBroker plus the one extension the Strategy needs.
+
+The Strategy keeps one resting stop per position and moves it up with
+``broker.replace_stop_order(order, price, cid)``. Alpaca does that with one PATCH (the
+position is never unprotected); here it is a cancel and a new stop order in the same step,
+which is equivalent because both happen before the next bar is processed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import backtrader as bt
+
+from common.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class SimBroker(bt.brokers.BackBroker):
+    """``BackBroker`` with ``replace_stop_order`` and the run's cash/fill settings."""
+
+    def cancel(self, order: bt.Order, bracket: bool = False) -> bool:
+        """Cancel a working order, including one submitted in this very step.
+
+        ``BackBroker.cancel`` only finds orders already moved to its pending list, so a stop
+        placed and replaced on the same bar would otherwise survive as a second stop.
+        """
+        if order in self.submitted:
+            self.submitted.remove(order)
+            order.cancel()
+            self.notify(order)
+            return True
+        return bool(super().cancel(order, bracket=bracket))
+
+    def replace_stop_order(
+        self, order: bt.Order, price: float, cid: str, size: float | None = None
+    ) -> bt.Order:
+        """Move a resting sell stop to ``price`` (and ``size``): cancel it, submit the new one.
+
+        Returns the order to track from now on. If the old stop is no longer working
+        (it filled this bar), nothing is replaced and the old order is returned.
+        """
+        if not order.alive():
+            return order
+        if size is None:
+            size = abs(order.executed.remsize) if order.executed.remsize else abs(order.size)
+        new = self.sell(
+            order.owner,
+            order.data,
+            size,
+            price=price,
+            exectype=bt.Order.Stop,
+            cid=cid,
+            purpose=order.info.get("purpose", "stop"),
+            replaces=order.info.get("cid"),
+        )
+        self.cancel(order)
+        return new
+
+
+def make_backtest_broker(settings: Settings) -> SimBroker:
+    """A ``SimBroker`` with the settings' cash, commission and volume participation."""
+    broker = SimBroker()
+    broker.setcash(settings.cash)
+    broker.setcommission(commission=settings.commission)
+    # Trades at the open of the next bar; we never trade on the close of the decision bar.
+    broker.set_coc(False)
+    broker.set_coo(False)
+    if settings.volume_participation is not None:
+        broker.set_filler(bt.broker.fillers.FixedBarPerc(perc=settings.volume_participation * 100))
+    return broker
+

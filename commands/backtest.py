@@ -1,0 +1,354 @@
+"""``python cli.py backtest``: the Strategy over Parquet bars, leaving a run folder.
+
+``run_backtest`` is the reusable runner (tests, ML validation, benchmarks call it); the click
+command parses flags into ``Settings``, shows progress and prints the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import backtrader as bt
+import click
+import numpy as np
+import pandas as pd
+
+from analyzers.audit import Audit
+from analyzers.recorder import RunRecorder, write_run_folder
+from analyzers.runfolder import make_run_dir
+from brokers.backtest import make_backtest_broker
+from common.config import INTERVAL_SECONDS, Settings, load_settings
+from common.errors import ConfigError, DataError
+from common.logs import setup_logging
+from feeds.btfeed import make_feed
+from feeds.store import (
+    BarArrays,
+    arrays_from_frame,
+    read_arrays,
+    read_bars,
+    resample_bars,
+    resolve_datasets,
+)
+from strategies.ratchet import RatchetStrategy
+from strategies.rules import atr_wilder
+from strategies.signals import Signal, make_signal
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BARS = REPO_ROOT / "data" / "bars"
+
+
+@dataclass
+class BacktestResult:
+    """What a backtest produced."""
+
+    run_dir: Path | None
+    stats: dict[str, Any]
+    trades: pd.DataFrame
+    strategy: RatchetStrategy
+    audit: Audit
+    recorder: RunRecorder
+    seconds: float
+    bars: int
+
+
+def native_interval(path: Path, arrays: BarArrays | None = None) -> str | None:
+    """The bar interval of a dataset folder: its name (``.../1Min``) or the typical spacing."""
+    for part in (path.name, path.parent.name):
+        if part in INTERVAL_SECONDS:
+            return part
+    if arrays is not None and len(arrays) > 2:
+        step = int(np.median(np.diff(arrays.ts[:5000])) // 1_000_000_000)
+        if step >= 86_400 - 3600:  # daily bars move by 23-25 h across DST
+            return "1Day"
+        for name, secs in INTERVAL_SECONDS.items():
+            if secs == step:
+                return name
+    return None
+
+
+def default_data_dir(interval: str) -> Path:
+    """Bundled bars at ``interval`` if present, else the bundled 1-minute bars."""
+    exact = DEFAULT_BARS / interval
+    return exact if exact.is_dir() else DEFAULT_BARS / "1Min"
+
+
+def _parse_when(text: str | None, end: bool = False) -> pd.Timestamp | None:
+    if text is None:
+        return None
+    try:
+        ts = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        raise ConfigError(f"bad date {text!r}: use YYYY-MM-DD or an ISO timestamp") from None
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    if end and len(text.strip()) <= 10:  # a bare date means the whole day
+        ts = ts + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
+    return ts.tz_convert("UTC")
+
+
+def load_datasets(
+    data: Path,
+    symbols: tuple[str, ...] | None,
+    interval: str,
+    end: pd.Timestamp | None = None,
+    drop_bad: bool = False,
+) -> dict[str, BarArrays]:
+    """Read (and if needed resample) every symbol's bars up to ``end``."""
+    datasets = resolve_datasets(data, symbols)
+    out: dict[str, BarArrays] = {}
+    for sym, path in datasets.items():
+        arrays = read_arrays(path, end=end, drop_bad=drop_bad, symbol=sym)
+        native = native_interval(Path(data) if Path(data).is_dir() else path, arrays)
+        if native is not None and native != interval:
+            if INTERVAL_SECONDS[native] > INTERVAL_SECONDS[interval]:
+                raise ConfigError(
+                    f"{path} holds {native} bars; cannot make {interval} bars from them "
+                    f"(use --interval {native} or a finer data set)"
+                )
+            frame = resample_bars(read_bars(path, end=end, drop_bad=drop_bad), interval)
+            arrays = arrays_from_frame(sym, frame)
+        if len(arrays) == 0:
+            raise DataError(f"{path}: no bars up to {end} (check --start/--end)")
+        out[sym] = arrays
+    return out
+
+
+def prepare_lines(
+    arrays: BarArrays, signal: Signal, atr_period: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``signal`` and ``atr`` lines of one symbol, in one vectorised pass each."""
+    frame = arrays.to_frame()
+    sig = signal.compute(frame)["signal"].to_numpy(np.float64)
+    atr = atr_wilder(arrays.high, arrays.low, arrays.close, atr_period)
+    return sig, atr
+
+
+def run_backtest(
+    settings: Settings,
+    datasets: dict[str, BarArrays],
+    out: Path | None = Path("runs"),
+    start: pd.Timestamp | None = None,
+    signal: Signal | None = None,
+    progress: Callable[[int], None] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> BacktestResult:
+    """Run the Strategy over ``datasets`` (bars up to the end date) and write a run folder.
+
+    Bars before ``start`` only warm up the indicators; trading starts at ``start``.
+    ``out=None`` writes nothing (tests, ML validation).
+    """
+    t0 = time.perf_counter()
+    signal = signal or make_signal(settings)
+    cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True)
+    cerebro.setbroker(make_backtest_broker(settings))
+    start_ns = None if start is None else int(start.value)
+    total_bars = 0
+    for sym, arrays in datasets.items():
+        sig, atr = prepare_lines(arrays, signal, settings.atr_period)
+        if start_ns is not None:
+            first = int(np.searchsorted(arrays.ts, start_ns))
+            arrays, sig, atr = arrays.slice(first, len(arrays)), sig[first:], atr[first:]
+        if len(arrays) == 0:
+            raise DataError(f"{sym}: no bars on or after {start} (check --start/--end)")
+        total_bars += len(arrays)
+        cerebro.adddata(make_feed(arrays, sig, atr))
+    audit = Audit()
+    cerebro.addstrategy(RatchetStrategy, settings=settings, audit=audit)
+    cerebro.addanalyzer(RunRecorder, _name="recorder", progress=progress)
+    strategy = cerebro.run()[0]
+    recorder: RunRecorder = strategy.analyzers.recorder
+    elapsed = time.perf_counter() - t0
+    trades = pd.DataFrame(strategy.closed_trades)
+    open_positions = {
+        d._name: float(strategy.getposition(d).size)
+        for d in strategy.datas if strategy.getposition(d).size
+    }
+    run_dir = None
+    meta = dict(meta or {})
+    meta.update(mode="backtest", symbols=list(datasets), interval=settings.bar_interval,
+                signal=repr(signal), start_value=settings.cash, open_positions=open_positions,
+                seconds=round(elapsed, 3), bars=total_bars)
+    if out is not None:
+        run_dir = make_run_dir(Path(out), "backtest")
+        stats = write_run_folder(run_dir, recorder, strategy.closed_trades, audit, settings, meta)
+    else:
+        from analyzers.recorder import TRADE_COLUMNS
+        from analyzers.stats import compute_stats
+
+        eq = pd.DataFrame(recorder.equity,
+                          columns=["timestamp", "cash", "value", "exposure", "positions"])
+        eq["timestamp"] = pd.to_datetime(eq["timestamp"], utc=True)
+        stats = compute_stats(eq, pd.DataFrame(strategy.closed_trades, columns=TRADE_COLUMNS),
+                              settings.cash)
+    return BacktestResult(run_dir, stats, trades, strategy, audit, recorder, elapsed, total_bars)
+
+
+# ------------------------------------------------------------------------------- the command
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{x * 100:,.2f}%"
+
+
+def _num(x: Any, fmt: str = "{:,.2f}") -> str:
+    return "n/a" if x is None else fmt.format(x)
+
+
+def print_summary(result: BacktestResult, console: Any) -> None:
+    """The end-of-run summary table."""
+    from rich.table import Table
+
+    s = result.stats
+    table = Table(title="Backtest summary", show_header=False, title_justify="left")
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    rows = [
+        ("Period", f"{s.get('start', '')[:16]} -> {s.get('end', '')[:16]} UTC"),
+        ("Bars processed", f"{result.bars:,} in {result.seconds:.1f}s "
+                           f"({result.bars / max(result.seconds, 1e-9):,.0f} bars/s)"),
+        ("Start value", _num(s.get("start_value"))),
+        ("End value", _num(s.get("end_value"))),
+        ("Total return", _pct(s.get("total_return"))),
+        ("CAGR", _pct(s.get("cagr"))),
+        ("Sharpe", _num(s.get("sharpe"))),
+        ("Sortino", _num(s.get("sortino"))),
+        ("Max drawdown", _pct(s.get("max_drawdown"))),
+        ("Max DD duration", f"{_num(s.get('max_drawdown_duration_days'))} days"),
+        ("Trades", str(s.get("trade_count", 0))),
+        ("Win rate", _pct(s.get("win_rate"))),
+        ("Profit factor", _num(s.get("profit_factor"))),
+        ("Exposure", _pct(s.get("exposure"))),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    if not result.trades.empty:
+        by = result.trades.groupby("exit_reason")["pnl"].agg(["count", "sum"])
+        reasons = ", ".join(f"{r}: {int(c)} ({v:+,.2f})" for r, (c, v) in by.iterrows())
+        console.print(f"Exit reasons: {reasons}")
+    if s.get("open_positions"):
+        console.print(f"Open at the end (not in trades): {s['open_positions']}")
+    if result.run_dir is not None:
+        console.print(f"Run folder: [bold]{result.run_dir}[/bold]  "
+                      f"(notebook: from analyzers import load_run; "
+                      f"run = load_run('{result.run_dir}'))")
+
+
+STRATEGY_OPTIONS: list[tuple[str, str, Any, str]] = [
+    # flag, settings field, click type, help
+    ("--signal", "signal", click.Choice(["ma", "ml"]), "Signal: MA crossover or ML model."),
+    ("--model", "model_path", click.Path(dir_okay=False), "Model file for --signal ml."),
+    ("--fast", "fast_period", int, "Fast SMA period [10]."),
+    ("--slow", "slow_period", int, "Slow SMA period [30]."),
+    ("--ml-enter", "ml_enter_threshold", float, "ML: buy when p >= this [0.55]."),
+    ("--ml-exit", "ml_exit_threshold", float, "ML: sell when p <= this [0.45]."),
+    ("--max-position-pct", "max_position_pct", float, "Cap per position, fraction of equity "
+                                                      "[0.10]."),
+    ("--max-positions", "max_positions", int, "Most open positions + working entries [5]."),
+    ("--atr-period", "atr_period", int, "ATR period [14]."),
+    ("--atr-mult", "atr_stop_multiplier", float, "Fixed stop distance in ATRs [2.0]."),
+    ("--trail", "trail_stop_pct", float, "Trailing stop below the highest high, fraction "
+                                         "[0.03]."),
+    ("--limit-timeout", "limit_order_timeout", float, "Seconds a limit entry may rest before "
+                                                      "the market fallback [30]."),
+    ("--strategy-id", "strategy_id", str, "Prefix of every client order id [ratchet]."),
+]
+
+
+def strategy_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add every SPEC parameter as a flag (shared by backtest and paper)."""
+    func = click.option("--limit-orders/--market-orders", "use_limit_orders", default=None,
+                        help="Limit entries with market fallback, or market at once "
+                             "[limit].")(func)
+    func = click.option("--fractional/--no-fractional", "fractional_shares", default=None,
+                        help="Allow fractional shares [no].")(func)
+    for flag, field_name, typ, helptext in reversed(STRATEGY_OPTIONS):
+        func = click.option(flag, field_name, type=typ, default=None, help=helptext)(func)
+    func = click.option("--risk", "risk_percent", type=float, default=None,
+                        help="Risk per trade in PERCENT of equity [2].")(func)
+    func = click.option("--interval", "bar_interval", type=click.Choice(list(INTERVAL_SECONDS)),
+                        default=None, help="Bar interval; finer bars are resampled [1Min].")(func)
+    func = click.option("--symbols", type=str, default=None,
+                        help="Comma-separated symbols [every symbol in --data].")(func)
+    func = click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                        default=None, help="TOML/JSON settings file (flags override it).")(func)
+    return func
+
+
+def settings_from_flags(config_file: Path | None, flags: dict[str, Any],
+                        base: Settings | None = None) -> Settings:
+    """Settings from defaults < config file < env < these flags."""
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    risk = overrides.pop("risk_percent", None)
+    if risk is not None:
+        overrides["risk_per_trade_pct"] = risk / 100.0
+    symbols = overrides.pop("symbols", None)
+    if symbols is not None:
+        overrides["symbols"] = symbols
+    return load_settings(config_file, overrides, base=base)
+
+
+@click.command("backtest")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Folder of <SYMBOL>.parquet files, or one file [bundled data/bars].")
+@click.option("--start", type=str, default=None, help="First trading day (YYYY-MM-DD).")
+@click.option("--end", type=str, default=None, help="Last trading day, inclusive.")
+@click.option("--cash", type=float, default=None, help="Starting cash [100000].")
+@click.option("--commission", type=float, default=None, help="Commission, fraction of value.")
+@click.option("--volume-participation", type=float, default=None,
+              help="Most of a bar's volume one order may fill, fraction (partial fills).")
+@click.option("--drop-bad-rows", is_flag=True, help="Skip invalid bar rows with a warning "
+                                                    "instead of stopping.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Folder the run folder is written under.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", count=True, help="-v info, -vv debug logging.")
+@strategy_options
+def backtest(data: Path | None, start: str | None, end: str | None, cash: float | None,
+             commission: float | None, volume_participation: float | None, drop_bad_rows: bool,
+             out: Path, no_progress: bool, verbose: int, config_file: Path | None,
+             **flags: Any) -> None:
+    """Run the strategy over historical Parquet bars and write a run folder.
+
+    With no options it runs on the bundled (synthetic) 1-minute sample bars.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    setup_logging(verbose)
+    console = Console(stderr=False)
+    symbols_flag = flags.get("symbols")
+    flags.update(cash=cash, commission=commission, volume_participation=volume_participation)
+    base = Settings(symbols=("X",))  # symbols default to what the data folder holds
+    settings = settings_from_flags(config_file, flags, base=base)
+    data_dir = Path(data) if data is not None else default_data_dir(settings.bar_interval)
+    start_ts, end_ts = _parse_when(start), _parse_when(end, end=True)
+    if start_ts is not None and end_ts is not None and start_ts > end_ts:
+        raise ConfigError(f"--start {start} is after --end {end}")
+    explicit = symbols_flag is not None or settings.symbols != ("X",)
+    datasets = load_datasets(data_dir, settings.symbols if explicit else None,
+                             settings.bar_interval, end_ts, drop_bad_rows)
+    settings = settings.replace(symbols=tuple(datasets))
+    steps = len(np.unique(np.concatenate([a.ts for a in datasets.values()])))
+    console.print(f"Backtesting {', '.join(datasets)} ({settings.bar_interval}) from {data_dir}"
+                  f" - signal {settings.signal}, risk {settings.risk_per_trade_pct:.2%}")
+    meta = {"data": str(data_dir), "start": start, "end": end}
+    show = not no_progress and console.is_terminal
+    if show:
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                      TextColumn("{task.completed:,}/{task.total:,} steps"),
+                      TimeRemainingColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("backtest", total=steps)
+            result = run_backtest(settings, datasets, out, start_ts,
+                                  progress=lambda n: bar.update(task, completed=n), meta=meta)
+    else:
+        result = run_backtest(settings, datasets, out, start_ts, meta=meta)
+    print_summary(result, console)
+

@@ -1,0 +1,503 @@
+"""The one Strategy: signal entries, ATR sizing, limit-then-market entries, a ratcheting stop.
+
+The same class runs in a backtest (``brokers.backtest.SimBroker``) and on Alpaca
+(``brokers.alpaca``). It reads two extra lines from every data feed, ``signal`` and ``atr``,
+computed by the feed with ``strategies.signals`` and ``strategies.rules.atr_wilder``; every
+rule it applies is a plain function in ``strategies.rules``. Time comes from the bars only.
+
+Broker contract beyond Backtrader's: ``broker.replace_stop_order(order, price, cid, size=None)``
+moves the resting stop (Alpaca: one PATCH; backtest: cancel + new in the same step).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import backtrader as bt
+
+from analyzers.audit import Audit
+from common.config import Settings
+from strategies import rules
+from strategies.rules import Purpose, Reason, StopState
+
+logger = logging.getLogger(__name__)
+
+_STATUS = {
+    bt.Order.Created: "created",
+    bt.Order.Submitted: "submitted",
+    bt.Order.Accepted: "accepted",
+    bt.Order.Partial: "partially_filled",
+    bt.Order.Completed: "filled",
+    bt.Order.Canceled: "canceled",
+    bt.Order.Expired: "expired",
+    bt.Order.Margin: "margin",
+    bt.Order.Rejected: "rejected",
+}
+
+
+def status_name(order: bt.Order) -> str:
+    """Lower-case status name of a Backtrader order."""
+    return _STATUS.get(order.status, str(order.status))
+
+
+@dataclass
+class OpenTrade:
+    """Fills of the position currently open in one symbol."""
+
+    entry_time: datetime
+    entry_bar: int
+    entry_cid: str
+    entry_qty: float = 0.0
+    entry_value: float = 0.0
+    exit_qty: float = 0.0
+    exit_value: float = 0.0
+    commission: float = 0.0
+    exit_time: datetime | None = None
+    exit_cid: str = ""
+    exit_reason: str = ""
+
+
+@dataclass
+class Book:
+    """Per-symbol working state of the Strategy (plain data; exported for restarts)."""
+
+    symbol: str
+    entry: bt.Order | None = None
+    entry_placed: datetime | None = None
+    entry_cancel_reason: str = ""
+    fallback: bt.Order | None = None
+    stop: bt.Order | None = None
+    exit: bt.Order | None = None
+    exit_reason: str = ""
+    stop_state: StopState | None = None
+    entry_atr: float = math.nan
+    stop_seq: int = 0
+    trade: OpenTrade | None = None
+    warm: bool = False
+    seen_len: int = 0
+    fills_seen: dict[int, int] = field(default_factory=dict)
+
+    def working_entry(self) -> bool:
+        """An entry or fallback order is still working."""
+        return any(o is not None and o.alive() for o in (self.entry, self.fallback))
+
+    def working_any(self) -> bool:
+        """Any entry, fallback or exit order is working (the duplicate-order guard)."""
+        return self.working_entry() or (self.exit is not None and self.exit.alive())
+
+
+class RatchetStrategy(bt.Strategy):
+    """SPEC's strategy. Params: ``settings`` (Settings), ``audit`` (Audit), ``market_open``
+    (callable(bar_time) -> bool, None = always open)."""
+
+    params = (
+        ("settings", None),
+        ("audit", None),
+        ("market_open", None),
+    )
+
+    def __init__(self) -> None:
+        self.cfg: Settings = self.p.settings or Settings()
+        self.audit: Audit = self.p.audit or Audit()
+        self._market_open: Callable[[datetime], bool] | None = self.p.market_open
+        self.books: dict[str, Book] = {d._name: Book(d._name) for d in self.datas}
+        self.closed_trades: list[dict[str, Any]] = []
+        self.bar_count = 0
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def bar_time(data: bt.DataBase) -> datetime:
+        """Start time (UTC) of ``data``'s current bar."""
+        return data.datetime.datetime(0).replace(tzinfo=UTC)
+
+    def _book(self, order: bt.Order) -> Book:
+        return self.books[order.data._name]
+
+    def _stop_cid(self, book: Book, when: datetime) -> str:
+        book.stop_seq += 1
+        return rules.client_order_id(self.cfg.strategy_id, book.symbol, when, Purpose.STOP,
+                                     seq=book.stop_seq)
+
+    def _reserved_cash(self) -> float:
+        # Cash promised to working entries: sizing must not spend it twice.
+        total = 0.0
+        for b in self.books.values():
+            for o in (b.entry, b.fallback):
+                if o is not None and o.alive():
+                    price = o.created.price or o.data.close[0]
+                    total += abs(o.executed.remsize) * price
+        return total
+
+    def open_positions(self) -> int:
+        """Symbols with a non-zero position."""
+        return sum(1 for d in self.datas if self.getposition(d).size != 0)
+
+    def working_entries(self) -> int:
+        """Symbols with a working entry but no position yet."""
+        return sum(
+            1 for d in self.datas
+            if self.books[d._name].working_entry() and self.getposition(d).size == 0
+        )
+
+    # ------------------------------------------------------------------ the bar loop
+
+    def next(self) -> None:
+        self.bar_count += 1
+        for data in self.datas:
+            book = self.books[data._name]
+            if len(data) == book.seen_len:
+                continue  # no new bar for this symbol in this step (a gap in its data)
+            book.seen_len = len(data)
+            self._on_bar(data, book)
+
+    def _on_bar(self, data: bt.DataBase, book: Book) -> None:
+        now = self.bar_time(data)
+        position = self.getposition(data).size
+        if position > 0:
+            self._ratchet(data, book, now)
+        entry_working = book.entry is not None and book.entry.alive()
+        if entry_working and book.entry_placed is not None and rules.limit_timed_out(
+            book.entry_placed, now, self.cfg.limit_order_timeout, self.cfg.bar_seconds
+        ):
+            self._cancel_entry(data, book, now, Reason.LIMIT_TIMEOUT)
+        signal = data.signal[0]
+        if math.isnan(signal) or math.isnan(data.atr[0]):
+            if not book.warm and len(data) == 1:
+                self.audit.record(now, "decision", book.symbol, "wait", Reason.INSUFFICIENT_DATA)
+            return
+        if not book.warm:
+            book.warm = True
+            self.audit.record(now, "decision", book.symbol, "ready", "warmup_complete")
+        if signal > 0:
+            self._on_buy(data, book, now)
+        elif signal < 0:
+            self._on_sell(data, book, now)
+
+    def _on_buy(self, data: bt.DataBase, book: Book, now: datetime) -> None:
+        market_open = self._market_open(now) if self._market_open is not None else True
+        guard = rules.check_entry(
+            has_position=self.getposition(data).size != 0,
+            has_working_order=book.working_any(),
+            open_positions=self.open_positions(),
+            working_entries=self.working_entries(),
+            max_positions=self.cfg.max_positions,
+            market_open=market_open,
+        )
+        price = float(data.close[0])
+        atr = float(data.atr[0])
+        if not guard.ok:
+            self.audit.record(now, "decision", book.symbol, "skip_buy", guard.reason or "",
+                              price=price)
+            return
+        equity = self.broker.getvalue()
+        cash = self.broker.getcash() - self._reserved_cash()
+        size = rules.position_size(
+            equity, cash, price, atr,
+            risk_per_trade_pct=self.cfg.risk_per_trade_pct,
+            atr_stop_multiplier=self.cfg.atr_stop_multiplier,
+            max_position_pct=self.cfg.max_position_pct,
+            fractional=self.cfg.fractional_shares,
+        )
+        if size.shares <= 0:
+            self.audit.record(now, "decision", book.symbol, "skip_buy", Reason.SIZE_ZERO,
+                              price=price, atr=atr, equity=round(equity, 2),
+                              cash=round(cash, 2), binding=size.binding)
+            return
+        cid = rules.client_order_id(self.cfg.strategy_id, book.symbol, now, Purpose.ENTRY)
+        if self.cfg.use_limit_orders:
+            limit = rules.round_limit_buy(price)
+            order = self.buy(data=data, size=size.shares, exectype=bt.Order.Limit, price=limit,
+                             cid=cid, purpose=Purpose.ENTRY.value)
+        else:
+            limit = None
+            order = self.buy(data=data, size=size.shares, exectype=bt.Order.Market,
+                             cid=cid, purpose=Purpose.ENTRY.value)
+        book.entry, book.entry_placed, book.entry_cancel_reason = order, now, ""
+        book.entry_atr = atr
+        book.fallback = None
+        self.audit.record(now, "decision", book.symbol, "buy", Reason.SIGNAL, qty=size.shares,
+                          price=limit if limit is not None else price, client_order_id=cid,
+                          atr=atr, binding=size.binding, equity=round(equity, 2),
+                          order_type="limit" if limit is not None else "market")
+
+    def _on_sell(self, data: bt.DataBase, book: Book, now: datetime) -> None:
+        position = self.getposition(data).size
+        if book.working_entry():
+            self._cancel_entry(data, book, now, Reason.SIGNAL)
+        if position <= 0:
+            self.audit.record(now, "decision", book.symbol, "skip_sell", Reason.NO_POSITION)
+            return
+        if book.exit is not None and book.exit.alive():
+            self.audit.record(now, "decision", book.symbol, "skip_sell", Reason.DUPLICATE_ORDER)
+            return
+        if book.stop is not None and book.stop.alive():
+            self.cancel(book.stop)
+        book.stop = None
+        cid = rules.client_order_id(self.cfg.strategy_id, book.symbol, now, Purpose.EXIT)
+        book.exit = self.sell(data=data, size=position, exectype=bt.Order.Market, cid=cid,
+                              purpose=Purpose.EXIT.value)
+        book.exit_reason = Reason.SIGNAL.value
+        self.audit.record(now, "decision", book.symbol, "sell", Reason.SIGNAL, qty=position,
+                          price=float(data.close[0]), client_order_id=cid)
+
+    def _cancel_entry(self, data: bt.DataBase, book: Book, now: datetime, reason: Reason) -> None:
+        for order in (book.entry, book.fallback):
+            if order is None or not order.alive():
+                continue
+            book.entry_cancel_reason = reason.value
+            self.audit.record(now, "decision", book.symbol, "cancel_entry", reason,
+                              qty=abs(order.executed.remsize),
+                              client_order_id=order.info.get("cid", ""))
+            self.cancel(order)
+            if not order.alive():
+                # A synchronous broker (the backtest) cancels at once: act on it now.
+                self._after_entry_closed(order, book, now)
+
+    # ------------------------------------------------------------------ stops
+
+    def _ratchet(self, data: bt.DataBase, book: Book, now: datetime) -> None:
+        if book.stop_state is None:
+            return
+        new_state = book.stop_state.advance(float(data.high[0]))
+        old_level = rules.round_price(book.stop_state.level)
+        new_level = rules.round_price(new_state.level)
+        book.stop_state = new_state
+        if new_level <= old_level or book.stop is None or not book.stop.alive():
+            return
+        cid = self._stop_cid(book, now)
+        book.stop = self.broker.replace_stop_order(book.stop, new_level, cid)
+        self.audit.record(now, "decision", book.symbol, "raise_stop", Reason.RATCHET,
+                          price=new_level, client_order_id=cid, previous=old_level,
+                          binding=new_state.binding)
+
+    def _protect(self, data: bt.DataBase, book: Book, now: datetime, fill_price: float) -> None:
+        """Place or resize the resting stop so it covers the whole position."""
+        position = self.getposition(data).size
+        if position <= 0:
+            return
+        if book.stop_state is None:
+            atr = book.entry_atr if math.isfinite(book.entry_atr) else float(data.atr[0])
+            book.stop_state = rules.initial_stop(fill_price, atr, self.cfg.atr_stop_multiplier,
+                                                 self.cfg.trail_stop_pct)
+        level = rules.round_price(book.stop_state.level)
+        cid = self._stop_cid(book, now)
+        if book.stop is not None and book.stop.alive():
+            book.stop = self.broker.replace_stop_order(book.stop, level, cid, size=position)
+            action = "resize_stop"
+        else:
+            book.stop = self.sell(data=data, size=position, exectype=bt.Order.Stop, price=level,
+                                  cid=cid, purpose=Purpose.STOP.value)
+            action = "place_stop"
+        self.audit.record(now, "decision", book.symbol, action, book.stop_state.binding,
+                          qty=position, price=level, client_order_id=cid,
+                          fixed=round(book.stop_state.fixed_stop, 4),
+                          trail=round(book.stop_state.trail_stop, 4))
+
+    # ------------------------------------------------------------------ notifications
+
+    def notify_order(self, order: bt.Order) -> None:
+        book = self._book(order)
+        purpose = order.info.get("purpose", "")
+        cid = order.info.get("cid", "")
+        data = order.data
+        now = self.bar_time(data) if len(data) else datetime.now(UTC)
+        new_fills = self._new_fills(order, book)
+        for dt_num, size, price in new_fills:
+            fill_time = bt.num2date(dt_num).replace(tzinfo=UTC) if dt_num else now
+            self.audit.record(fill_time, "fill", book.symbol, "buy" if size > 0 else "sell",
+                              purpose, qty=abs(size), price=price, client_order_id=cid)
+            self._apply_fill(order, book, fill_time, size, price, purpose)
+        if order.status in (bt.Order.Submitted, bt.Order.Partial, bt.Order.Completed) or \
+                (order.status == bt.Order.Accepted and not new_fills):
+            self.audit.record(now, "order", book.symbol, status_name(order), purpose,
+                              qty=abs(order.size), price=order.created.price,
+                              client_order_id=cid)
+        elif order.status in (bt.Order.Canceled, bt.Order.Expired, bt.Order.Margin,
+                              bt.Order.Rejected):
+            self.audit.record(now, "order", book.symbol, status_name(order), purpose,
+                              qty=abs(order.executed.remsize), client_order_id=cid)
+        if purpose in (Purpose.ENTRY, Purpose.FALLBACK):
+            if new_fills:
+                self._protect(data, book, now, new_fills[-1][2])
+            if not order.alive():
+                self._after_entry_closed(order, book, now)
+        elif purpose == Purpose.STOP:
+            if order.status in (bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired) and \
+                    order is book.stop:
+                logger.error("%s: protective stop %s is %s; re-placing it", book.symbol, cid,
+                             status_name(order))
+                book.stop = None
+                self._protect(data, book, now, float(data.close[0]))
+        elif purpose == Purpose.EXIT and order.status in (
+                bt.Order.Canceled, bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired):
+            # The exit did not happen (e.g. the stop filled first): protect what is left.
+            book.exit = None
+            if self.getposition(data).size > 0 and (book.stop is None or not book.stop.alive()):
+                self._protect(data, book, now, float(data.close[0]))
+
+    def _new_fills(self, order: bt.Order, book: Book) -> list[tuple[float, float, float]]:
+        bits = order.executed.exbits
+        seen = book.fills_seen.get(order.ref, 0)
+        book.fills_seen[order.ref] = len(bits)
+        return [(b.dt, b.size, b.price) for b in list(bits)[seen:]]
+
+    def _after_entry_closed(self, order: bt.Order, book: Book, now: datetime) -> None:
+        """An entry or fallback order is done: send the fallback for a timed-out remainder."""
+        if order is book.entry:
+            book.entry = None
+            book.entry_placed = None
+        if order is book.fallback:
+            book.fallback = None
+        if order.info.get("purpose") != Purpose.ENTRY or order.status == bt.Order.Completed:
+            return
+        if book.entry_cancel_reason != Reason.LIMIT_TIMEOUT:
+            return
+        remainder = rules.remaining_qty(abs(order.size), abs(order.executed.size))
+        if not self.cfg.fractional_shares:
+            remainder = math.floor(remainder + 1e-9)
+        if remainder <= 0:
+            return
+        cid = rules.client_order_id(self.cfg.strategy_id, book.symbol, now, Purpose.FALLBACK)
+        book.fallback = self.buy(data=order.data, size=remainder, exectype=bt.Order.Market,
+                                 cid=cid, purpose=Purpose.FALLBACK.value)
+        book.entry_cancel_reason = ""
+        self.audit.record(now, "decision", book.symbol, "buy", Reason.FALLBACK, qty=remainder,
+                          client_order_id=cid, filled=abs(order.executed.size))
+
+    def _apply_fill(self, order: bt.Order, book: Book, when: datetime, size: float,
+                    price: float, purpose: str) -> None:
+        data = order.data
+        comm = abs(size) * price * self.cfg.commission
+        if size > 0:
+            if book.trade is None:
+                book.trade = OpenTrade(when, len(data), order.info.get("cid", ""))
+            book.trade.entry_qty += size
+            book.trade.entry_value += size * price
+            book.trade.commission += comm
+            return
+        trade = book.trade
+        if trade is None:  # an exit of a position adopted from the broker
+            trade = book.trade = OpenTrade(when, len(data), "", entry_qty=abs(size),
+                                           entry_value=abs(size) * price)
+        trade.exit_qty += -size
+        trade.exit_value += -size * price
+        trade.commission += comm
+        trade.exit_time = when
+        trade.exit_cid = order.info.get("cid", "")
+        if purpose == Purpose.STOP:
+            trade.exit_reason = rules.stop_exit_reason(book.stop_state) if book.stop_state \
+                else Reason.STOP.value
+        else:
+            trade.exit_reason = book.exit_reason or Reason.SIGNAL.value
+        if self.getposition(data).size <= 0:
+            self._close_trade(data, book)
+
+    def _close_trade(self, data: bt.DataBase, book: Book) -> None:
+        t = book.trade
+        if t is None:
+            return
+        entry_price = t.entry_value / t.entry_qty if t.entry_qty else math.nan
+        exit_price = t.exit_value / t.exit_qty if t.exit_qty else math.nan
+        pnl = t.exit_value - t.entry_value - t.commission
+        self.closed_trades.append({
+            "symbol": book.symbol,
+            "entry_time": t.entry_time,
+            "exit_time": t.exit_time,
+            "entry_price": entry_price,
+            "exit_price": exit_price,
+            "qty": t.entry_qty,
+            "pnl": pnl,
+            "return_pct": pnl / t.entry_value if t.entry_value else math.nan,
+            "exit_reason": t.exit_reason,
+            "bars_held": max(0, len(data) - t.entry_bar),
+            "entry_order_id": t.entry_cid,
+            "exit_order_id": t.exit_cid,
+        })
+        self.audit.record(t.exit_time, "trade", book.symbol, "close", t.exit_reason,
+                          qty=t.entry_qty, price=exit_price, client_order_id=t.exit_cid,
+                          pnl=round(pnl, 2))
+        book.trade = None
+        book.stop_state = None
+        book.entry_atr = math.nan
+        book.stop_seq = 0
+        book.exit_reason = ""
+        if book.stop is not None and book.stop.alive():
+            self.cancel(book.stop)
+        book.stop = None
+        book.exit = None
+
+    # ------------------------------------------------------------------ state for restarts
+
+    def export_state(self) -> dict[str, Any]:
+        """Per-symbol stop and trade state, JSON-able (portfolio_state.json)."""
+        out: dict[str, Any] = {}
+        for sym, b in self.books.items():
+            if b.stop_state is None and b.trade is None:
+                continue
+            st = b.stop_state
+            out[sym] = {
+                "stop": None if st is None else {
+                    "fill_price": st.fill_price, "fixed_stop": st.fixed_stop,
+                    "trail_pct": st.trail_pct, "highest_high": st.highest_high,
+                    "level": st.level,
+                },
+                "entry_atr": None if math.isnan(b.entry_atr) else b.entry_atr,
+                "stop_seq": b.stop_seq,
+                "stop_cid": b.stop.info.get("cid") if b.stop is not None else None,
+                "trade": None if b.trade is None else {
+                    "entry_time": b.trade.entry_time.isoformat(),
+                    "entry_cid": b.trade.entry_cid,
+                    "entry_qty": b.trade.entry_qty,
+                    "entry_value": b.trade.entry_value,
+                },
+            }
+        return out
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Load ``export_state`` output (before the first bar)."""
+        for sym, s in state.items():
+            book = self.books.get(sym)
+            if book is None:
+                logger.warning("saved state for %s, which this run does not trade", sym)
+                continue
+            if s.get("stop"):
+                book.stop_state = StopState(**s["stop"])
+            book.entry_atr = s.get("entry_atr") or math.nan
+            book.stop_seq = int(s.get("stop_seq") or 0)
+            tr = s.get("trade")
+            if tr:
+                book.trade = OpenTrade(datetime.fromisoformat(tr["entry_time"]), 0,
+                                       tr.get("entry_cid", ""), tr["entry_qty"],
+                                       tr["entry_value"])
+
+    def adopt_position(self, data: bt.DataBase, qty: float, avg_price: float,
+                       stop_order: bt.Order | None = None, atr: float | None = None) -> None:
+        """Take over a position found at the broker (restart, reconciliation).
+
+        Keeps a saved stop state if there is one; otherwise builds one from the average
+        entry price and ``atr``. ``stop_order`` is the resting stop found at the broker
+        (None: one is placed on the next bar).
+        """
+        book = self.books[data._name]
+        if book.stop_state is None:
+            a = atr if atr is not None and math.isfinite(atr) else avg_price * 0.01
+            book.stop_state = rules.initial_stop(avg_price, a, self.cfg.atr_stop_multiplier,
+                                                 self.cfg.trail_stop_pct)
+        if book.trade is None:
+            book.trade = OpenTrade(datetime.now(UTC), 0, "", qty, qty * avg_price)
+        book.stop = stop_order
+
+    def ensure_stops(self) -> None:
+        """Place a resting stop for every open position that lacks one (after adoption)."""
+        for data in self.datas:
+            book = self.books[data._name]
+            if self.getposition(data).size > 0 and (book.stop is None or not book.stop.alive()):
+                now = self.bar_time(data) if len(data) else datetime.now(UTC)
+                price = book.stop_state.fill_price if book.stop_state else float("nan")
+                self._protect(data, book, now, price)

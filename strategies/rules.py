@@ -1,0 +1,291 @@
+"""The trading rules of SPEC.md as plain, typed functions: no Backtrader, no I/O.
+
+ATR, position sizing with its caps, the fixed + trailing stop that only ratchets up, the
+entry guards, the limit-order timeout and the deterministic client order ids. The Strategy
+(``strategies/ratchet.py``) wires these together; each has its own unit tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import numpy as np
+
+
+class Purpose(StrEnum):
+    """Why an order exists; part of its client order id."""
+
+    ENTRY = "entry"
+    FALLBACK = "fallback"
+    STOP = "stop"
+    EXIT = "exit"
+
+
+class Reason(StrEnum):
+    """Reasons recorded in the audit trail (SPEC's words)."""
+
+    INSUFFICIENT_DATA = "insufficient_data"
+    SIGNAL = "signal"
+    SIZE_ZERO = "size_zero"
+    DUPLICATE_ORDER = "duplicate_order"
+    MAX_POSITIONS = "max_positions"
+    POSITION_OPEN = "position_open"
+    NO_POSITION = "no_position"
+    MARKET_CLOSED = "market_closed"
+    STOP = "stop"
+    TRAIL = "trail"
+    LIMIT_TIMEOUT = "limit_timeout"
+    FALLBACK = "fallback"
+    RATCHET = "ratchet"
+    ORDER_REJECTED = "order_rejected"
+
+
+# ---------------------------------------------------------------------------------------------
+# ATR
+
+
+def true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
+    """True range per bar; NaN on the first bar (it needs the previous close)."""
+    n = high.shape[0]
+    tr = np.full(n, np.nan)
+    if n > 1:
+        prev = close[:-1]
+        tr[1:] = np.maximum(high[1:], prev) - np.minimum(low[1:], prev)
+    return tr
+
+
+def atr_wilder(
+    high: np.ndarray, low: np.ndarray, close: np.ndarray, period: int = 14
+) -> np.ndarray:
+    """Wilder's Average True Range, as ``bt.indicators.ATR`` computes it.
+
+    Seeded with the arithmetic mean of the first ``period`` true ranges, then
+    ``atr = prev * (1 - 1/period) + tr * (1/period)``. The first value is at index ``period``.
+    """
+    tr = true_range(high, low, close)
+    n = tr.shape[0]
+    out = np.full(n, np.nan)
+    if n <= period:
+        return out
+    alpha = 1.0 / period
+    alpha1 = 1.0 - alpha
+    prev = math.fsum(tr[1 : period + 1]) / period
+    out[period] = prev
+    vals = tr.tolist()
+    res = out.tolist()
+    for i in range(period + 1, n):
+        prev = prev * alpha1 + vals[i] * alpha
+        res[i] = prev
+    return np.asarray(res, dtype=np.float64)
+
+
+def atr_warmup(period: int) -> int:
+    """Bars needed before the first ATR value."""
+    return period + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizing
+
+
+@dataclass(frozen=True)
+class SizeDecision:
+    """Result of sizing one entry: ``shares`` (0 means no order) and what bound it."""
+
+    shares: float
+    binding: str  # "risk", "max_position_pct", "cash", "size_zero", "bad_input"
+    risk_shares: float
+    stop_distance: float
+
+
+def position_size(
+    equity: float,
+    cash: float,
+    price: float,
+    atr: float,
+    risk_per_trade_pct: float = 0.02,
+    atr_stop_multiplier: float = 2.0,
+    max_position_pct: float = 0.10,
+    fractional: bool = False,
+) -> SizeDecision:
+    """SPEC sizing: floor(risk budget / stop distance), capped by max position % and cash.
+
+    ``risk budget = equity * risk_per_trade_pct``; ``stop distance = atr_stop_multiplier *
+    ATR``. The result never exceeds ``max_position_pct * equity / price`` nor ``cash /
+    price`` (no leverage). Fewer than one share (or a bad input) gives 0 shares.
+    """
+    bad = (
+        not all(math.isfinite(x) for x in (equity, cash, price, atr))
+        or price <= 0
+        or atr <= 0
+        or equity <= 0
+    )
+    if bad:
+        return SizeDecision(0.0, "bad_input", 0.0, float("nan"))
+    stop_distance = atr_stop_multiplier * atr
+    risk_shares = (equity * risk_per_trade_pct) / stop_distance
+    cap_pos = (max_position_pct * equity) / price
+    cap_cash = max(cash, 0.0) / price
+    shares, binding = risk_shares, "risk"
+    if cap_pos < shares:
+        shares, binding = cap_pos, "max_position_pct"
+    if cap_cash < shares:
+        shares, binding = cap_cash, "cash"
+    if not fractional:
+        shares = float(math.floor(shares + 1e-9))
+        # floor(x + eps) may round up past a cap by eps: step back if so
+        if shares * price > min(max_position_pct * equity, max(cash, 0.0)) + 1e-6:
+            shares -= 1.0
+    else:
+        shares = math.floor(shares * 1e6) / 1e6
+    if shares < 1.0 and not fractional or shares <= 0:
+        return SizeDecision(0.0, "size_zero", risk_shares, stop_distance)
+    return SizeDecision(shares, binding, risk_shares, stop_distance)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stops
+
+
+@dataclass(frozen=True)
+class StopState:
+    """The protective stop of one open position. Immutable: ``advance`` returns a new one."""
+
+    fill_price: float
+    fixed_stop: float
+    trail_pct: float
+    highest_high: float
+    level: float
+
+    @property
+    def trail_stop(self) -> float:
+        """Trailing stop from the highest high since entry."""
+        return self.highest_high * (1.0 - self.trail_pct)
+
+    @property
+    def binding(self) -> str:
+        """``stop`` when the fixed stop is the effective one, ``trail`` otherwise."""
+        return "stop" if self.fixed_stop >= self.trail_stop else "trail"
+
+    def advance(self, bar_high: float) -> StopState:
+        """The stop after a bar with high ``bar_high``: it ratchets up, never down."""
+        hh = max(self.highest_high, bar_high) if math.isfinite(bar_high) else self.highest_high
+        level = max(self.level, self.fixed_stop, hh * (1.0 - self.trail_pct))
+        return StopState(self.fill_price, self.fixed_stop, self.trail_pct, hh, level)
+
+
+def initial_stop(
+    fill_price: float, atr_at_entry: float, atr_stop_multiplier: float, trail_pct: float
+) -> StopState:
+    """Stop right after the entry fills (before any new high).
+
+    fixed = fill - k * ATR at entry; trailing = fill * (1 - trail_pct) until a new high.
+    """
+    fixed = fill_price - atr_stop_multiplier * atr_at_entry
+    hh = fill_price
+    level = max(fixed, hh * (1.0 - trail_pct))
+    return StopState(fill_price, fixed, trail_pct, hh, level)
+
+
+def stop_exit_reason(stop: StopState) -> str:
+    """Exit reason for a stop fill: which of the two stops was binding."""
+    return stop.binding
+
+
+def round_price(price: float, tick: float = 0.01) -> float:
+    """Round a stop price DOWN to the tick (a sell stop rounded down never sits above the
+    computed level); Alpaca rejects sub-penny prices above $1."""
+    if price >= 1.0:
+        return math.floor(price / tick + 1e-9) * tick
+    return math.floor(price / 0.0001 + 1e-9) * 0.0001
+
+
+def round_limit_buy(price: float) -> float:
+    """Round a buy limit price to a valid tick (nearest cent above $1)."""
+    return round(price, 2) if price >= 1.0 else round(price, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Guards and order flow
+
+
+@dataclass(frozen=True)
+class EntryGuard:
+    """Outcome of the entry guards: ``ok`` or the reason the entry is refused."""
+
+    ok: bool
+    reason: Reason | None = None
+
+
+def check_entry(
+    has_position: bool,
+    has_working_order: bool,
+    open_positions: int,
+    working_entries: int,
+    max_positions: int,
+    market_open: bool = True,
+) -> EntryGuard:
+    """SPEC's guards, all checked before an entry, in this order."""
+    if not market_open:
+        return EntryGuard(False, Reason.MARKET_CLOSED)
+    if has_position:
+        return EntryGuard(False, Reason.POSITION_OPEN)
+    if has_working_order:
+        return EntryGuard(False, Reason.DUPLICATE_ORDER)
+    if open_positions + working_entries >= max_positions:
+        return EntryGuard(False, Reason.MAX_POSITIONS)
+    return EntryGuard(True)
+
+
+def limit_timed_out(
+    placed_bar_start: datetime, now_bar_start: datetime, timeout_s: float, bar_seconds: int
+) -> bool:
+    """True once a limit entry has had its time: at least ``timeout_s`` and one full bar.
+
+    Times are bar starts, so the limit placed at the close of bar t is first checked at the
+    close of bar t+1: the limit always gets one bar to fill.
+    """
+    age = (now_bar_start - placed_bar_start).total_seconds()
+    return age >= max(timeout_s, float(bar_seconds))
+
+
+def remaining_qty(ordered: float, filled: float) -> float:
+    """Unfilled remainder of an order (never negative)."""
+    return max(0.0, float(ordered) - float(filled))
+
+
+def client_order_id(
+    strategy_id: str, symbol: str, bar_time: datetime, purpose: Purpose | str, seq: int = 0
+) -> str:
+    """Deterministic client order id: ``{strategy}-{SYMBOL}-{YYYYmmddTHHMMSS}-{purpose}[n]``.
+
+    Built from the decision bar's start time (UTC), so a restart that repeats a decision
+    repeats the id and the broker refuses the duplicate. ``seq`` (> 0) numbers the stop
+    orders of one position (a stop may be re-placed on the bar it was placed). At most 128
+    characters (Alpaca's limit).
+    """
+    if bar_time.tzinfo is None:
+        bar_time = bar_time.replace(tzinfo=UTC)
+    stamp = bar_time.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+    suffix = str(seq) if seq else ""
+    cid = f"{strategy_id}-{symbol.upper()}-{stamp}-{Purpose(purpose).value}{suffix}"
+    if len(cid) > 128:
+        raise ValueError(f"client order id too long ({len(cid)} > 128): {cid}")
+    return cid
+
+
+def parse_client_order_id(cid: str) -> tuple[str, str, datetime, Purpose] | None:
+    """Inverse of ``client_order_id``; None for ids we did not make."""
+    strategy_id, _, rest = cid.partition("-")
+    parts = rest.rsplit("-", 2)
+    if not strategy_id or len(parts) != 3:
+        return None
+    symbol, stamp, purpose = parts
+    try:
+        when = datetime.strptime(stamp, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+        return strategy_id, symbol, when, Purpose(purpose.rstrip("0123456789"))
+    except ValueError:
+        return None

@@ -1,0 +1,118 @@
+"""The signal interface and the moving-average crossover signal.
+
+A signal turns bars into BUY (+1), SELL (-1) or nothing (0) per bar, with NaN during warm-up.
+``compute`` is vectorised over a whole bar history; row ``i`` reads rows ``<= i`` only, so the
+same function serves a backtest (one pass over all bars) and live trading (a trailing window,
+last row).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from common.config import Settings
+
+logger = logging.getLogger(__name__)
+
+BUY = 1.0
+SELL = -1.0
+HOLD = 0.0
+
+
+@runtime_checkable
+class Signal(Protocol):
+    """What the Strategy needs from a signal."""
+
+    name: str
+    #: Bars needed before the first non-NaN signal.
+    warmup: int
+
+    def compute(self, bars: pd.DataFrame) -> pd.DataFrame:
+        """Per-bar ``signal`` column (1 BUY, -1 SELL, 0 nothing, NaN warm-up) + diagnostics."""
+        ...
+
+
+def sma(values: np.ndarray, period: int) -> np.ndarray:
+    """Simple moving average; NaN for the first ``period - 1`` values."""
+    out = np.full(values.shape[0], np.nan)
+    if values.shape[0] < period:
+        return out
+    csum = np.cumsum(np.insert(values.astype(np.float64), 0, 0.0))
+    out[period - 1 :] = (csum[period:] - csum[:-period]) / period
+    return out
+
+
+def sma_exact(values: np.ndarray, period: int) -> np.ndarray:
+    """SMA computed window by window (``sum(window) / period``), as Backtrader does.
+
+    A cumulative-sum SMA drifts by a few ulps over long series; crossover decisions compare
+    two SMAs, so we sum each window afresh to match ``bt.indicators.SMA`` bit for bit.
+    """
+    n = values.shape[0]
+    out = np.full(n, np.nan)
+    if n < period:
+        return out
+    windows = np.lib.stride_tricks.sliding_window_view(values.astype(np.float64), period)
+    fsum = math.fsum
+    out[period - 1 :] = np.fromiter((fsum(w) for w in windows.tolist()), np.float64) / period
+    return out
+
+
+def crossover(fast: np.ndarray, slow: np.ndarray) -> np.ndarray:
+    """+1 where fast crosses above slow on this bar, -1 below, 0 else, NaN until defined.
+
+    SPEC: BUY when fast[-1] <= slow[-1] and fast[0] > slow[0]; SELL mirrors it.
+    """
+    n = fast.shape[0]
+    out = np.full(n, np.nan)
+    if n < 2:
+        return out
+    prev_f, prev_s, f, s = fast[:-1], slow[:-1], fast[1:], slow[1:]
+    valid = ~(np.isnan(prev_f) | np.isnan(prev_s) | np.isnan(f) | np.isnan(s))
+    up = (prev_f <= prev_s) & (f > s)
+    down = (prev_f >= prev_s) & (f < s)
+    sig = np.where(up, BUY, np.where(down, SELL, HOLD))
+    out[1:] = np.where(valid, sig, np.nan)
+    return out
+
+
+class MASignal:
+    """SPEC ``ma`` signal: SMA(close, fast) crossing SMA(close, slow)."""
+
+    name = "ma"
+
+    def __init__(self, fast_period: int = 10, slow_period: int = 30) -> None:
+        if not 0 < fast_period < slow_period:
+            raise ValueError(f"need 0 < fast < slow, got {fast_period}/{slow_period}")
+        self.fast_period = fast_period
+        self.slow_period = slow_period
+        # slow SMA needs slow_period bars, the cross needs the bar before too
+        self.warmup = slow_period + 1
+
+    def compute(self, bars: pd.DataFrame) -> pd.DataFrame:
+        """Vectorised crossover over ``bars['close']``."""
+        close = bars["close"].to_numpy(np.float64)
+        fast = sma_exact(close, self.fast_period)
+        slow = sma_exact(close, self.slow_period)
+        return pd.DataFrame(
+            {"signal": crossover(fast, slow), "fast": fast, "slow": slow}, index=bars.index
+        )
+
+    def __repr__(self) -> str:
+        return f"MASignal(fast={self.fast_period}, slow={self.slow_period})"
+
+
+def make_signal(settings: Settings) -> Signal:
+    """The signal ``settings.signal`` names: ``ma`` or ``ml``."""
+    if settings.signal == "ma":
+        return MASignal(settings.fast_period, settings.slow_period)
+    if settings.signal == "ml":
+        from strategies.ml import MLSignal  # imported late: scikit-learn is heavy
+
+        return MLSignal.from_settings(settings)
+    raise ValueError(f"unknown signal {settings.signal!r}")
