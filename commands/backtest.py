@@ -33,6 +33,7 @@ from feeds.store import (
     read_bars,
     resample_bars,
     resolve_datasets,
+    typical_spacing,
 )
 from strategies.ratchet import RatchetStrategy
 from strategies.rules import atr_wilder
@@ -64,13 +65,32 @@ def native_interval(path: Path, arrays: BarArrays | None = None) -> str | None:
         if part in INTERVAL_SECONDS:
             return part
     if arrays is not None and len(arrays) > 2:
-        step = int(np.median(np.diff(arrays.ts[:5000])) // 1_000_000_000)
-        if step >= 86_400 - 3600:  # daily bars move by 23-25 h across DST
-            return "1Day"
-        for name, secs in INTERVAL_SECONDS.items():
-            if secs == step:
-                return name
+        return interval_from_spacing(int(np.median(np.diff(arrays.ts[:5000])) // 1_000_000_000))
     return None
+
+
+def interval_from_spacing(step: int | None) -> str | None:
+    """Interval name for a typical spacing in seconds (daily bars: 23-25 h across DST)."""
+    if step is None:
+        return None
+    if step >= 86_400 - 3600:
+        return "1Day"
+    for name, secs in INTERVAL_SECONDS.items():
+        if secs == step:
+            return name
+    return None
+
+
+def _folder_interval(data: Path) -> str | None:
+    """Native interval of a data folder or file, from its name or its first dataset."""
+    named = native_interval(data)
+    if named is not None or not data.exists():
+        return named
+    try:
+        first = next(iter(resolve_datasets(data, None).values()))
+    except DataError:
+        return None  # the real load reports the problem with its proper message
+    return interval_from_spacing(typical_spacing(first))
 
 
 def default_data_dir(interval: str) -> Path:
@@ -329,6 +349,11 @@ def backtest(data: Path | None, start: str | None, end: str | None, cash: float 
     base = Settings(symbols=("X",))  # symbols default to what the data folder holds
     settings = settings_from_flags(config_file, flags, base=base)
     data_dir = Path(data) if data is not None else default_data_dir(settings.bar_interval)
+    if flags.get("bar_interval") is None and settings.bar_interval == Settings.bar_interval:
+        # No interval asked for: trade the bars at the interval they are stored in.
+        native = _folder_interval(data_dir)
+        if native is not None and native != settings.bar_interval:
+            settings = settings.replace(bar_interval=native)
     start_ts, end_ts = _parse_when(start), _parse_when(end, end=True)
     if start_ts is not None and end_ts is not None and start_ts > end_ts:
         raise ConfigError(f"--start {start} is after --end {end}")

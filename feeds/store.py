@@ -314,6 +314,19 @@ def read_columns(
     return merged
 
 
+def typical_spacing(path: Path, sample: int = 5000) -> int | None:
+    """Median seconds between the first ``sample`` timestamps of a dataset (no validation)."""
+    try:
+        first = _part_files(Path(path))[0]
+        col = pq.read_table(first, columns=["timestamp"]).column(0)
+        ts = _to_utc_ns(col.slice(0, sample), first)
+    except (DataError, OSError, pa.ArrowException, KeyError):
+        return None
+    if ts.shape[0] < 3:
+        return None
+    return int(np.median(np.diff(ts)) // _NS_PER_S)
+
+
 def read_arrays(
     path: Path,
     start: datetime | str | None = None,

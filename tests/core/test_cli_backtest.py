@@ -122,3 +122,12 @@ def test_existing_runs_are_never_overwritten(tmp_path: Path) -> None:
         proc = run_cli("backtest", "--data", str(data), "--out", str(tmp_path / "r"))
         assert proc.returncode == 0
     assert len(list((tmp_path / "r").iterdir())) == 2
+
+
+def test_daily_folder_trades_at_its_own_interval(tmp_path: Path) -> None:
+    proc = run_cli("backtest", "--data", "data/bars/1Day", "--symbols", "ACME", "--start",
+                   "2024-01-01", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    run = load_run(latest_run(tmp_path))
+    assert run.config["interval"] == "1Day"
+    assert (run.equity.timestamp.dt.hour.isin([4, 5])).all()  # New York midnight in UTC

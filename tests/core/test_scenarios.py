@@ -208,3 +208,22 @@ def test_run_folder_files_and_stats(tmp_path: Path) -> None:
     assert math.isclose(r.equity.benchmark.iloc[-1], 100_000.0)
     held = r.equity[(r.equity.timestamp >= at(41)) & (r.equity.timestamp < at(51))]
     assert (held.positions == 1).all() and (held.exposure > 0.09).all()
+
+
+def test_stop_placed_and_raised_on_the_same_bar_leaves_one_stop(tmp_path: Path) -> None:
+    """Regression: BackBroker.cancel ignores orders submitted in the same step, so a stop
+    placed on the fill bar and raised on that bar survived as a second resting stop."""
+    f = flat_bars(60)
+    f.loc[41, "high"] = 104.0  # the fill bar makes a new high: the stop is raised at once
+    f.loc[41, "close"] = 103.0
+    f.loc[46, ["open", "low"]] = [100.0, 95.0]
+    _, r = run(tmp_path, {"ACME": f}, {40: 1.0})
+    stops = r.orders[r.orders.purpose == "stop"]
+    assert len(stops) == 2
+    first, second = stops.iloc[0], stops.iloc[1]
+    assert first.status == "canceled" and first.filled_qty == 0
+    assert second.status == "filled" and second.stop_price == pytest.approx(100.88)
+    assert r.trades.iloc[0].qty == 100 and r.trades.iloc[0].exit_reason == "trail"
+    # the account ends flat: no second stop sold short
+    assert r.stats.get("open_positions") in (None, {})
+    assert r.equity.positions.iloc[-1] == 0
