@@ -156,6 +156,19 @@ TRADE_COLUMNS = ["symbol", "entry_time", "exit_time", "entry_price", "exit_price
                  "return_pct", "exit_reason", "bars_held", "entry_order_id", "exit_order_id"]
 
 
+def trades_frame(closed_trades: list[dict[str, Any]]) -> pd.DataFrame:
+    """Closed trades with fixed dtypes (the same schema when there are none)."""
+    trades = pd.DataFrame(closed_trades, columns=TRADE_COLUMNS)
+    for c in ("entry_time", "exit_time"):
+        trades[c] = pd.to_datetime(trades[c], utc=True).astype("datetime64[us, UTC]")
+    for c in ("entry_price", "exit_price", "qty", "pnl", "return_pct"):
+        trades[c] = trades[c].astype("float64")
+    for c in ("symbol", "exit_reason", "entry_order_id", "exit_order_id"):
+        trades[c] = trades[c].astype("object")
+    trades["bars_held"] = trades["bars_held"].astype("int64")
+    return trades
+
+
 def write_run_folder(
     run_dir: Path,
     recorder: RunRecorder,
@@ -172,10 +185,7 @@ def write_run_folder(
     for df in (equity, prices):
         df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
     equity["benchmark"] = _benchmark(prices, equity, settings.cash)
-    trades = pd.DataFrame(closed_trades, columns=TRADE_COLUMNS)
-    for c in ("entry_time", "exit_time"):
-        trades[c] = pd.to_datetime(trades[c], utc=True)
-    trades["bars_held"] = trades["bars_held"].astype("int64")
+    trades = trades_frame(closed_trades)
     orders = _frame_orders(recorder.orders)
     stats = compute_stats(equity, trades, float(meta.get("start_value", settings.cash)))
     open_positions = meta.pop("open_positions", None)

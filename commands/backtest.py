@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from analyzers.audit import Audit
-from analyzers.recorder import RunRecorder, write_run_folder
+from analyzers.recorder import RunRecorder, trades_frame, write_run_folder
 from analyzers.runfolder import make_run_dir
 from brokers.backtest import make_backtest_broker
 from common.config import INTERVAL_SECONDS, Settings, load_settings
@@ -185,7 +185,7 @@ def run_backtest(
     strategy = cerebro.run()[0]
     recorder: RunRecorder = strategy.analyzers.recorder
     elapsed = time.perf_counter() - t0
-    trades = pd.DataFrame(strategy.closed_trades)
+    trades = trades_frame(strategy.closed_trades)
     open_positions = {
         d._name: float(strategy.getposition(d).size)
         for d in strategy.datas if strategy.getposition(d).size
@@ -194,19 +194,17 @@ def run_backtest(
     meta = dict(meta or {})
     meta.update(mode="backtest", symbols=list(datasets), interval=settings.bar_interval,
                 signal=repr(signal), start_value=settings.cash, open_positions=open_positions,
-                seconds=round(elapsed, 3), bars=total_bars)
+                seconds=round(elapsed, 3), symbol_bars=total_bars)
     if out is not None:
         run_dir = make_run_dir(Path(out), "backtest")
         stats = write_run_folder(run_dir, recorder, strategy.closed_trades, audit, settings, meta)
     else:
-        from analyzers.recorder import TRADE_COLUMNS
         from analyzers.stats import compute_stats
 
         eq = pd.DataFrame(recorder.equity,
                           columns=["timestamp", "cash", "value", "exposure", "positions"])
         eq["timestamp"] = pd.to_datetime(eq["timestamp"], utc=True)
-        stats = compute_stats(eq, pd.DataFrame(strategy.closed_trades, columns=TRADE_COLUMNS),
-                              settings.cash)
+        stats = compute_stats(eq, trades_frame(strategy.closed_trades), settings.cash)
     return BacktestResult(run_dir, stats, trades, strategy, audit, recorder, elapsed, total_bars)
 
 

@@ -23,6 +23,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp makes 0600 files; give the result the mode a plain open() would have.
+    tmp_path.chmod(0o666 & ~_umask())
     try:
         yield tmp_path
         with tmp_path.open("rb+") as fh:
@@ -50,6 +52,12 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON atomically, sorted and indented for diffs; non-JSON values via ``str``."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:

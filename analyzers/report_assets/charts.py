@@ -22,7 +22,7 @@ from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from analyzers.report_assets import theme
 
@@ -74,7 +74,8 @@ class TimeAxis:
         """True when bars are shorter than a day (minutes, hours)."""
         if len(self.utc) < 2:
             return False
-        return bool(np.median(np.diff(self.utc.asi8)) < 86_400 * 10**9 * 0.9)
+        # Timedelta arithmetic: the index may be in ns or us (pandas 3 keeps Parquet's unit).
+        return bool(self.utc.to_series().diff().median() < pd.Timedelta(hours=20))
 
     def positions(self, timestamps: Any) -> np.ndarray:
         """Position of the bar holding each timestamp (the last bar starting at or before it)."""
@@ -136,10 +137,6 @@ def _money(x: float, _pos: Any = None) -> str:
     return f"${x:,.0f}"
 
 
-def _pct(x: float, _pos: Any = None) -> str:
-    return f"{x:+.1f}%" if x else "0%"
-
-
 def _price(x: float, _pos: Any = None) -> str:
     return f"{x:,.2f}"
 
@@ -159,7 +156,7 @@ def equity_chart(equity: pd.DataFrame, axis: TimeAxis) -> str | None:
                 label="Buy and hold (equal weight)")
     ax.plot(x, equity["value"], color=theme.STRATEGY, lw=1.7, label="Strategy")
     ax.yaxis.set_major_formatter(FuncFormatter(_money))
-    ax.legend(loc="upper left", ncols=2)
+    fig.legend(loc="outside upper right", ncols=2)
     axis.apply(ax)
     return figure_uri(fig)
 
@@ -190,8 +187,8 @@ def drawdown_chart(equity: pd.DataFrame, axis: TimeAxis) -> str | None:
         ax.annotate(f"max {dd[i]:.2f}%", (x[i], dd[i]), xytext=(6, -2),
                     textcoords="offset points", fontsize=8.5, color=theme.LOSS, va="top")
     ax.set_ylim(top=max(0.0, ax.get_ylim()[1]))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.1f}%"))
-    ax.legend(loc="lower left", ncols=2)
+    ax.yaxis.set_major_formatter(PercentFormatter(100))
+    fig.legend(loc="outside upper right", ncols=2)
     axis.apply(ax)
     return figure_uri(fig)
 
@@ -210,9 +207,12 @@ def returns_bar_chart(returns: pd.Series, fmt: str = "%b %d") -> str | None:
     ax.axhline(0, color=theme.MUTED, lw=0.8)
     step = max(1, math.ceil(len(vals) / 16))
     ax.set_xticks(x[::step], [pd.Timestamp(t).strftime(fmt) for t in returns.index[::step]])
-    ax.set_xlim(-0.6, len(vals) - 0.4)
+    # A few days would make huge bars: keep room for at least 15 and centre them.
+    slots = max(len(vals), 15)
+    left = (slots - len(vals)) / 2
+    ax.set_xlim(-0.6 - left, len(vals) - 0.4 + left)
     ax.grid(axis="x", visible=False)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.2f}%"))
+    ax.yaxis.set_major_formatter(PercentFormatter(100))
     if len(vals) <= 31:
         for xi, v in zip(x, vals, strict=True):
             ax.annotate(f"{v:+.2f}%", (xi, v), xytext=(0, 3 if v >= 0 else -3),
@@ -226,7 +226,9 @@ def _legend_handles(reasons: Sequence[str], with_stop: bool) -> list[Line2D]:
     handles = [Line2D([], [], color=theme.PRICE, lw=1.1, label="close")]
     if with_stop:
         handles.append(Line2D([], [], color=theme.STOP_LINE, lw=1.2, label="stop level"))
-    handles.append(Line2D([], [], color=theme.ENTRY, marker="^", ls="", ms=7, label="entry"))
+    if reasons:
+        handles.append(Line2D([], [], color=theme.ENTRY, marker="^", ls="", ms=7,
+                              label="entry"))
     handles += [
         Line2D([], [], color=theme.reason_colour(r), marker="v", ls="", ms=7, label=f"exit: {r}")
         for r in reasons
@@ -235,7 +237,7 @@ def _legend_handles(reasons: Sequence[str], with_stop: bool) -> list[Line2D]:
 
 
 def _draw_symbol(ax: Axes, prices: pd.DataFrame, trades: pd.DataFrame, axis: TimeAxis,
-                 shade: bool = True) -> None:
+                 shade: bool = True, marker_size: float = 42) -> None:
     """Close, stop step line and trade markers of one symbol on ``ax``."""
     x = axis.positions(prices["timestamp"])
     ax.plot(x, prices["close"], color=theme.PRICE, lw=0.9, zorder=2)
@@ -243,12 +245,12 @@ def _draw_symbol(ax: Axes, prices: pd.DataFrame, trades: pd.DataFrame, axis: Tim
     if trades.empty:
         return
     xin, xout = axis.positions(trades["entry_time"]), axis.positions(trades["exit_time"])
-    if shade and len(trades) <= 400:
+    if shade:
         for a, b in zip(xin, xout, strict=True):
             ax.axvspan(a, b, color=theme.STRATEGY, alpha=0.06, lw=0, zorder=0)
-    ax.scatter(xin, trades["entry_price"], marker="^", s=42, color=theme.ENTRY,
+    ax.scatter(xin, trades["entry_price"], marker="^", s=marker_size, color=theme.ENTRY,
                edgecolors="white", linewidths=0.6, zorder=5)
-    ax.scatter(xout, trades["exit_price"], marker="v", s=42,
+    ax.scatter(xout, trades["exit_price"], marker="v", s=marker_size,
                color=[theme.reason_colour(r) for r in trades["exit_reason"]],
                edgecolors="white", linewidths=0.6, zorder=5)
 
@@ -265,7 +267,9 @@ def trades_chart(prices: pd.DataFrame, trades: pd.DataFrame, symbols: Sequence[s
     for ax, sym in zip(axes, symbols, strict=True):
         p = prices[prices["symbol"] == sym].sort_values("timestamp")
         t = trades[trades["symbol"] == sym]
-        _draw_symbol(ax, p, t, axis)
+        # Dense panels: smaller markers, and no shading (it would turn into stripes).
+        dense = len(t) > 60
+        _draw_symbol(ax, p, t, axis, shade=not dense, marker_size=22 if dense else 42)
         ax.set_title(f"{sym}  ·  {len(t)} trade{'s' if len(t) != 1 else ''}", pad=4)
         ax.yaxis.set_major_formatter(FuncFormatter(_price))
         axis.apply(ax, label=ax is axes[-1])
@@ -276,7 +280,7 @@ def trades_chart(prices: pd.DataFrame, trades: pd.DataFrame, symbols: Sequence[s
 
 
 @styled
-def trade_closeup(prices: pd.DataFrame, trade: pd.Series, title: str) -> str | None:
+def trade_closeup(prices: pd.DataFrame, trade: pd.Series) -> str | None:
     """One trade with some bars either side: close, stop, entry and exit."""
     p = prices[prices["symbol"] == trade["symbol"]].sort_values("timestamp")
     if p.empty:
@@ -289,8 +293,7 @@ def trade_closeup(prices: pd.DataFrame, trade: pd.Series, title: str) -> str | N
     axis = TimeAxis(window["timestamp"])
     fig = Figure(figsize=(5.6, 2.9), layout="constrained")
     ax = fig.add_subplot()
-    _draw_symbol(ax, window, trade.to_frame().T, axis)
-    ax.set_title(title, pad=4)
+    _draw_symbol(ax, window, trade.to_frame().T, axis, marker_size=70)
     ax.yaxis.set_major_formatter(FuncFormatter(_price))
     axis.apply(ax, label=False, max_ticks=4, one_line=True)
     ax.tick_params(axis="x", labelsize=7.5)
@@ -298,30 +301,88 @@ def trade_closeup(prices: pd.DataFrame, trade: pd.Series, title: str) -> str | N
 
 
 @styled
-def comparison_chart(series: Sequence[tuple[str, pd.DataFrame]],
-                     benchmarks: Sequence[tuple[str, pd.DataFrame]]) -> str | None:
-    """Overlaid equity curves of several runs, each as % return from its start."""
-    frames = [eq for _, eq in series if not eq.empty]
+def trade_returns_chart(trades: pd.DataFrame) -> str | None:
+    """Histogram of trade returns (%), stacked by exit reason."""
+    if trades.empty:
+        return None
+    returns = trades["return_pct"].to_numpy(dtype="float64") * 100
+    reasons = sorted(trades["exit_reason"].astype(str).unique())
+    groups = [returns[trades["exit_reason"].astype(str).to_numpy() == r] for r in reasons]
+    bins = np.histogram_bin_edges(returns, bins=int(np.clip(len(returns) // 3, 8, 30)))
+    fig = Figure(figsize=(5.6, 2.9), layout="constrained")
+    ax = fig.add_subplot()
+    ax.hist(groups, bins=bins, stacked=True, color=[theme.reason_colour(r) for r in reasons],
+            label=reasons, edgecolor="white", linewidth=0.6)
+    ax.axvline(0, color=theme.MUTED, lw=0.8, ls=(0, (2, 3)))
+    ax.xaxis.set_major_formatter(PercentFormatter(100))
+    ax.set_xlabel("return per trade")
+    ax.set_ylabel("trades")
+    ax.grid(axis="x", visible=False)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.legend(loc="outside upper right", ncols=len(reasons))
+    return figure_uri(fig)
+
+
+def shared_time_axis(frames: Sequence[pd.DataFrame]) -> TimeAxis | None:
+    """A common time axis for several equity curves, or None when they cannot share one.
+
+    Runs share an axis when all are intraday or all daily and their periods overlap; a
+    minute run next to a years-long daily run would be a sliver on a shared axis.
+    """
+    frames = [f for f in frames if not f.empty]
     if not frames:
         return None
-    axis = TimeAxis(pd.concat([f["timestamp"] for f in frames], ignore_index=True))
+    axes = [TimeAxis(f["timestamp"]) for f in frames]
+    if len({a.intraday for a in axes}) > 1:
+        return None
+    latest_start = max(a.utc[0] for a in axes)
+    earliest_end = min(a.utc[-1] for a in axes)
+    if latest_start > earliest_end:
+        return None
+    return TimeAxis(pd.concat([f["timestamp"] for f in frames], ignore_index=True))
+
+
+@styled
+def comparison_chart(series: Sequence[tuple[str, pd.DataFrame]],
+                     benchmarks: Sequence[tuple[str, pd.DataFrame]]) -> str | None:
+    """Overlaid equity curves of several runs, each as % return from its start.
+
+    On a shared time axis when the runs overlap in time (with the buy-and-hold curves
+    dashed); otherwise against the share of each run's bars elapsed.
+    """
+    if all(eq.empty for _, eq in series):
+        return None
+    axis = shared_time_axis([eq for _, eq in series])
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     ax = fig.add_subplot()
     ax.axhline(0, color=theme.MUTED, lw=0.8, ls=(0, (2, 3)))
-    for label, eq in benchmarks:
-        if eq.empty or eq["benchmark"].isna().all():
-            continue
-        b = eq["benchmark"].to_numpy(dtype="float64")
-        ax.plot(axis.positions(eq["timestamp"]), (b / b[0] - 1) * 100, color=theme.BENCHMARK,
-                lw=1.0, ls=(0, (4, 2)), label=label)
+
+    def xs(eq: pd.DataFrame) -> np.ndarray:
+        if axis is not None:
+            return axis.positions(eq["timestamp"])
+        return np.linspace(0.0, 100.0, len(eq)) if len(eq) > 1 else np.zeros(len(eq))
+
+    if axis is not None:
+        for label, eq in benchmarks:
+            if eq.empty or eq["benchmark"].isna().all():
+                continue
+            b = eq["benchmark"].to_numpy(dtype="float64")
+            ax.plot(xs(eq), (b / b[0] - 1) * 100, color=theme.BENCHMARK, lw=1.0,
+                    ls=(0, (4, 2)), label=label)
     for i, (label, eq) in enumerate(series):
         if eq.empty:
             continue
         v = eq["value"].to_numpy(dtype="float64")
-        ax.plot(axis.positions(eq["timestamp"]), (v / v[0] - 1) * 100, color=theme.run_colour(i),
-                lw=1.6, label=label)
-    ax.yaxis.set_major_formatter(FuncFormatter(_pct))
+        ax.plot(xs(eq), (v / v[0] - 1) * 100, color=theme.run_colour(i), lw=1.6, label=label)
+    ax.yaxis.set_major_formatter(PercentFormatter(100))
     ax.set_ylabel("return since start")
-    ax.legend(loc="upper left", ncols=2)
-    axis.apply(ax)
+    if axis is not None:
+        axis.apply(ax)
+    else:
+        ax.set_xlim(0, 100)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.0f}%"))
+        ax.set_xlabel("share of each run's bars elapsed (the runs cover different periods "
+                      "or bar sizes)")
+    handles, _ = ax.get_legend_handles_labels()
+    fig.legend(loc="outside upper right", ncols=min(4, len(handles)))
     return figure_uri(fig)

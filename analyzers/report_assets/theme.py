@@ -46,7 +46,7 @@ MPL_STYLE: dict[str, Any] = {
     "font.family": "DejaVu Sans",
     "font.size": 9.5,
     "axes.titlesize": 10.5,
-    "axes.titleweight": "semibold",
+    "axes.titleweight": "bold",
     "axes.titlelocation": "left",
     "axes.titlecolor": INK,
     "axes.labelsize": 9,
@@ -78,6 +78,8 @@ CSS = """
   --accent: #2f6fdf; --gain: #1a8a5e; --loss: #c53b3b; --chip: #eef2f7;
 }
 * { box-sizing: border-box; }
+a { color: var(--accent); text-decoration: none; }
+a:hover { text-decoration: underline; }
 html { -webkit-text-size-adjust: 100%; }
 body {
   margin: 0; background: var(--bg); color: var(--ink);
@@ -127,14 +129,16 @@ section.run:first-of-type { margin-top: 0; }
 .card img { width: 100%; height: auto; display: block; }
 .grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr));
   gap: 14px; }
+.grid2 { margin-bottom: 14px; }
 .grid2 > .card { margin-bottom: 0; }
-.grid2 + .card, .grid2 + .grid2 { margin-top: 14px; }
 .empty { background: #f7f9fb; border: 1px dashed #cdd5df; border-radius: 10px;
   padding: 18px; text-align: center; color: var(--muted); font-size: 13.5px; }
 .empty b { color: var(--ink); }
+.empty.spaced { margin-bottom: 14px; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums;
   font-size: 13px; }
-th, td { padding: 6px 10px; text-align: right; border-bottom: 1px solid var(--line);
+small { color: var(--muted); font-size: 11.5px; }
+th, td { padding: 6px 8px; text-align: right; border-bottom: 1px solid var(--line);
   white-space: nowrap; }
 th { color: var(--muted); font-weight: 600; font-size: 11.5px; text-transform: uppercase;
   letter-spacing: .04em; }
@@ -145,11 +149,10 @@ tr.total td { font-weight: 650; border-top: 1.5px solid #cdd5df; }
 table.kv td:first-child { color: var(--muted); }
 table.kv td { white-space: normal; }
 td.best { font-weight: 700; }
+table.compare td:first-child { white-space: normal; min-width: 240px; }
 table.heat td { text-align: center; min-width: 52px; font-size: 12.5px; }
 table.heat td:first-child { text-align: left; font-weight: 600; }
 table.heat td.year { font-weight: 650; border-left: 1.5px solid #cdd5df; }
-.bar { display: inline-block; height: 8px; border-radius: 4px; background: #b8c5d6;
-  vertical-align: middle; margin-right: 6px; }
 .dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%;
   margin-right: 7px; }
 details { background: var(--card); border: 1px solid var(--line); border-radius: 12px;

@@ -1,0 +1,30 @@
+"""``python cli.py report RUN [RUN...]``: a self-contained HTML report of run folders."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from analyzers.report import write_report
+
+logger = logging.getLogger(__name__)
+
+
+@click.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write. Default: report.html inside the first run folder.")
+@click.option("--title", default=None, help="Page title (default: the run id).")
+@click.option("--max-symbols", default=3, show_default=True, type=click.IntRange(1, 12),
+              help="Symbols plotted with their trades (the most traded ones).")
+def report(runs: tuple[Path, ...], output: Path | None, title: str | None,
+           max_symbols: int) -> None:
+    """Write an HTML report of one or more run folders (several: compared side by side).
+
+    RUN is a run folder (runs/<run id>) or an output folder such as runs/, which stands for
+    its newest run. The file is self-contained (charts embedded) and opens offline.
+    """
+    out = write_report(list(runs), output, title=title, max_symbols=max_symbols)
+    click.echo(str(out))

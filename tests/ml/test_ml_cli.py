@@ -1,0 +1,95 @@
+"""``cli.py train`` and ``backtest --signal ml`` as real subprocesses."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from strategies.ml import load_model
+from tests.ml.conftest import SYMBOLS
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_file(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, str]:
+    """Train through the CLI once for this module: (model path, stdout)."""
+    import os
+    import sys
+
+    from tests.ml.conftest import REPO
+
+    out = tmp_path_factory.mktemp("cli") / "m.rmodel"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RATCHET_")}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), "train", "--data", str(data_dir), "--symbols",
+         "ACME,BOLT", "--horizon", "5", "--folds", "2", "--max-iter", "20", "--out", str(out),
+         "--seed", "4"],
+        capture_output=True, text=True, timeout=180, env={**env, "COLUMNS": "160"}, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
+
+
+def test_train_writes_a_model_and_reports(trained_file: tuple[Path, str]) -> None:
+    path, stdout = trained_file
+    model = load_model(path)
+    assert model.horizon == 5
+    assert set(model.metadata["training"]["symbols"]) == {"ACME", "BOLT"}
+    assert model.metadata["training"]["seed"] == 4
+    assert len(model.metadata["validation"]["per_fold"]) == 2
+    assert len(model.metadata["validation"]["backtest"]) == 2
+    for needle in ("Walk-forward validation", "AUC", "Backtest of the signal", "Model saved to",
+                   "little or no reliable edge"):
+        assert needle in stdout, stdout
+
+
+def test_backtest_with_the_trained_model(trained_file: tuple[Path, str], data_dir: Path,
+                                         tmp_path: Path, run_cli: Run) -> None:
+    path, _ = trained_file
+    proc = run_cli("backtest", "--data", str(data_dir), "--symbols", ",".join(SYMBOLS),
+                   "--signal", "ml", "--model", str(path), "--ml-enter", "0.52",
+                   "--ml-exit", "0.48", "--out", str(tmp_path / "runs"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "signal ml" in proc.stdout
+    # the model saw these bars: the run warns that it is in-sample
+    assert "in-sample" in proc.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 100, None])
+def test_backtest_with_a_bad_model_is_one_line(content: bytes | None, tmp_path: Path,
+                                               data_dir: Path, run_cli: Run) -> None:
+    bad = tmp_path / "bad.file"
+    if content is not None:
+        bad.write_bytes(content)
+    proc = run_cli("backtest", "--data", str(data_dir), "--signal", "ml", "--model", str(bad),
+                   "--out", str(tmp_path / "runs"), "--no-progress")
+    line = _one_line_error(proc)
+    assert str(bad) in line and "cli.py train" in line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_train_rejects_a_gap_shorter_than_the_horizon(data_dir: Path, tmp_path: Path,
+                                                      run_cli: Run) -> None:
+    proc = run_cli("train", "--data", str(data_dir), "--horizon", "10", "--gap", "3",
+                   "--out", str(tmp_path / "m.rmodel"))
+    assert "--gap 3 is shorter than --horizon 10" in _one_line_error(proc)
+    assert not (tmp_path / "m.rmodel").exists()
+
+
+def test_train_unknown_symbol(data_dir: Path, tmp_path: Path, run_cli: Run) -> None:
+    proc = run_cli("train", "--data", str(data_dir), "--symbols", "NOPE",
+                   "--out", str(tmp_path / "m.rmodel"))
+    assert "NOPE" in _one_line_error(proc)
