@@ -9,6 +9,8 @@ which is equivalent because both happen before the next bar is processed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import backtrader as bt
 
@@ -16,9 +18,24 @@ from common.config import Settings
 
 logger = logging.getLogger(__name__)
 
+_STOPS = (bt.Order.Stop, bt.Order.StopLimit, bt.Order.StopTrail)
+
 
 class SimBroker(bt.brokers.BackBroker):
-    """``BackBroker`` with ``replace_stop_order`` and the run's cash/fill settings."""
+    """``BackBroker`` with ``replace_stop_order`` and the run's cash/fill settings.
+
+    ``session`` (optional callable: bar time -> ``regular``/``extended``/``closed``) makes
+    stop orders sleep outside regular hours, as they do at Alpaca.
+    """
+
+    session: Callable[[datetime], str] | None = None
+
+    def _try_exec(self, order: bt.Order) -> None:
+        if self.session is not None and order.exectype in _STOPS:
+            when = order.data.datetime.datetime(0).replace(tzinfo=UTC)
+            if self.session(when) != "regular":
+                return
+        super()._try_exec(order)
 
     def cancel(self, order: bt.Order, bracket: bool = False) -> bool:
         """Cancel a working order, including one submitted in this very step.
@@ -59,9 +76,12 @@ class SimBroker(bt.brokers.BackBroker):
         return new
 
 
-def make_backtest_broker(settings: Settings) -> SimBroker:
+def make_backtest_broker(
+    settings: Settings, session: Callable[[datetime], str] | None = None
+) -> SimBroker:
     """A ``SimBroker`` with the settings' cash, commission and volume participation."""
     broker = SimBroker()
+    broker.session = session
     broker.setcash(settings.cash)
     broker.setcommission(commission=settings.commission)
     # Trades at the open of the next bar; we never trade on the close of the decision bar.

@@ -158,16 +158,18 @@ def run_backtest(
     signal: Signal | None = None,
     progress: Callable[[int], None] | None = None,
     meta: dict[str, Any] | None = None,
+    session: Callable[[Any], str] | None = None,
 ) -> BacktestResult:
     """Run the Strategy over ``datasets`` (bars up to the end date) and write a run folder.
 
     Bars before ``start`` only warm up the indicators; trading starts at ``start``.
-    ``out=None`` writes nothing (tests, ML validation).
+    ``out=None`` writes nothing (tests, ML validation). ``session`` (bar time ->
+    ``regular``/``extended``/``closed``) lets a backtest replay extended-hours rules.
     """
     t0 = time.perf_counter()
     signal = signal or make_signal(settings)
     cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True)
-    cerebro.setbroker(make_backtest_broker(settings))
+    cerebro.setbroker(make_backtest_broker(settings, session))
     start_ns = None if start is None else int(start.value)
     total_bars = 0
     for sym, arrays in datasets.items():
@@ -180,7 +182,7 @@ def run_backtest(
         total_bars += len(arrays)
         cerebro.adddata(make_feed(arrays, sig, atr))
     audit = Audit()
-    cerebro.addstrategy(RatchetStrategy, settings=settings, audit=audit)
+    cerebro.addstrategy(RatchetStrategy, settings=settings, audit=audit, session=session)
     cerebro.addanalyzer(RunRecorder, _name="recorder", progress=progress)
     strategy = cerebro.run()[0]
     recorder: RunRecorder = strategy.analyzers.recorder

@@ -92,19 +92,25 @@ class Book:
 
 
 class RatchetStrategy(bt.Strategy):
-    """SPEC's strategy. Params: ``settings`` (Settings), ``audit`` (Audit), ``market_open``
-    (callable(bar_time) -> bool, None = always open)."""
+    """SPEC's strategy.
+
+    Params: ``settings`` (Settings), ``audit`` (Audit), ``market_open`` (callable(bar_time) ->
+    bool, None = always open), ``session`` (callable(bar_time) -> ``"regular"``,
+    ``"extended"`` or ``"closed"``; None = every bar is regular-hours, as in a backtest).
+    """
 
     params = (
         ("settings", None),
         ("audit", None),
         ("market_open", None),
+        ("session", None),
     )
 
     def __init__(self) -> None:
         self.cfg: Settings = self.p.settings or Settings()
         self.audit: Audit = self.p.audit or Audit()
         self._market_open: Callable[[datetime], bool] | None = self.p.market_open
+        self._session: Callable[[datetime], str] | None = self.p.session
         self.books: dict[str, Book] = {d._name: Book(d._name) for d in self.datas}
         self.closed_trades: list[dict[str, Any]] = []
         self.bar_count = 0
@@ -156,10 +162,19 @@ class RatchetStrategy(bt.Strategy):
             book.seen_len = len(data)
             self._on_bar(data, book)
 
+    def session_of(self, when: datetime) -> str:
+        """``regular``, ``extended`` or ``closed`` for a bar time."""
+        return self._session(when) if self._session is not None else "regular"
+
     def _on_bar(self, data: bt.DataBase, book: Book) -> None:
         now = self.bar_time(data)
         position = self.getposition(data).size
-        if position > 0:
+        extended = self.session_of(now) == "extended"
+        if position > 0 and extended and self._stop_breached(data, book):
+            # Alpaca's resting stops sleep outside regular hours: enforce the stop here.
+            reason = book.stop_state.binding if book.stop_state else Reason.STOP.value
+            self._exit(data, book, now, reason, extended=True)
+        elif position > 0:
             self._ratchet(data, book, now)
         entry_working = book.entry is not None and book.entry.alive()
         if entry_working and book.entry_placed is not None and rules.limit_timed_out(
@@ -179,8 +194,16 @@ class RatchetStrategy(bt.Strategy):
         elif signal < 0:
             self._on_sell(data, book, now)
 
+    def _stop_breached(self, data: bt.DataBase, book: Book) -> bool:
+        if book.stop_state is None or (book.exit is not None and book.exit.alive()):
+            return False
+        return float(data.low[0]) <= rules.round_price(book.stop_state.level)
+
     def _on_buy(self, data: bt.DataBase, book: Book, now: datetime) -> None:
         market_open = self._market_open(now) if self._market_open is not None else True
+        extended = self.session_of(now) == "extended"
+        if extended and not self.cfg.extended_hours:
+            market_open = False
         guard = rules.check_entry(
             has_position=self.getposition(data).size != 0,
             has_working_order=book.working_any(),
@@ -210,10 +233,10 @@ class RatchetStrategy(bt.Strategy):
                               cash=round(cash, 2), binding=size.binding)
             return
         cid = rules.client_order_id(self.cfg.strategy_id, book.symbol, now, Purpose.ENTRY)
-        if self.cfg.use_limit_orders:
+        if self.cfg.use_limit_orders or extended:  # extended hours accept only limits
             limit = rules.round_limit_buy(price)
             order = self.buy(data=data, size=size.shares, exectype=bt.Order.Limit, price=limit,
-                             cid=cid, purpose=Purpose.ENTRY.value)
+                             cid=cid, purpose=Purpose.ENTRY.value, extended_hours=extended)
         else:
             limit = None
             order = self.buy(data=data, size=size.shares, exectype=bt.Order.Market,
@@ -236,15 +259,30 @@ class RatchetStrategy(bt.Strategy):
         if book.exit is not None and book.exit.alive():
             self.audit.record(now, "decision", book.symbol, "skip_sell", Reason.DUPLICATE_ORDER)
             return
+        self._exit(data, book, now, Reason.SIGNAL.value,
+                   extended=self.session_of(now) == "extended")
+
+    def _exit(self, data: bt.DataBase, book: Book, now: datetime, reason: str,
+              extended: bool) -> None:
+        """Cancel the resting stop and sell the whole position (a limit at the close in
+        extended hours, where Alpaca takes only limit orders; market otherwise)."""
+        position = self.getposition(data).size
         if book.stop is not None and book.stop.alive():
             self.cancel(book.stop)
         book.stop = None
         cid = rules.client_order_id(self.cfg.strategy_id, book.symbol, now, Purpose.EXIT)
-        book.exit = self.sell(data=data, size=position, exectype=bt.Order.Market, cid=cid,
-                              purpose=Purpose.EXIT.value)
-        book.exit_reason = Reason.SIGNAL.value
-        self.audit.record(now, "decision", book.symbol, "sell", Reason.SIGNAL, qty=position,
-                          price=float(data.close[0]), client_order_id=cid)
+        close = float(data.close[0])
+        if extended:
+            book.exit = self.sell(data=data, size=position, exectype=bt.Order.Limit,
+                                  price=rules.round_limit_buy(close), cid=cid,
+                                  purpose=Purpose.EXIT.value, extended_hours=True)
+        else:
+            book.exit = self.sell(data=data, size=position, exectype=bt.Order.Market, cid=cid,
+                                  purpose=Purpose.EXIT.value)
+        book.exit_reason = reason
+        self.audit.record(now, "decision", book.symbol, "sell", reason, qty=position,
+                          price=close, client_order_id=cid,
+                          order_type="limit" if extended else "market")
 
     def _cancel_entry(self, data: bt.DataBase, book: Book, now: datetime, reason: Reason) -> None:
         for order in (book.entry, book.fallback):
@@ -357,6 +395,13 @@ class RatchetStrategy(bt.Strategy):
         if order.info.get("purpose") != Purpose.ENTRY or order.status == bt.Order.Completed:
             return
         if book.entry_cancel_reason != Reason.LIMIT_TIMEOUT:
+            return
+        if order.info.get("extended_hours"):
+            # No market orders outside regular hours: the entry simply lapses.
+            self.audit.record(now, "decision", book.symbol, "skip_buy", Reason.LIMIT_TIMEOUT,
+                              client_order_id=order.info.get("cid", ""),
+                              note="no market fallback in extended hours")
+            book.entry_cancel_reason = ""
             return
         remainder = rules.remaining_qty(abs(order.size), abs(order.executed.size))
         if not self.cfg.fractional_shares:

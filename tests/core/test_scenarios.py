@@ -48,14 +48,16 @@ class ScriptedSignal:
 
 
 def run(tmp_path: Path, frames: dict[str, pd.DataFrame], script: dict[int, float] | None = None,
-        signal: object | None = None, **overrides: object):  # noqa: ANN201
+        signal: object | None = None, session: object | None = None,
+        **overrides: object):  # noqa: ANN201
     data = tmp_path / "bars" / "1Min"
     for sym, f in frames.items():
         write_bars(data / f"{sym}.parquet", f)
     settings = Settings(symbols=tuple(frames), **overrides)  # type: ignore[arg-type]
     datasets = load_datasets(data, tuple(frames), "1Min")
     sig = signal if signal is not None else ScriptedSignal(script or {})
-    result = run_backtest(settings, datasets, out=tmp_path / "runs", signal=sig)  # type: ignore[arg-type]
+    result = run_backtest(settings, datasets, out=tmp_path / "runs", signal=sig,  # type: ignore[arg-type]
+                          session=session)  # type: ignore[arg-type]
     return result, load_run(result.run_dir)
 
 
@@ -227,3 +229,41 @@ def test_stop_placed_and_raised_on_the_same_bar_leaves_one_stop(tmp_path: Path) 
     # the account ends flat: no second stop sold short
     assert r.stats.get("open_positions") in (None, {})
     assert r.equity.positions.iloc[-1] == 0
+
+
+def _extended_from(i: int):  # noqa: ANN202
+    return lambda when: "extended" if when >= at(i).to_pydatetime() else "regular"
+
+
+def test_extended_hours_stop_is_enforced_by_the_strategy(tmp_path: Path) -> None:
+    """Outside regular hours Alpaca's stop orders do not trigger: the strategy sells with an
+    extended-hours limit when a bar breaches the stop."""
+    f = flat_bars(60)
+    f.loc[47, ["low", "close"]] = [97.0, 97.5]
+    _, r = run(tmp_path, {"ACME": f}, {40: 1.0}, session=_extended_from(45),
+               extended_hours=True)
+    exits = r.orders[r.orders.purpose == "exit"]
+    assert len(exits) == 1
+    ex = exits.iloc[0]
+    assert ex.type == "limit" and ex.limit_price == 97.5
+    assert ex.client_order_id == "ratchet-ACME-20251001T141700-exit"
+    t = r.trades.iloc[0]
+    # a sell limit at 97.50 fills at the better next open (100.00)
+    assert t.exit_reason == "stop" and t.exit_price == 100.0 and t.exit_time == at(48)
+
+
+def test_extended_hours_entries_are_limits_without_fallback(tmp_path: Path) -> None:
+    f = flat_bars(60)
+    f.loc[46:, ["open", "high", "low", "close"]] = [101.0, 101.5, 100.5, 101.0]
+    _, r = run(tmp_path, {"ACME": f}, {45: 1.0}, session=_extended_from(40),
+               extended_hours=True, use_limit_orders=False)
+    assert list(r.orders.purpose) == ["entry"]
+    assert r.orders.iloc[0].type == "limit" and r.orders.iloc[0].status == "canceled"
+    skip = actions(r, "skip_buy")
+    assert list(skip.reason) == ["limit_timeout"]
+
+
+def test_no_entries_in_extended_hours_unless_enabled(tmp_path: Path) -> None:
+    _, r = run(tmp_path, {"ACME": flat_bars(60)}, {45: 1.0}, session=_extended_from(40))
+    assert r.orders.empty
+    assert list(actions(r, "skip_buy").reason) == ["market_closed"]
