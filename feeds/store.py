@@ -16,6 +16,7 @@ unless the caller asks for bad rows to be dropped (then each is logged as a warn
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -116,10 +117,12 @@ def discover(directory: Path) -> dict[str, Path]:
     for entry in sorted(directory.iterdir()):
         if entry.name.startswith("."):
             continue
-        if (entry.is_file() and entry.suffix == ".parquet") or (
-            entry.is_dir() and any(entry.glob("*.parquet"))
-        ):
-            found[symbol_from_path(entry)] = entry
+        if entry.is_file() and entry.suffix == ".parquet":
+            sym = symbol_from_path(entry)
+            if not (directory / sym).is_dir() and not (directory / entry.stem).is_dir():
+                found[sym] = entry
+        elif entry.is_dir() and any(entry.glob("*.parquet")):
+            found[symbol_from_path(entry)] = entry  # the folder wins over a stale single file
     return found
 
 
@@ -407,10 +410,22 @@ def append_bars(dataset_dir: Path, frame: pd.DataFrame, part: str,
     the folder as the part ``0000-base.parquet`` so the dataset stays one dataset.
     """
     dataset_dir = Path(dataset_dir)
-    single = dataset_dir.with_suffix(".parquet")
+    single = dataset_dir.parent / f"{dataset_dir.name}.parquet"
     if single.is_file() and not dataset_dir.exists():
-        dataset_dir.mkdir(parents=True)
-        single.rename(dataset_dir / "0000-base.parquet")
+        # Crash-safe move: build the folder aside with a hard link to the file, rename the
+        # folder into place, then drop the file. A crash at any point leaves every bar
+        # readable (discover() prefers the folder when both exist).
+        staging = dataset_dir.parent / f".{dataset_dir.name}.staging"
+        if staging.exists():
+            for leftover in staging.iterdir():
+                leftover.unlink()
+            staging.rmdir()
+        staging.mkdir(parents=True)
+        os.link(single, staging / "0000-base.parquet")
+        staging.rename(dataset_dir)
+        single.unlink()
+    elif single.is_file() and dataset_dir.is_dir():
+        single.unlink()  # finish a move a crash interrupted (the folder holds the base part)
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", part):
         raise ValueError(f"bad part name {part!r}")
     return write_bars(dataset_dir / f"{part}.parquet", frame, metadata)

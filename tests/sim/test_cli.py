@@ -1,0 +1,64 @@
+"""``python cli.py alpaca-sim`` as a subprocess: it starts, prints its URLs, answers
+/v2/clock, can be stepped over HTTP, stops on SIGTERM, and refuses a bad --data in one line."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from tests.sim.conftest import REPO
+
+
+def test_cli_serves_and_stops() -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "cli.py"), "alpaca-sim", "--port", "0", "--speed", "0",
+         "--key", "k1", "--secret", "s1-secret"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while not any(line.startswith("Ctrl-C") for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, lines
+            assert proc.stdout is not None
+            lines.append(proc.stdout.readline())
+        out = "".join(lines)
+        base = re.search(r"REST: +(http://127\.0\.0\.1:\d+)", out).group(1)  # type: ignore[union-attr]
+        assert f"ws://{base[7:]}/v2/iex" in out and f"ws://{base[7:]}/stream" in out
+        assert "url_override" in out and "s1-secret" not in out
+        keys = {"APCA-API-KEY-ID": "k1", "APCA-API-SECRET-KEY": "s1-secret"}
+        clock = requests.get(f"{base}/v2/clock", headers=keys, timeout=10)
+        assert clock.status_code == 200
+        assert clock.json()["timestamp"] == "2025-10-03T09:30:00-04:00"
+        assert requests.get(f"{base}/v2/clock", timeout=10).status_code == 403
+        step = requests.post(f"{base}/_sim/advance", json={"minutes": 2}, headers=keys,
+                             timeout=10)
+        assert step.json()["now"].startswith("2025-10-03T13:32:00")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "alpaca-sim stopped" in out
+
+
+def test_cli_bad_data_is_one_line_and_nonzero(tmp_path: object) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "cli.py"), "alpaca-sim", "--data",
+                           "/no/such/folder"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 3
+    assert proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.startswith("error: data folder /no/such/folder does not exist")
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_bad_start_is_one_line() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "cli.py"), "alpaca-sim", "--start",
+                           "yesterday"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --start 'yesterday' is not a time")
