@@ -161,3 +161,18 @@ def test_string_timestamps_are_parsed(tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "S.parquet")
     assert store.read_bars(tmp_path / "S.parquet")["timestamp"].iloc[2] == \
         pd.Timestamp("2025-10-01 13:32", tz="UTC")
+
+
+def test_interrupted_move_into_a_folder_loses_no_bar(tmp_path: Path) -> None:
+    """A crash between building the parts folder and removing the single file leaves both;
+    readers then use the folder (which holds the base part) and the next append tidies up."""
+    store.write_bars(tmp_path / "X.parquet", flat_bars(5))
+    (tmp_path / "X").mkdir()
+    import os
+
+    os.link(tmp_path / "X.parquet", tmp_path / "X" / "0000-base.parquet")
+    assert store.discover(tmp_path) == {"X": tmp_path / "X"}
+    assert len(store.read_bars(store.discover(tmp_path)["X"])) == 5
+    store.append_bars(tmp_path / "X", flat_bars(3, start="2025-10-01 13:35"), "p1")
+    assert not (tmp_path / "X.parquet").exists()
+    assert len(store.read_bars(tmp_path / "X")) == 8
