@@ -93,11 +93,13 @@ class ArrayData(bt.feeds.DataBase):
             cols = {k: v[keep] for k, v in cols.items()}
         for name in self.lines.getlinealiases():
             line = getattr(self.lines, name)
-            values = cols[name]
-            line.array = array.array("d", values.tobytes()) if values.dtype == np.float64 \
-                else array.array("d", values.astype(np.float64).tobytes())
+            values = np.ascontiguousarray(cols.pop(name), dtype=np.float64)
+            buf = array.array("d")
+            buf.frombytes(memoryview(values).cast("B"))  # one copy, no temporary bytes
+            line.array = buf
             line.idx = len(values) - 1
             line.lencount = len(values)
+            del values
         self._pos = self._n
         self._last()
         self.home()
