@@ -40,18 +40,19 @@ def _utc(num: float) -> datetime:
 
 
 class RunRecorder(bt.Analyzer):
-    """Collects orders, per-step equity and per-bar prices/stops.
+    """Collects orders, per-step equity and the stop level of open positions.
 
-    Param ``progress``: optional callable(steps_done) called every 500 steps.
+    Param ``progress``: optional callable(steps_done) called every 500 steps. Times are kept
+    as Backtrader day numbers and converted once, in ``write_run_folder``.
     """
 
     params = (("progress", None),)
 
     def start(self) -> None:
         self.orders: dict[int, dict[str, Any]] = {}
-        self.equity: list[tuple[datetime, float, float, float, int]] = []
-        self.prices: list[tuple[datetime, str, float, float]] = []
-        self._seen: dict[str, int] = {}
+        self.equity: list[tuple[float, float, float, float, int]] = []
+        self.stops: list[tuple[float, str, float]] = []
+        self.bars: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._fills_seen: dict[int, int] = {}
 
     def notify_order(self, order: bt.Order) -> None:
@@ -90,34 +91,66 @@ class RunRecorder(bt.Analyzer):
         strat = self.strategy
         broker = strat.broker
         value = float(broker.getvalue())
-        cash = float(broker.getcash())
-        now = None
         exposure = 0.0
         npos = 0
-        books = getattr(strat, "books", {})
-        for d in strat.datas:
-            if not len(d):
+        # Only symbols with an open trade can hold a position (the Strategy's books).
+        for book in getattr(strat, "books", {}).values():
+            if book.trade is None and book.stop_state is None:
                 continue
-            t = _utc(d.datetime[0])
-            now = t if now is None or t > now else now
-            pos = strat.getposition(d).size
-            close = float(d.close[0])
-            if pos:
-                npos += 1
-                exposure += abs(pos) * close
-            if self._seen.get(d._name) != len(d):
-                self._seen[d._name] = len(d)
-                book = books.get(d._name)
-                st = getattr(book, "stop_state", None)
-                stop = float(st.level) if (st is not None and pos) else math.nan
-                self.prices.append((t, d._name, close, stop))
-        if now is not None:
-            self.equity.append((now, cash, value, exposure / value if value else 0.0, npos))
+            data = strat.getdatabyname(book.symbol)
+            pos = strat.getposition(data).size
+            if not pos:
+                continue
+            npos += 1
+            close = data.lines.close
+            exposure += abs(pos) * close.array[close._idx]
+            st = book.stop_state
+            if st is not None:
+                dt = data.lines.datetime
+                self.stops.append((dt.array[dt._idx], book.symbol, float(st.level)))
+        self.equity.append((float(strat.lines.datetime[0]), float(broker.getcash()), value,
+                            exposure / value if value else 0.0, npos))
         if self.p.progress is not None and len(self.equity) % 500 == 0:
             self.p.progress(len(self.equity))
 
+    def stop(self) -> None:
+        # Every bar each feed delivered: the prices of the run, taken in one piece.
+        for data in self.strategy.datas:
+            n = len(data)
+            dt = np.frombuffer(data.lines.datetime.array, dtype=np.float64)[:n].copy()
+            close = np.frombuffer(data.lines.close.array, dtype=np.float64)[:n].copy()
+            self.bars[data._name] = (dt, close)
+
     def get_analysis(self) -> dict[str, Any]:
         return {"orders": len(self.orders), "bars": len(self.equity)}
+
+    def equity_frame(self) -> pd.DataFrame:
+        """Per-step cash, value, exposure and open positions."""
+        eq = pd.DataFrame(self.equity, columns=["t", "cash", "value", "exposure", "positions"])
+        eq.insert(0, "timestamp", bt_nums_to_utc(eq.pop("t").to_numpy()))
+        return eq
+
+    def prices_frame(self) -> pd.DataFrame:
+        """Per-bar close of every symbol, with the stop level while a position was open."""
+        parts = []
+        for sym, (dt, close) in self.bars.items():
+            parts.append(pd.DataFrame({"t": dt, "symbol": sym, "close": close}))
+        prices = pd.concat(parts, ignore_index=True) if parts else \
+            pd.DataFrame({"t": [], "symbol": [], "close": []})
+        stops = pd.DataFrame(self.stops, columns=["t", "symbol", "stop"])
+        prices = prices.merge(stops, on=["t", "symbol"], how="left")
+        prices.insert(0, "timestamp", bt_nums_to_utc(prices.pop("t").to_numpy()))
+        return prices.sort_values(["timestamp", "symbol"], kind="stable").reset_index(drop=True)
+
+
+def bt_nums_to_utc(nums: np.ndarray) -> pd.DatetimeIndex:
+    """Backtrader day numbers -> UTC timestamps.
+
+    A float day number near 740,000 resolves about 10 microseconds, so times are rounded to
+    the millisecond (bars start on whole seconds in practice).
+    """
+    ms = np.rint((np.asarray(nums, dtype=np.float64) - 719163.0) * 86_400_000.0)
+    return pd.DatetimeIndex(pd.to_datetime(ms.astype(np.int64) * 1000, unit="us", utc=True))
 
 
 def _frame_orders(orders: dict[int, dict[str, Any]]) -> pd.DataFrame:
@@ -179,11 +212,8 @@ def write_run_folder(
 ) -> dict[str, Any]:
     """Write every file of the run folder; returns the stats."""
     run_dir = Path(run_dir)
-    equity = pd.DataFrame(recorder.equity,
-                          columns=["timestamp", "cash", "value", "exposure", "positions"])
-    prices = pd.DataFrame(recorder.prices, columns=["timestamp", "symbol", "close", "stop"])
-    for df in (equity, prices):
-        df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
+    equity = recorder.equity_frame()
+    prices = recorder.prices_frame()
     equity["benchmark"] = _benchmark(prices, equity, settings.cash)
     trades = trades_frame(closed_trades)
     orders = _frame_orders(recorder.orders)

@@ -203,10 +203,8 @@ def run_backtest(
     else:
         from analyzers.stats import compute_stats
 
-        eq = pd.DataFrame(recorder.equity,
-                          columns=["timestamp", "cash", "value", "exposure", "positions"])
-        eq["timestamp"] = pd.to_datetime(eq["timestamp"], utc=True)
-        stats = compute_stats(eq, trades_frame(strategy.closed_trades), settings.cash)
+        stats = compute_stats(recorder.equity_frame(), trades_frame(strategy.closed_trades),
+                              settings.cash)
     return BacktestResult(run_dir, stats, trades, strategy, audit, recorder, elapsed, total_bars)
 
 

@@ -103,6 +103,35 @@ class ArrayData(bt.feeds.DataBase):
         self._pos = self._n
         self._last()
         self.home()
+        # Fast paths below (advance, advance_peek, __len__) read these buffers directly.
+        self._tick_nullify()  # tick_* stay None: the broker reads the bar itself
+        self._dtbuf = self.lines.datetime
+        self._bufs = [self.lines[i] for i in range(self.lines.size())]
+        self._fast = True
+
+    # Cerebro calls these three once per feed per step; Backtrader's versions go through
+    # several layers of properties and tick bookkeeping that a preloaded bar feed never needs.
+    _fast = False
+
+    def __len__(self) -> int:
+        if self._fast:
+            return int(self._dtbuf.lencount)
+        return int(super().__len__())
+
+    def advance_peek(self) -> float:
+        if not self._fast:
+            return float(super().advance_peek())
+        dt = self._dtbuf
+        i = dt._idx + 1
+        return dt.array[i] if i < len(dt.array) else float("inf")
+
+    def advance(self, size: int = 1, datamaster: Any = None, ticks: bool = True) -> None:
+        if not self._fast or datamaster is not None:
+            super().advance(size, datamaster, ticks)
+            return
+        for buf in self._bufs:
+            buf._idx += size
+            buf.lencount += size
 
     def _load(self) -> bool:
         # Used only when preload is off (e.g. cerebro.run(preload=False)): one bar at a time.

@@ -40,6 +40,16 @@ _STATUS = {
 }
 
 
+def _buffer(line: Any) -> Any:
+    """The LineBuffer behind a data line or an indicator attached in its place."""
+    return line if hasattr(line, "_idx") and hasattr(line, "array") else line.lines[0]
+
+
+def _same(order: bt.Order, tracked: bt.Order | None) -> bool:
+    """Is a notified order the tracked one? Brokers notify with clones: compare refs."""
+    return tracked is not None and order.ref == tracked.ref
+
+
 def status_name(order: bt.Order) -> str:
     """Lower-case status name of a Backtrader order."""
     return _STATUS.get(order.status, str(order.status))
@@ -153,13 +163,25 @@ class RatchetStrategy(bt.Strategy):
 
     # ------------------------------------------------------------------ the bar loop
 
+    def start(self) -> None:
+        # Direct references to each feed's line buffers: next() runs once per bar per
+        # symbol, and Backtrader's attribute chains are its slowest part.
+        self._lines = [
+            (data, self.books[data._name], data.lines.datetime, _buffer(data.signal))
+            for data in self.datas
+        ]
+
     def next(self) -> None:
         self.bar_count += 1
-        for data in self.datas:
-            book = self.books[data._name]
-            if len(data) == book.seen_len:
+        getposition = self.getposition
+        for data, book, dtbuf, sigbuf in self._lines:
+            n = dtbuf.lencount
+            if n == book.seen_len:
                 continue  # no new bar for this symbol in this step (a gap in its data)
-            book.seen_len = len(data)
+            book.seen_len = n
+            if (book.warm and sigbuf.array[sigbuf._idx] == 0.0 and book.entry is None
+                    and book.fallback is None and getposition(data).size == 0):
+                continue  # flat, nothing working, no signal: nothing to decide
             self._on_bar(data, book)
 
     def session_of(self, when: datetime) -> str:
@@ -367,7 +389,7 @@ class RatchetStrategy(bt.Strategy):
                 self._after_entry_closed(order, book, now)
         elif purpose == Purpose.STOP:
             if order.status in (bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired) and \
-                    order is book.stop:
+                    _same(order, book.stop):
                 logger.error("%s: protective stop %s is %s; re-placing it", book.symbol, cid,
                              status_name(order))
                 book.stop = None
@@ -387,10 +409,10 @@ class RatchetStrategy(bt.Strategy):
 
     def _after_entry_closed(self, order: bt.Order, book: Book, now: datetime) -> None:
         """An entry or fallback order is done: send the fallback for a timed-out remainder."""
-        if order is book.entry:
+        if _same(order, book.entry):
             book.entry = None
             book.entry_placed = None
-        if order is book.fallback:
+        if _same(order, book.fallback):
             book.fallback = None
         if order.info.get("purpose") != Purpose.ENTRY or order.status == bt.Order.Completed:
             return

@@ -67,7 +67,11 @@ def actions(run, action: str) -> pd.DataFrame:  # noqa: ANN001
 
 
 def test_limit_entry_fills_and_signal_exit(tmp_path: Path) -> None:
-    _, r = run(tmp_path, {"ACME": flat_bars(60)}, {40: 1.0, 50: -1.0})
+    result, r = run(tmp_path, {"ACME": flat_bars(60)}, {40: 1.0, 50: -1.0})
+    # Regression: the broker notifies with clones; an identity check left the filled entry
+    # tracked as the symbol's working entry for the rest of the run.
+    book = result.strategy.books["ACME"]
+    assert book.entry is None and book.entry_placed is None
     assert len(r.trades) == 1
     t = r.trades.iloc[0]
     # Decided on bar 40's close, limit at 100.00 fills on bar 41; SELL on bar 50 -> bar 51 open.

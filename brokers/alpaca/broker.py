@@ -1,0 +1,1169 @@
+"""``AlpacaBroker``: Backtrader's broker interface on Alpaca orders, positions and fills.
+
+Implements Backtrader's order life cycle (Submitted, Accepted, Partial, Completed, Canceled,
+Expired, Margin, Rejected) on top of Alpaca's orders and ``trade_updates``
+(docs.alpaca.markets/docs/orders-at-alpaca, .../websocket-streaming):
+
+* Every Alpaca status maps through ONE table (``parsing.ORDER_STATUS``).
+* Fills are applied from the order's cumulative ``filled_qty`` minus what was applied, through
+  the journal (``journal.apply_fill``), so a replayed or duplicated event is a no-op; each new
+  fill becomes one ``order.execute(...)`` as ``BackBroker`` does.
+* Submission goes through ``orders.OrderGateway`` (intent journaled first, one POST,
+  ambiguity resolved by client order id). While an order of a symbol is ambiguous, new
+  entries in that symbol are refused.
+* ``cancel`` is confirmed synchronously (bounded), so the Strategy sees the result in the
+  same step as in a backtest; a cancel that loses the race to a fill is normal: the fill is
+  applied and the order is Completed.
+* An exit sell sent while the resting stop's cancel is still pending is parked and sent
+  once the cancel is confirmed (Alpaca holds the stop's quantity until then); if the stop
+  filled instead, the exit is not sent and is reported Canceled.
+* ``replace_stop_order`` moves the resting stop with one PATCH /v2/orders/{id}.
+* Before a step is handed to the Strategy, orders the step's bar should have filled are
+  settled (``settle``): the broker waits briefly for their trade update, then reads them.
+* Reconciliation (``reconcile.py``) runs before any trading and after every reconnect; a
+  position without a resting stop gets one at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import backtrader as bt
+from alpaca.trading.enums import OrderSide, OrderType
+
+from brokers.alpaca import parsing
+from brokers.alpaca.client import CancelResult, OrderSpec
+from brokers.alpaca.journal import Journal, JournalState
+from brokers.alpaca.orders import OrderGateway, Outcome, SubmitResult
+from brokers.alpaca.parsing import Life, OrderSnapshot, TradeUpdateRecord
+from brokers.alpaca.reconcile import (
+    AdoptOrder,
+    ExtraStops,
+    MissingStop,
+    OrderMissing,
+    OrderUpdate,
+    PositionChanged,
+    PositionClosed,
+    PositionFound,
+    ReconcileReport,
+    StopQtyMismatch,
+    is_ours,
+    is_stop,
+    reconcile,
+)
+from common.errors import BrokerError, RetryableError, UnknownStateError
+from feeds.btfeed import ns_to_bt
+from strategies import rules
+
+logger = logging.getLogger(__name__)
+
+ZERO = Decimal(0)
+
+
+def _dt_num(when: datetime) -> float:
+    import numpy as np
+
+    ns = int(when.astimezone(UTC).timestamp() * 1_000_000) * 1000
+    return float(ns_to_bt(np.array([ns], dtype=np.int64))[0])
+
+
+def _price(value: float | None) -> Decimal | None:
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return Decimal(str(round(float(value), 4)))
+
+
+@dataclass
+class Tracked:
+    """One Backtrader order and what we know of its Alpaca twin."""
+
+    order: bt.Order
+    cid: str
+    symbol: str
+    purpose: str
+    state: str = "new"  # new | parked | sent | ambiguous | done
+    alpaca_id: str | None = None
+    spec: OrderSpec | None = None
+    applied: Decimal = ZERO  # cumulative qty already executed on the bt order
+    base_filled: Decimal = ZERO  # fills before adoption (already in the position)
+    cancel_pending: bool = False
+    cancel_acked: bool = False  # Alpaca answered the DELETE (requested / already done)
+    next_cancel: float = 0.0
+    cancel_requested: bool = False
+    waiting_on: str | None = None  # parked exit: cid of the stop being canceled
+    replace_pending: str | None = None  # cid of an unresolved replacement
+    events: int = 0
+    events_at_step: int = 0
+    next_resolve: float = 0.0
+    resolve_backoff: float = 0.5
+    decision_time: datetime | None = None
+
+
+@dataclass
+class BrokerView:
+    """A copy of the broker's state for the dashboard and the state file."""
+
+    cash: float
+    value: float
+    positions: dict[str, dict[str, float]]
+    stops: dict[str, dict[str, Any]]
+    working: list[dict[str, Any]]
+    ambiguous: list[str] = field(default_factory=list)
+
+
+class AlpacaBroker(bt.BrokerBase):
+    """Backtrader broker for Alpaca (live paper/real trading through ``OrderGateway``).
+
+    Construct with keyword arguments (Backtrader's params machinery passes them through):
+    ``store`` (AlpacaStore), ``gateway`` (OrderGateway), ``journal`` (Journal), ``settings``
+    (Settings), ``audit`` (Audit or None), ``strategies`` (callable returning the running
+    strategies), ``cancel_confirm_s`` and ``fence_s`` (seconds).
+    """
+
+    params = ()
+
+    def __init__(self, store: Any = None, gateway: OrderGateway | None = None,
+                 journal: Journal | None = None, settings: Any = None, audit: Any = None,
+                 strategies: Callable[[], list[Any]] | None = None,
+                 cancel_confirm_s: float = 2.0, fence_s: float | None = 0.5,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        super().__init__()
+        if store is None or gateway is None or journal is None or settings is None:
+            raise ValueError("AlpacaBroker needs store, gateway, journal and settings")
+        self.store = store
+        self.gateway = gateway
+        self.journal = journal
+        self.settings = settings
+        self.audit = audit
+        self._strategies = strategies or (lambda: [])
+        self.cancel_confirm_s = cancel_confirm_s
+        self.fence_s = fence_s
+        self._sleep = sleep
+        self.setcommission(commission=settings.commission)
+        self.cash = 0.0
+        self.startingcash = 0.0
+        self.positions: defaultdict[Any, bt.Position] = defaultdict(bt.Position)
+        self._pos_by_symbol: dict[str, tuple[Decimal, Decimal]] = {}
+        self.notifs: deque[bt.Order] = deque()
+        self._by_cid: dict[str, Tracked] = {}
+        self._by_ref: dict[int, Tracked] = {}
+        self._by_alpaca: dict[str, Tracked] = {}
+        self._events: deque[TradeUpdateRecord] = deque()
+        self._reconcile_reasons: list[str] = []
+        self._attached = False
+        self._saved_strategy: dict[str, Any] = {}
+        self._startup_report: ReconcileReport | None = None
+        self._foreign_seen: dict[str, Decimal] = {}
+        self._verify_in = 0
+        #: resting stops known from reconciliation (placed or found), by symbol
+        self._broker_stops: dict[str, OrderSnapshot] = {}
+        self._mismatch_seen: dict[str, tuple[Decimal, Decimal]] = {}
+
+    # ================================================================ Backtrader interface
+
+    def start(self) -> None:
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+
+    def getcash(self) -> float:
+        """Cash after every fill applied so far (Alpaca's cash at startup, then our fills)."""
+        return self.cash
+
+    get_cash = getcash
+
+    def getvalue(self, datas: Any = None) -> float:
+        """Cash plus positions marked at the last bar's close (as ``BackBroker`` does)."""
+        value = self.cash
+        for data, pos in self.positions.items():
+            if datas is not None and data not in datas:
+                continue
+            if pos.size:
+                value += pos.size * self._mark(data, pos)
+        return value
+
+    get_value = getvalue
+
+    def _mark(self, data: Any, pos: bt.Position) -> float:
+        if len(data):
+            return float(data.close[0])
+        last = self.store.last_close(data._name)
+        return last if last is not None else pos.price
+
+    def getposition(self, data: Any, clone: bool = False) -> bt.Position:
+        """The position in ``data``'s symbol."""
+        pos = self.positions[data]
+        return pos.clone() if clone else pos
+
+    def orderstatus(self, order: bt.Order) -> int:
+        """Current status of ``order``."""
+        return order.status
+
+    def get_notification(self) -> bt.Order | None:
+        """Next order notification (a clone, as ``BackBroker`` delivers them)."""
+        return self.notifs.popleft() if self.notifs else None
+
+    def notify(self, order: bt.Order) -> None:
+        """Queue a notification of ``order``'s current state."""
+        self.notifs.append(order.clone())
+
+    def buy(self, owner: Any, data: Any, size: float, price: float | None = None,
+            plimit: float | None = None, exectype: int | None = None, valid: Any = None,
+            tradeid: int = 0, oco: Any = None, trailamount: float | None = None,
+            trailpercent: float | None = None, **kwargs: Any) -> bt.Order:
+        """Create and send a buy order (``cid``/``purpose`` kwargs go to ``order.info``)."""
+        order = bt.BuyOrder(owner=owner, data=data, size=size, price=price, pricelimit=plimit,
+                            exectype=exectype, valid=valid, tradeid=tradeid,
+                            trailamount=trailamount, trailpercent=trailpercent)
+        order.addinfo(**kwargs)
+        order.addcomminfo(self.getcommissioninfo(data))
+        return self.submit(order)
+
+    def sell(self, owner: Any, data: Any, size: float, price: float | None = None,
+             plimit: float | None = None, exectype: int | None = None, valid: Any = None,
+             tradeid: int = 0, oco: Any = None, trailamount: float | None = None,
+             trailpercent: float | None = None, **kwargs: Any) -> bt.Order:
+        """Create and send a sell order."""
+        order = bt.SellOrder(owner=owner, data=data, size=size, price=price, pricelimit=plimit,
+                             exectype=exectype, valid=valid, tradeid=tradeid,
+                             trailamount=trailamount, trailpercent=trailpercent)
+        order.addinfo(**kwargs)
+        order.addcomminfo(self.getcommissioninfo(data))
+        return self.submit(order)
+
+    def submit(self, order: bt.Order) -> bt.Order:
+        """Submitted at once; then sent to Alpaca (or parked behind a stop's cancel)."""
+        order.submit(self)
+        cid = str(order.info.get("cid") or self._fallback_cid(order))
+        order.info["cid"] = cid
+        purpose = str(order.info.get("purpose") or "")
+        tr = Tracked(order, cid, order.data._name, purpose,
+                     decision_time=self._bar_time(order.data))
+        old = self._by_cid.get(cid)
+        if old is not None and old.order.info.get("adopted") and old.order.alive():
+            # a restart re-decided an order we adopted as a placeholder: this one takes over
+            old.state = "done"
+            old.order.status = bt.Order.Canceled
+            self._by_ref.pop(old.order.ref, None)
+        self._track(tr)
+        self.notify(order)
+        self._send(tr)
+        return order
+
+    def cancel(self, order: bt.Order) -> None:
+        """Cancel ``order``; confirmed within ``cancel_confirm_s`` when possible."""
+        tr = self._by_ref.get(order.ref)
+        if tr is None or not order.alive():
+            return
+        if tr.state in ("new", "parked"):
+            tr.state = "done"
+            order.cancel()
+            self.notify(order)
+            self._audit("cancel", tr, "not_sent")
+            return
+        if tr.state == "ambiguous" or tr.alpaca_id is None:
+            tr.cancel_requested = True  # done once the submission is resolved
+            return
+        self._cancel_sent(tr)
+
+    def next(self) -> None:
+        """Once per loop: adopt, apply trade updates, reconcile, resolve, release parked."""
+        if not self._attached:
+            self._attach()
+        self._apply_events()
+        if self._reconcile_reasons:
+            reasons, self._reconcile_reasons = self._reconcile_reasons, []
+            try:
+                self.reconcile_now(", ".join(reasons))
+            except (UnknownStateError, RetryableError) as exc:
+                logger.error("reconciliation failed (%s); retrying next loop", exc)
+                self._reconcile_reasons.append("retry")
+        self._resolve_ambiguous()
+        self._release_parked()
+        self._confirm_pending_cancels()
+        if self._verify_in:
+            self._verify_in -= 1
+            if not self._verify_in:
+                self._verify()
+
+    # ================================================================ Strategy extension
+
+    def replace_stop_order(self, order: bt.Order, price: float, cid: str,
+                           size: float | None = None) -> bt.Order:
+        """Move the resting stop to ``price`` (and ``size``) with one PATCH; returns the order
+        to track from now on (the same one when nothing could be replaced)."""
+        tr = self._by_ref.get(order.ref)
+        if tr is None or not order.alive():
+            return order
+        if tr.state != "sent" or tr.alpaca_id is None or tr.cancel_pending or tr.replace_pending:
+            logger.info("%s: stop %s not replaceable now (%s)", tr.symbol, tr.cid, tr.state)
+            return order
+        remaining = Decimal(str(abs(size))) if size is not None else \
+            Decimal(str(abs(order.executed.remsize)))
+        qty = remaining if size is not None else None
+        stop_price = _price(price)
+        spec = OrderSpec(cid, tr.symbol, OrderSide.SELL, OrderType.STOP, remaining,
+                         parsing.choose_time_in_force(bt.Order.Stop, "stop"),
+                         stop_price=stop_price)
+        result = self.gateway.replace(self.journal.get(tr.cid), tr.alpaca_id, spec, stop_price,
+                                      qty, self._bar_time(order.data))
+        if result.outcome is Outcome.ACCEPTED and result.snapshot is not None:
+            return self._replaced(tr, result.snapshot, float(remaining), price)
+        if result.outcome is Outcome.AMBIGUOUS:
+            tr.replace_pending = cid
+            logger.warning("%s: replace of stop %s -> %s unresolved; the old stop stays",
+                           tr.symbol, tr.cid, cid)
+            return order
+        logger.warning("%s: stop %s not moved to %.2f: %s", tr.symbol, tr.cid, price,
+                       result.reason)
+        self._refresh(tr)
+        return order
+
+    def cancel_working_entries(self) -> None:
+        """Graceful stop: cancel working ENTRY orders (a fill while nobody watches would
+        leave a position without a stop); resting stops stay at the broker."""
+        for tr in list(self._by_cid.values()):
+            if tr.order.alive() and tr.purpose in ("entry", "fallback") and tr.alpaca_id:
+                logger.info("shutdown: canceling working entry %s", tr.cid)
+                try:
+                    self.cancel(tr.order)
+                except Exception as exc:  # noqa: BLE001 - the next run reconciles it
+                    logger.error("shutdown: cancel of %s failed: %s", tr.cid, exc)
+
+    # ================================================================ startup
+
+    def startup(self, saved: dict[str, Any] | None) -> ReconcileReport:
+        """Cash from the account, then reconcile against the saved state (before trading).
+
+        A failed read raises ``UnknownStateError``: the run must not trade on a guess.
+        """
+        account = self.gateway.client.get_account()
+        self.cash = self.startingcash = float(account.cash)
+        saved = saved or {}
+        self._saved_strategy = dict(saved.get("strategy") or {})
+        saved_pos = {s: Decimal(str(p.get("qty", 0)))
+                     for s, p in (saved.get("positions") or {}).items()}
+        report = self.reconcile_now("startup", saved_positions=saved_pos)
+        self._startup_report = report
+        for symbol in list(self._saved_strategy):
+            if self._pos_by_symbol.get(symbol, (ZERO, ZERO))[0] <= 0:
+                # flat at the broker (e.g. the stop filled while we were away): the saved
+                # stop/trade state belongs to a position that no longer exists
+                logger.warning("%s: flat at Alpaca; dropping its saved stop state", symbol)
+                del self._saved_strategy[symbol]
+        return report
+
+    def request_reconcile(self, reason: str) -> None:
+        """Ask for a reconciliation at the next loop (after a reconnect)."""
+        self._reconcile_reasons.append(reason)
+
+    def reconcile_now(self, reason: str,
+                      saved_positions: dict[str, Decimal] | None = None) -> ReconcileReport:
+        """Read positions and open orders, compare, and fix (see ``reconcile.py``).
+
+        Before trading (and at shutdown) the broker's positions replace ours at once. During
+        a session a fill may be on its way while we read, so differences are checked again a
+        few loops later (``_verify``) before anything is changed.
+        """
+        client = self.gateway.client
+        authoritative = not self._attached or reason == "shutdown"
+        for _ in range(3):
+            # apply what the stream already told us first, so in-flight events are no surprise
+            self._apply_events()
+            before = client.get_positions()  # UnknownStateError on failure: never "flat"
+            open_orders = client.get_open_orders()
+            open_cids = {o.client_order_id for o in open_orders}
+            journal_open = self.journal.open_orders()
+            lookups: dict[str, OrderSnapshot | None] = {}
+            for jo in journal_open:
+                if jo.cid in open_cids:
+                    continue
+                if jo.alpaca_id and not jo.unresolved:
+                    lookups[jo.cid] = client.get_order(jo.alpaca_id)
+                else:
+                    lookups[jo.cid] = client.get_order_by_client_id(jo.cid, attempts=2)
+            positions = client.get_positions()
+            if _same_positions(before, positions):
+                break  # no fill slipped in between the reads
+        if saved_positions is None:
+            saved_positions = {s: q for s, (q, _) in self._pos_by_symbol.items()}
+        report = reconcile(self.settings.symbols, self.settings.strategy_id, positions,
+                           open_orders, journal_open, saved_positions, lookups,
+                           [o.cid for o in self.journal.orders()])
+        self._apply_report(report, positions, authoritative)
+        if authoritative:
+            self.cash = float(client.get_account().cash)
+        level = logging.INFO if report.clean else logging.WARNING
+        logger.log(level, "%s (%s)", report.summary(), reason)
+        if self.audit is not None and not report.clean:
+            self.audit.record(self._now(), "reconcile", "", "reconcile", reason,
+                              detail=report.summary())
+        return report
+
+    def _apply_report(self, report: ReconcileReport, positions: list[Any],
+                      authoritative: bool) -> None:
+        for action in report.actions:
+            if isinstance(action, OrderUpdate):
+                self._apply_snapshot(action.snapshot, source="reconcile")
+            elif isinstance(action, OrderMissing):
+                self._missing(action.cid)
+            elif isinstance(action, AdoptOrder):
+                snap = action.snapshot
+                self.journal.adopt(snap.client_order_id, snap.symbol, snap.side, snap.type,
+                                   snap.qty, _purpose_of(snap.client_order_id), snap.id,
+                                   snap.status, snap.filled_qty,
+                                   snap.filled_qty * (snap.filled_avg_price or ZERO))
+                logger.warning("adopted open order %s found at Alpaca", snap.client_order_id)
+        for action in report.actions:
+            if isinstance(action, (PositionFound, PositionChanged, PositionClosed)):
+                logger.warning("position %s", action)
+        if not authoritative:
+            if not report.clean:
+                self._verify_in = 3  # look again once in-flight events have landed
+            return
+        # before trading: the broker is the truth, and every position gets its stop now
+        self._broker_stops = dict(report.stops)
+        broker = {p.symbol: (p.qty, p.avg_entry_price) for p in positions}
+        for symbol in self.settings.symbols:
+            qty, avg = broker.get(symbol, (ZERO, ZERO))
+            self._set_position(symbol, qty, avg)
+        for action in report.actions:
+            if isinstance(action, ExtraStops):
+                for cid in action.cancel:
+                    self._cancel_by_cid(cid, "extra stop")
+            elif isinstance(action, MissingStop):
+                self._place_missing_stop(action.symbol, action.qty)
+            elif isinstance(action, StopQtyMismatch):
+                self._resize_stop(action.stop_cid, action.position_qty)
+
+    def _verify(self) -> None:
+        """Mid-session check: positions equal the broker's and each one has a live stop."""
+        self._apply_events()
+        try:
+            positions = self.gateway.client.get_positions()
+        except UnknownStateError as exc:
+            logger.warning("verification postponed: %s", exc)
+            self._verify_in = 5
+            return
+        broker = {p.symbol: (p.qty, p.avg_entry_price) for p in positions}
+        mismatched = False
+        for symbol in self.settings.symbols:
+            qty, avg = broker.get(symbol, (ZERO, ZERO))
+            local = self._pos_by_symbol.get(symbol, (ZERO, ZERO))[0]
+            if local != qty:
+                if self._mismatch_seen.get(symbol) == (local, qty):
+                    logger.error("%s: position %s here, %s at Alpaca: taking Alpaca's", symbol,
+                                 local, qty)
+                    self._set_position(symbol, qty, avg)
+                    self._mismatch_seen.pop(symbol, None)
+                else:
+                    self._mismatch_seen[symbol] = (local, qty)
+                    mismatched = True
+            else:
+                self._mismatch_seen.pop(symbol, None)
+        if mismatched:
+            self._verify_in = 3
+        for symbol, (qty, avg) in sorted(self._pos_by_symbol.items()):
+            if qty <= 0 or self._has_live_stop(symbol):
+                continue
+            result = self._place_missing_stop(symbol, qty)
+            strategies = self._strategies()
+            data = self.store.feed(symbol)
+            if result.snapshot is not None and strategies and data is not None:
+                order = self._adopt_order(strategies[0], result.snapshot)
+                if hasattr(strategies[0], "adopt_position"):
+                    strategies[0].adopt_position(data, float(qty), float(avg), stop_order=order,
+                                                 atr=self.store.atr(symbol))
+
+    def _has_live_stop(self, symbol: str) -> bool:
+        return any(t.symbol == symbol and t.order.alive() and is_stop_order(t.order)
+                   and t.state != "done" for t in self._by_cid.values())
+
+    def _missing(self, cid: str) -> None:
+        row = self.journal.get(cid)
+        if row is None:
+            return
+        if row.unresolved:
+            result = self.gateway.resolve(cid, attempts=1)
+            tr = self._by_cid.get(cid)
+            if tr is not None:
+                self._resolved(tr, result)
+        else:
+            logger.error("order %s (journal: %s) is unknown to Alpaca", cid, row.alpaca_status)
+
+    # ================================================================ sending
+
+    def _fallback_cid(self, order: bt.Order) -> str:
+        when = self._bar_time(order.data) or datetime.now(UTC)
+        purpose = order.info.get("purpose") or ("entry" if order.isbuy() else "exit")
+        return rules.client_order_id(self.settings.strategy_id, order.data._name, when, purpose,
+                                     seq=order.ref)
+
+    def _send(self, tr: Tracked) -> None:
+        order = tr.order
+        if order.isbuy() and self._ambiguous_in(tr.symbol, exclude=tr):
+            self._reject(tr, "an earlier order of this symbol is unresolved", margin=False)
+            return
+        if order.issell() and not is_stop_order(order):
+            blocking = self._stop_cancel_pending(tr.symbol)
+            if blocking is not None:
+                tr.state, tr.waiting_on = "parked", blocking.cid
+                self._audit("park", tr, f"waiting for the cancel of {blocking.cid}")
+                logger.info("%s: exit %s waits for the cancel of stop %s", tr.symbol, tr.cid,
+                            blocking.cid)
+                return
+            if not self._clip_to_position(tr):
+                return
+        spec = self._spec(tr)
+        tr.spec = spec
+        tr.state = "sent"
+        result = self.gateway.submit(spec, tr.purpose, tr.decision_time)
+        self._resolved(tr, result)
+
+    def _spec(self, tr: Tracked) -> OrderSpec:
+        order = tr.order
+        qty = Decimal(str(abs(order.executed.remsize or order.size)))
+        otype = parsing.ORDER_TYPES.get(order.exectype)
+        if otype is None or otype is OrderType.TRAILING_STOP:
+            raise BrokerError(f"order type {order.getordername()} is not supported on Alpaca")
+        limit = stop = None
+        if otype is OrderType.LIMIT:
+            limit = _price(order.created.price)
+        elif otype is OrderType.STOP:
+            stop = _price(order.created.price)
+        elif otype is OrderType.STOP_LIMIT:
+            stop, limit = _price(order.created.price), _price(order.created.pricelimit)
+        tif = parsing.choose_time_in_force(order.exectype, tr.purpose)
+        # the Strategy marks extended-hours orders (limits only: Alpaca refuses the rest)
+        extended = bool(order.info.get("extended_hours")) and otype is OrderType.LIMIT
+        return OrderSpec(tr.cid, tr.symbol, parsing.SIDES[order.ordtype], otype, qty, tif,
+                         limit_price=limit, stop_price=stop, extended_hours=extended)
+
+    def _resolved(self, tr: Tracked, result: SubmitResult) -> None:
+        if result.outcome is Outcome.ACCEPTED and result.snapshot is not None:
+            tr.state = "sent"
+            self._index_alpaca(tr, result.snapshot.id)
+            if result.repeated:
+                logger.info("%s: order %s was already at Alpaca (%s): tracking it", tr.symbol,
+                            tr.cid, result.snapshot.status)
+                self._replay_journal_fills(tr)
+            self._apply_snapshot(result.snapshot, source="submit")
+            if tr.cancel_requested and tr.order.alive():
+                tr.cancel_requested = False
+                self._cancel_sent(tr)
+            return
+        if result.outcome is Outcome.AMBIGUOUS:
+            if tr.state != "ambiguous":
+                self._audit("ambiguous", tr, result.reason)
+            tr.state = "ambiguous"
+            tr.next_resolve = time.monotonic() + tr.resolve_backoff
+            tr.resolve_backoff = min(30.0, tr.resolve_backoff * 2)
+            return
+        margin = "buying power" in result.reason
+        reason = result.reason or result.outcome.value
+        self._reject(tr, reason, margin=margin)
+
+    def _reject(self, tr: Tracked, reason: str, margin: bool) -> None:
+        tr.state = "done"
+        if margin:
+            tr.order.margin()
+        else:
+            tr.order.reject(self)
+        self.notify(tr.order)
+        self._audit("rejected", tr, reason)
+        logger.warning("%s: order %s %s: %s", tr.symbol, tr.cid,
+                       "margin" if margin else "rejected", reason)
+
+    def _clip_to_position(self, tr: Tracked) -> bool:
+        # Long-only: a sell never exceeds what is held (a stop that filled first made it 0).
+        order = tr.order
+        pos = self.positions[order.data].size
+        others = sum(abs(t.order.executed.remsize) for t in self._by_cid.values()
+                     if t is not tr and t.symbol == tr.symbol and t.order.alive()
+                     and t.order.issell() and not is_stop_order(t.order)
+                     and t.state in ("sent", "ambiguous"))
+        available = max(0.0, pos - others)
+        want = abs(order.executed.remsize or order.size)
+        if available <= 0:
+            tr.state = "done"
+            order.cancel()
+            self.notify(order)
+            self._audit("cancel", tr, "no position left to sell (the stop filled first)")
+            logger.info("%s: exit %s not sent: no position left", tr.symbol, tr.cid)
+            return False
+        if want > available + 1e-9:
+            logger.warning("%s: exit %s clipped from %s to %s (position)", tr.symbol, tr.cid,
+                           want, available)
+            order.size = -available
+            order.created.size = -available
+            order.executed.remsize = -available
+        return True
+
+    # ================================================================ cancel / replace
+
+    def _cancel_sent(self, tr: Tracked) -> None:
+        tr.cancel_pending = True
+        if not self._send_cancel(tr):
+            return
+        self._confirm_cancel(tr, self.cancel_confirm_s)
+
+    def _send_cancel(self, tr: Tracked) -> bool:
+        # DELETE is idempotent: re-sent until Alpaca answers it (then confirmed by status)
+        assert tr.alpaca_id is not None
+        try:
+            result = self.gateway.cancel(tr.alpaca_id)
+        except (RetryableError, BrokerError) as exc:
+            logger.warning("%s: cancel of %s failed (%s); retrying", tr.symbol, tr.cid, exc)
+            tr.next_cancel = time.monotonic() + 0.25
+            return False
+        tr.cancel_acked = True
+        if result is CancelResult.NOT_FOUND:
+            logger.error("%s: cancel of %s: Alpaca does not know the order", tr.symbol, tr.cid)
+        return True
+
+    def _confirm_cancel(self, tr: Tracked, budget: float) -> None:
+        deadline = time.monotonic() + budget
+        delay = 0.01
+        while True:
+            self._apply_events()
+            if not tr.order.alive():
+                tr.cancel_pending = False
+                return
+            snap = self._read_order(tr)
+            if snap is not None:
+                self._apply_snapshot(snap, source="cancel")
+                if snap.terminal or not tr.order.alive():
+                    tr.cancel_pending = False
+                    return
+            if time.monotonic() + delay > deadline:
+                logger.info("%s: cancel of %s not confirmed yet", tr.symbol, tr.cid)
+                return
+            self.store.pump_events(delay)
+            delay = min(0.2, delay * 2)
+
+    def _confirm_pending_cancels(self) -> None:
+        for tr in list(self._by_cid.values()):
+            if not tr.cancel_pending:
+                continue
+            if not tr.order.alive():
+                tr.cancel_pending = False
+            elif tr.cancel_acked or (time.monotonic() >= tr.next_cancel
+                                     and self._send_cancel(tr)):
+                self._confirm_cancel(tr, 0.0)
+
+    def _stop_cancel_pending(self, symbol: str) -> Tracked | None:
+        for tr in self._by_cid.values():
+            if tr.symbol == symbol and tr.cancel_pending and tr.order.alive() \
+                    and is_stop_order(tr.order):
+                return tr
+        return None
+
+    def _release_parked(self) -> None:
+        for tr in list(self._by_cid.values()):
+            if tr.state != "parked" or not tr.order.alive():
+                continue
+            blocker = self._by_cid.get(tr.waiting_on or "")
+            if blocker is not None and blocker.order.alive():
+                continue
+            tr.state, tr.waiting_on = "new", None
+            logger.info("%s: stop cancel settled; sending exit %s", tr.symbol, tr.cid)
+            self._send(tr)
+
+    def _replaced(self, old: Tracked, snap: OrderSnapshot, size: float,
+                  price: float) -> bt.Order:
+        order = old.order
+        new = bt.SellOrder(owner=order.owner, data=order.data, size=size,
+                           price=float(snap.stop_price or _price(price) or price),
+                           exectype=bt.Order.Stop, simulated=not len(order.data))
+        new.addinfo(cid=snap.client_order_id, purpose=old.purpose or "stop",
+                    replaces=old.cid)
+        new.addcomminfo(self.getcommissioninfo(order.data))
+        new.submit(self)
+        tr = Tracked(new, snap.client_order_id, old.symbol, old.purpose or "stop", state="sent",
+                     decision_time=self._bar_time(order.data))
+        self._track(tr)
+        self._index_alpaca(tr, snap.id)
+        old.state = "done"
+        if order.alive():
+            order.cancel()
+            self.notify(order)
+        self.journal.set_status(old.cid, "replaced")
+        self.notify(new)
+        self._apply_snapshot(snap, source="replace")
+        return new
+
+    def _refresh(self, tr: Tracked) -> None:
+        snap = self._read_order(tr)
+        if snap is not None:
+            self._apply_snapshot(snap, source="refresh")
+
+    def _read_order(self, tr: Tracked) -> OrderSnapshot | None:
+        try:
+            if tr.alpaca_id:
+                return self.gateway.client.get_order(tr.alpaca_id)
+            return self.gateway.client.get_order_by_client_id(tr.cid, attempts=1)
+        except Exception as exc:  # a failed read changes nothing
+            logger.info("read of %s failed: %s", tr.cid, exc)
+            return None
+
+    def _cancel_by_cid(self, cid: str, why: str) -> None:
+        row = self.journal.get(cid)
+        snap = None
+        if row is None or row.alpaca_id is None:
+            snap = self.gateway.client.get_order_by_client_id(cid, attempts=2)
+        alpaca_id = row.alpaca_id if row is not None and row.alpaca_id else \
+            (snap.id if snap else None)
+        if alpaca_id is None:
+            return
+        logger.warning("canceling %s (%s)", cid, why)
+        self.gateway.cancel(alpaca_id)
+        tr = self._by_cid.get(cid)
+        if tr is not None:
+            tr.cancel_pending = True
+            self._confirm_cancel(tr, self.cancel_confirm_s)
+
+    def _stop_level(self, symbol: str, avg: Decimal) -> float:
+        saved = (self._saved_strategy.get(symbol) or {}).get("stop") or {}
+        if saved.get("level"):
+            level = float(saved["level"])
+        else:
+            atr = self.store.atr(symbol)
+            if atr is None or not math.isfinite(atr):
+                atr = float(avg) * 0.01
+            level = rules.initial_stop(float(avg), atr, self.settings.atr_stop_multiplier,
+                                       self.settings.trail_stop_pct).level
+        last = self.store.last_close(symbol)
+        if last is not None and level >= last:
+            # Alpaca refuses a sell stop at or above the market; protect just below it
+            logger.warning("%s: stop level %.2f is above the last price %.2f: placing it just "
+                           "below the market", symbol, level, last)
+            level = last * 0.999
+        return rules.round_price(level)
+
+    def _place_missing_stop(self, symbol: str, qty: Decimal) -> SubmitResult:
+        _, avg = self._pos_by_symbol.get(symbol, (qty, ZERO))
+        level = self._stop_level(symbol, avg)
+        when = self.store.last_bar_time(symbol) or self._now()
+        seq = int((self._saved_strategy.get(symbol) or {}).get("stop_seq") or 0) + 50
+        cid = rules.client_order_id(self.settings.strategy_id, symbol, when, "stop", seq=seq)
+        spec = OrderSpec(cid, symbol, OrderSide.SELL, OrderType.STOP, qty,
+                         parsing.choose_time_in_force(bt.Order.Stop, "stop"),
+                         stop_price=_price(level))
+        logger.warning("%s: position of %s has no resting stop: placing %s at %.2f", symbol,
+                       qty, cid, level)
+        result = self.gateway.submit(spec, "stop", when)
+        if result.snapshot is not None and not result.snapshot.terminal:
+            self._broker_stops[symbol] = result.snapshot
+        if self.audit is not None:
+            self.audit.record(when, "reconcile", symbol, "place_stop", "missing_stop",
+                              qty=float(qty), price=level, client_order_id=cid,
+                              outcome=result.outcome.value)
+        return result
+
+    def _resize_stop(self, cid: str, qty: Decimal) -> None:
+        row = self.journal.get(cid)
+        if row is None or row.alpaca_id is None:
+            return
+        tr = self._by_cid.get(cid)
+        if tr is not None and tr.order.alive():
+            return  # the Strategy resizes its own stop on its fills
+        new_cid = f"{cid[:100]}r"
+        spec = OrderSpec(new_cid, row.symbol, OrderSide.SELL, OrderType.STOP, qty,
+                         parsing.choose_time_in_force(bt.Order.Stop, "stop"),
+                         stop_price=parsing.to_decimal(row.spec.get("stop_price")))
+        logger.warning("%s: resizing stop %s to %s", row.symbol, cid, qty)
+        self.gateway.replace(row, row.alpaca_id, spec, None, qty)
+
+    # ================================================================ events and fills
+
+    def on_trade_update(self, update: TradeUpdateRecord) -> None:
+        """Queue one ``trade_updates`` event (applied in ``next``, in arrival order)."""
+        self._events.append(update)
+        tr = self._by_cid.get(update.order.client_order_id)
+        if tr is not None:
+            tr.events += 1
+
+    def _apply_events(self) -> None:
+        while self._events:
+            ev = self._events.popleft()
+            kind = ev.kind
+            if kind is parsing.EventKind.CANCEL_REJECTED:
+                tr = self._by_cid.get(ev.order.client_order_id)
+                if tr is not None:
+                    logger.info("%s: cancel of %s rejected (%s): it lives on or filled",
+                                tr.symbol, tr.cid, ev.order.status)
+            elif kind is parsing.EventKind.REPLACE_REJECTED:
+                logger.info("replace of %s rejected", ev.order.client_order_id)
+            self._apply_snapshot(ev.order, source=f"stream:{ev.event}", event=ev)
+
+    def _apply_snapshot(self, snap: OrderSnapshot, source: str,
+                        event: TradeUpdateRecord | None = None) -> None:
+        """Bring journal, position, cash and the Backtrader order in line with ``snap``."""
+        cid = snap.client_order_id
+        row = self.journal.get(cid)
+        if row is None:
+            if not is_ours(cid, self.settings.strategy_id):
+                self._foreign_fill(snap)
+                return
+            self.journal.adopt(cid, snap.symbol, snap.side, snap.type, snap.qty,
+                               _purpose_of(cid), snap.id, snap.status, ZERO, ZERO)
+            row = self.journal.get(cid)
+            assert row is not None
+        if row.state is not JournalState.ACCEPTED or row.alpaca_status != snap.status \
+                or row.alpaca_id != snap.id:
+            self.journal.set_status(cid, snap.status, snap.id)
+        ts = event.timestamp if event is not None else (snap.updated_at or self._now())
+        fill = self.journal.apply_fill(
+            cid, snap.filled_qty, snap.filled_avg_price, ts,
+            exec_id=event.execution_id if event is not None else None,
+            exec_qty=event.qty if event is not None else None,
+            exec_price=event.price if event is not None else None)
+        known = self._broker_stops.get(snap.symbol)
+        if known is not None and known.client_order_id == cid:
+            if snap.terminal:
+                del self._broker_stops[snap.symbol]
+            else:
+                self._broker_stops[snap.symbol] = snap
+        tr = self._by_cid.get(cid)
+        if tr is not None and tr.alpaca_id is None:
+            self._index_alpaca(tr, snap.id)
+        if fill is not None:
+            signed = fill.qty if snap.side == "buy" else -fill.qty
+            self._fill(tr, snap.symbol, signed, fill.price, fill.ts)
+        if tr is not None:
+            self._life(tr, snap)
+
+    def _fill(self, tr: Tracked | None, symbol: str, qty: Decimal, price: Decimal,
+              when: datetime) -> None:
+        data = self.store.feed(symbol)
+        size, px = float(qty), float(price)
+        comminfo = self.getcommissioninfo(data) if data is not None else self.p.commission
+        if data is None:
+            self._bump_symbol(symbol, qty, price)
+            return
+        pos = self.positions[data]
+        pprice_orig = pos.price
+        psize, pprice, opened, closed = pos.update(size, px)
+        closedvalue = comminfo.getoperationcost(closed, pprice_orig)
+        closedcomm = comminfo.getcommission(closed, px)
+        openedvalue = comminfo.getoperationcost(opened, px)
+        openedcomm = comminfo.getcommission(opened, px)
+        pnl = comminfo.profitandloss(-closed, pprice_orig, px)
+        self.cash -= size * px + closedcomm + openedcomm
+        self._pos_by_symbol[symbol] = (Decimal(str(pos.size)), Decimal(str(pos.price)))
+        if tr is None:
+            logger.info("%s: fill of %s @ %s for an order not tracked this run", symbol, qty,
+                        price)
+            return
+        tr.applied += abs(qty)
+        order = tr.order
+        order.execute(_dt_num(when), size, px, closed, closedvalue, closedcomm, opened,
+                      openedvalue, openedcomm, comminfo.margin, pnl, psize, pprice)
+        order.addcomminfo(comminfo)
+        self.notify(order)
+
+    def _replay_journal_fills(self, tr: Tracked) -> None:
+        # A decision repeated after a restart: the fills it already had are in the journal and
+        # in the broker's position; show them on the Backtrader order (position untouched).
+        order = tr.order
+        comminfo = self.getcommissioninfo(order.data)
+        pos = self.positions[order.data]
+        for f in self.journal.fills(tr.cid):
+            qty = Decimal(f["qty"])
+            size = float(qty) if order.isbuy() else -float(qty)
+            price = float(f["price"])
+            opened, closed = (size, 0.0) if order.isbuy() else (0.0, size)
+            order.execute(_dt_num(datetime.fromisoformat(f["ts"])), size, price, closed,
+                          comminfo.getoperationcost(closed, price), 0.0, opened,
+                          comminfo.getoperationcost(opened, price), 0.0, comminfo.margin, 0.0,
+                          pos.size, pos.price)
+            tr.applied += qty
+        if tr.applied:
+            self.notify(order)
+            logger.info("%s: %s already had %s filled before the restart", tr.symbol, tr.cid,
+                        tr.applied)
+
+    def _life(self, tr: Tracked, snap: OrderSnapshot) -> None:
+        order = tr.order
+        if not order.alive():
+            return
+        life = snap.rule.life
+        if life is Life.FILLED:
+            if order.status != bt.Order.Completed:
+                order.completed()
+                self.notify(order)
+            tr.state = "done"
+        elif life is Life.CANCELED or life is Life.REPLACED:
+            if life is Life.REPLACED and snap.replaced_by:
+                nxt = self._by_alpaca.get(snap.replaced_by)
+                if nxt is None:
+                    self._repoint(tr, snap.replaced_by)
+                    return
+            order.cancel()
+            tr.state = "done"
+            self.notify(order)
+        elif life is Life.EXPIRED:
+            order.status = bt.Order.Expired
+            tr.state = "done"
+            self.notify(order)
+        elif life is Life.REJECTED:
+            tr.state = "done"
+            order.reject(self)
+            self.notify(order)
+            self._audit("rejected", tr, "rejected by Alpaca")
+        elif life is Life.WORKING and order.status == bt.Order.Submitted:
+            order.accept(self)
+            self.notify(order)
+
+    def _repoint(self, tr: Tracked, new_alpaca_id: str) -> None:
+        # A replacement we did not see resolve (ambiguous PATCH): keep the Backtrader order,
+        # follow the new Alpaca order from now on.
+        try:
+            snap = self.gateway.client.get_order(new_alpaca_id)
+        except Exception as exc:
+            logger.warning("%s: cannot read replacement %s: %s", tr.symbol, new_alpaca_id, exc)
+            return
+        if snap is None:
+            return
+        logger.warning("%s: stop %s was replaced by %s: following it", tr.symbol, tr.cid,
+                       snap.client_order_id)
+        self._by_cid.pop(tr.cid, None)
+        tr.cid = snap.client_order_id
+        tr.order.info["cid"] = tr.cid
+        tr.replace_pending = None
+        tr.applied = ZERO
+        self._by_cid[tr.cid] = tr
+        self._index_alpaca(tr, snap.id)
+        if snap.stop_price is not None:
+            tr.order.created.price = float(snap.stop_price)
+        self._apply_snapshot(snap, source="repoint")
+
+    def _foreign_fill(self, snap: OrderSnapshot) -> None:
+        if snap.symbol not in self.settings.symbols:
+            return
+        seen = self._foreign_seen.get(snap.id, ZERO)
+        delta = snap.filled_qty - seen
+        if delta <= 0:
+            return
+        self._foreign_seen[snap.id] = snap.filled_qty
+        price = snap.filled_avg_price or ZERO
+        logger.warning("%s: fill of %s by an order that is not ours (%s)", snap.symbol, delta,
+                       snap.client_order_id)
+        self._fill(None, snap.symbol, delta if snap.side == "buy" else -delta, price,
+                   snap.updated_at or self._now())
+
+    # ================================================================ fill fence
+
+    def settle(self, bars: dict[str, Any]) -> None:
+        """Before a step reaches the Strategy: make sure fills its bars imply have arrived.
+
+        For every working order the bar would have executed (Backtrader's fill rules), wait up
+        to ``fence_s`` for a trade update, then read the order. In real time fills come long
+        before the bar closes; this only matters when both arrive at once (replays).
+        """
+        self._apply_events()
+        if self.fence_s is None:
+            return
+        due = [tr for tr in self._by_cid.values()
+               if tr.state == "sent" and tr.order.alive() and tr.symbol in bars
+               and tr.events == tr.events_at_step and _would_fill(tr.order, bars[tr.symbol])]
+        if due:
+            deadline = time.monotonic() + self.fence_s
+            while time.monotonic() < deadline and any(t.events == t.events_at_step
+                                                       for t in due):
+                self.store.pump_events(0.005)
+            self._apply_events()
+            for tr in due:
+                if tr.events == tr.events_at_step and tr.order.alive():
+                    self._refresh(tr)
+        for tr in self._by_cid.values():
+            tr.events_at_step = tr.events
+
+    # ================================================================ background work
+
+    def _resolve_ambiguous(self) -> None:
+        now = time.monotonic()
+        for tr in list(self._by_cid.values()):
+            if tr.state == "ambiguous" and now >= tr.next_resolve:
+                self._resolved(tr, self.gateway.resolve(tr.cid, attempts=1))
+            if tr.replace_pending and now >= tr.next_resolve:
+                result = self.gateway.resolve(tr.replace_pending, attempts=1)
+                if result.outcome is Outcome.ACCEPTED and result.snapshot is not None:
+                    self._repoint(tr, result.snapshot.id)
+                elif result.outcome in (Outcome.LOST, Outcome.REJECTED):
+                    tr.replace_pending = None
+                else:
+                    tr.next_resolve = now + tr.resolve_backoff
+                    tr.resolve_backoff = min(30.0, tr.resolve_backoff * 2)
+
+    def _attach(self) -> None:
+        strategies = self._strategies()
+        if not strategies:
+            return
+        self._attached = True
+        strat = strategies[0]
+        if self._saved_strategy and hasattr(strat, "restore_state"):
+            strat.restore_state(self._saved_strategy)
+        try:
+            open_orders = self.gateway.client.get_open_orders()
+        except UnknownStateError as exc:
+            logger.error("cannot read open orders to adopt them (%s)", exc)
+            open_orders = []
+        stops: dict[str, bt.Order] = {}
+        for snap in open_orders:
+            if not is_ours(snap.client_order_id, self.settings.strategy_id):
+                continue
+            if snap.client_order_id in self._by_cid or self.store.feed(snap.symbol) is None:
+                continue
+            order = self._adopt_order(strat, snap)
+            if is_stop(snap):
+                prev = stops.get(snap.symbol)
+                if prev is None or order.created.price > prev.created.price:
+                    stops[snap.symbol] = order
+        for symbol, (qty, avg) in sorted(self._pos_by_symbol.items()):
+            data = self.store.feed(symbol)
+            if qty <= 0 or data is None or not hasattr(strat, "adopt_position"):
+                continue
+            strat.adopt_position(data, float(qty), float(avg), stop_order=stops.get(symbol),
+                                 atr=self.store.atr(symbol))
+            logger.info("%s: Strategy takes over %s shares @ %s (stop %s)", symbol, qty, avg,
+                        stops[symbol].info.get("cid") if symbol in stops else "none")
+
+    def _adopt_order(self, strat: Any, snap: OrderSnapshot) -> bt.Order:
+        data = self.store.feed(snap.symbol)
+        cls = bt.BuyOrder if snap.side == "buy" else bt.SellOrder
+        exectype = parsing.ORDER_TYPES_BACK.get(parsing.OrderType(snap.type), bt.Order.Market)
+        price = float(snap.stop_price or snap.limit_price or 0) or None
+        order = cls(owner=strat, data=data, size=float(snap.remaining), price=price,
+                    exectype=exectype, simulated=True)
+        order.addinfo(cid=snap.client_order_id, purpose=_purpose_of(snap.client_order_id),
+                      adopted=True)
+        order.addcomminfo(self.getcommissioninfo(data))
+        order.submit(self)
+        order.accept(self)
+        tr = Tracked(order, snap.client_order_id, snap.symbol,
+                     _purpose_of(snap.client_order_id), state="sent")
+        tr.base_filled = snap.filled_qty
+        self._track(tr)
+        self._index_alpaca(tr, snap.id)
+        logger.info("%s: tracking open order %s (%s %s)", snap.symbol, snap.client_order_id,
+                    snap.type, snap.remaining)
+        return order
+
+    # ================================================================ bookkeeping
+
+    def _track(self, tr: Tracked) -> None:
+        self._by_cid[tr.cid] = tr
+        self._by_ref[tr.order.ref] = tr
+
+    def _index_alpaca(self, tr: Tracked, alpaca_id: str) -> None:
+        tr.alpaca_id = alpaca_id
+        self._by_alpaca[alpaca_id] = tr
+
+    def _ambiguous_in(self, symbol: str, exclude: Tracked | None = None) -> bool:
+        return any(t.symbol == symbol and t.state == "ambiguous" and t is not exclude
+                   for t in self._by_cid.values())
+
+    def _set_position(self, symbol: str, qty: Decimal, avg: Decimal) -> None:
+        self._pos_by_symbol[symbol] = (qty, avg)
+        data = self.store.feed(symbol)
+        if data is None:
+            return
+        pos = self.positions[data]
+        if Decimal(str(pos.size)) != qty or (qty and abs(pos.price - float(avg)) > 1e-9):
+            pos.set(float(qty), float(avg))
+
+    def _bump_symbol(self, symbol: str, qty: Decimal, price: Decimal) -> None:
+        old_qty, old_avg = self._pos_by_symbol.get(symbol, (ZERO, ZERO))
+        new_qty = old_qty + qty
+        avg = old_avg if qty < 0 or new_qty == 0 else \
+            (old_qty * old_avg + qty * price) / new_qty
+        self._pos_by_symbol[symbol] = (new_qty, avg if new_qty else ZERO)
+        self.cash -= float(qty * price)
+
+    def _bar_time(self, data: Any) -> datetime | None:
+        if data is not None and len(data):
+            return data.datetime.datetime(0).replace(tzinfo=UTC)
+        return self.store.last_bar_time(data._name) if data is not None else None
+
+    def _now(self) -> datetime:
+        return self.store.broker_time()
+
+    def _audit(self, action: str, tr: Tracked, reason: str) -> None:
+        if self.audit is None:
+            return
+        self.audit.record(tr.decision_time or self._now(), "broker", tr.symbol, action,
+                          reason, qty=abs(float(tr.order.size)), client_order_id=tr.cid)
+
+    def view(self) -> BrokerView:
+        """A copy of positions, stops and working orders (dashboard, state file)."""
+        positions: dict[str, dict[str, float]] = {}
+        for symbol, (qty, avg) in sorted(self._pos_by_symbol.items()):
+            if qty:
+                data = self.store.feed(symbol)
+                last = self.store.last_close(symbol)
+                positions[symbol] = {"qty": float(qty), "avg_price": float(avg),
+                                     "last": last if last is not None else float("nan")}
+                if data is not None and last is not None:
+                    positions[symbol]["unrealized_pnl"] = float(qty) * (last - float(avg))
+        stops: dict[str, dict[str, Any]] = {}
+        working: list[dict[str, Any]] = []
+        for tr in self._by_cid.values():
+            if not tr.order.alive():
+                continue
+            row = {"cid": tr.cid, "symbol": tr.symbol, "purpose": tr.purpose,
+                   "side": "buy" if tr.order.isbuy() else "sell",
+                   "type": tr.order.getordername().lower(), "state": tr.state,
+                   "qty": abs(float(tr.order.executed.remsize)),
+                   "price": tr.order.created.price, "alpaca_id": tr.alpaca_id}
+            if is_stop_order(tr.order):
+                stops[tr.symbol] = row
+            else:
+                working.append(row)
+        for symbol, snap in self._broker_stops.items():
+            if symbol not in stops:
+                stops[symbol] = {"cid": snap.client_order_id, "symbol": symbol,
+                                 "purpose": "stop", "side": "sell", "type": "stop",
+                                 "state": "at broker", "qty": float(snap.remaining),
+                                 "price": float(snap.stop_price or 0), "alpaca_id": snap.id}
+        return BrokerView(self.cash, self.getvalue(), positions, stops, working,
+                          [t.cid for t in self._by_cid.values() if t.state == "ambiguous"])
+
+
+def is_stop_order(order: bt.Order) -> bool:
+    """A sell stop (the protective order)."""
+    return order.issell() and order.exectype in (bt.Order.Stop, bt.Order.StopLimit,
+                                                 bt.Order.StopTrail)
+
+
+def _same_positions(a: list[Any], b: list[Any]) -> bool:
+    return sorted((p.symbol, p.qty) for p in a) == sorted((p.symbol, p.qty) for p in b)
+
+
+def _purpose_of(cid: str) -> str:
+    parsed = rules.parse_client_order_id(cid)
+    if parsed is None:
+        tail = cid.rsplit("-", 1)[-1]
+        return tail.rstrip("0123456789r") if tail else ""
+    return parsed[3].value
+
+
+def _would_fill(order: bt.Order, bar: Any) -> bool:
+    """Would Backtrader's fill rules execute ``order`` on ``bar``?"""
+    price = order.created.price
+    if order.exectype == bt.Order.Market:
+        return True
+    if order.exectype == bt.Order.Limit:
+        return bar.low <= price if order.isbuy() else bar.high >= price
+    if order.exectype in (bt.Order.Stop, bt.Order.StopLimit):
+        return bar.high >= price if order.isbuy() else bar.low <= price
+    return False

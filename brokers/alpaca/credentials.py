@@ -1,0 +1,128 @@
+"""API keys for Alpaca: from the environment or a file the user names; never printed.
+
+Implements the key convention of Alpaca's docs ("Authentication",
+docs.alpaca.markets/docs/authentication) and of the old SDK: ``APCA_API_KEY_ID`` and
+``APCA_API_SECRET_KEY``. alpaca-py itself reads no environment variable.
+
+``Credentials`` masks both values in ``repr``/``str`` and registers them with the process-wide
+log filter ``common.logs.REDACTOR`` as soon as they are loaded, so a key that reaches a log
+record, an exception text or the audit detail is replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import ConfigError
+from common.logs import REDACTOR, RedactSecrets
+
+logger = logging.getLogger(__name__)
+
+ENV_KEY_ID = "APCA_API_KEY_ID"
+ENV_SECRET = "APCA_API_SECRET_KEY"
+
+
+def mask(value: str) -> str:
+    """``AK…XY`` style mask: first and last two characters of long values, else ``***``."""
+    if len(value) >= 12:
+        return f"{value[:2]}…{value[-2:]}"
+    return "***"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """An Alpaca key pair. ``repr``/``str`` never show the values."""
+
+    key_id: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    source: str = "environment"
+
+    def __post_init__(self) -> None:
+        if not self.key_id or not self.secret_key:
+            raise ConfigError(
+                f"Alpaca keys from {self.source} are incomplete: set both {ENV_KEY_ID} and "
+                f"{ENV_SECRET} (or pass --keys-file FILE)"
+            )
+
+    def __repr__(self) -> str:
+        return f"Credentials(key_id={mask(self.key_id)}, secret_key=***, source={self.source})"
+
+    __str__ = __repr__
+
+    def register(self, redactor: RedactSecrets = REDACTOR) -> Credentials:
+        """Add both values to ``redactor`` (the process-wide log filter by default)."""
+        redactor.add(self.key_id, self.secret_key)
+        return self
+
+    @property
+    def secrets(self) -> tuple[str, str]:
+        """Both secret values (for redaction checks)."""
+        return (self.key_id, self.secret_key)
+
+
+def from_env(environ: Mapping[str, str] | None = None,
+             redactor: RedactSecrets = REDACTOR) -> Credentials:
+    """Keys from ``APCA_API_KEY_ID`` / ``APCA_API_SECRET_KEY``; a ``ConfigError`` names what
+    is missing (never its value)."""
+    env = os.environ if environ is None else environ
+    key, secret = env.get(ENV_KEY_ID, "").strip(), env.get(ENV_SECRET, "").strip()
+    missing = [name for name, v in ((ENV_KEY_ID, key), (ENV_SECRET, secret)) if not v]
+    if missing:
+        raise ConfigError(
+            f"Alpaca keys missing: set {' and '.join(missing)} in the environment "
+            "(or pass --keys-file FILE)"
+        )
+    return Credentials(key, secret, "environment").register(redactor)
+
+
+def from_file(path: Path, redactor: RedactSecrets = REDACTOR) -> Credentials:
+    """Keys from a file the user names: TOML/JSON with ``key_id``/``secret_key`` (or the env
+    names ``APCA_API_KEY_ID``/``APCA_API_SECRET_KEY``), or ``NAME=value`` lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"keys file {path} not found: check --keys-file")
+    text = path.read_text(encoding="utf-8")
+    values: dict[str, str] = {}
+    try:
+        if path.suffix.lower() == ".json":
+            raw = json.loads(text)
+        elif path.suffix.lower() == ".toml":
+            raw = tomllib.loads(text)
+        else:
+            raw = {}
+            for line in text.splitlines():
+                line = line.strip()
+                if not line or line.startswith("#") or "=" not in line:
+                    continue
+                name, _, value = line.partition("=")
+                name = name.strip().removeprefix("export ").strip()
+                raw[name] = value.strip().strip("'\"")
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError):
+        # The parser's message may quote the file: never echo it.
+        raise ConfigError(f"keys file {path} is not valid {path.suffix[1:].upper()}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"keys file {path}: expected key_id and secret_key entries")
+    for name, value in raw.items():
+        values[str(name).lower()] = str(value).strip()
+    key = values.get("key_id") or values.get(ENV_KEY_ID.lower(), "")
+    secret = values.get("secret_key") or values.get(ENV_SECRET.lower(), "")
+    if not key or not secret:
+        raise ConfigError(
+            f"keys file {path}: needs key_id and secret_key (or {ENV_KEY_ID} and {ENV_SECRET})"
+        )
+    return Credentials(key, secret, f"file {path.name}").register(redactor)
+
+
+def load_credentials(keys_file: Path | None = None,
+                     environ: Mapping[str, str] | None = None,
+                     redactor: RedactSecrets = REDACTOR) -> Credentials:
+    """Keys from ``keys_file`` when given, else from the environment."""
+    if keys_file is not None:
+        return from_file(keys_file, redactor)
+    return from_env(environ, redactor)

@@ -1,0 +1,400 @@
+"""The order journal: intents before the POST, fills exactly once, durable across SIGKILL.
+
+Implements our side of Alpaca's idempotency contract ("client_order_id", unique per account,
+docs.alpaca.markets/reference/postorder) and of its fill reporting (``trade_updates``
+``fill``/``partial_fill`` carry a per-execution ``qty`` and the order's CUMULATIVE
+``filled_qty``; docs.alpaca.markets/docs/websocket-streaming).
+
+SQLite in WAL mode with ``synchronous=FULL``: every state change is one committed
+transaction, so a process killed at any instruction leaves either the old or the new row.
+
+* ``record_intent`` is written (and synced) BEFORE the order is sent. A client order id that
+  is already in the journal is never sent again (``DuplicateIntentError``).
+* ``apply_fill`` applies the difference between the order's cumulative filled quantity and
+  what was already applied (persisted in the same transaction). A replayed, duplicated or
+  out-of-order event is therefore a no-op; the execution id (when there is one) names the
+  fill row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from brokers.alpaca.parsing import status_rule
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS orders (
+    cid TEXT PRIMARY KEY,
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL,
+    type TEXT NOT NULL,
+    qty TEXT NOT NULL,
+    purpose TEXT NOT NULL DEFAULT '',
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    alpaca_id TEXT UNIQUE,
+    alpaca_status TEXT,
+    filled_qty TEXT NOT NULL DEFAULT '0',
+    filled_value TEXT NOT NULL DEFAULT '0',
+    replaces TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    decision_time TEXT,
+    created_wall REAL NOT NULL,
+    updated_wall REAL NOT NULL,
+    lookups INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS fills (
+    cid TEXT NOT NULL,
+    key TEXT NOT NULL,
+    qty TEXT NOT NULL,
+    price TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    PRIMARY KEY (cid, key)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    wall REAL NOT NULL,
+    cid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+"""
+
+
+class JournalState(StrEnum):
+    """Our knowledge of one order."""
+
+    INTENT = "intent"  # written before the POST; outcome not yet known
+    ACCEPTED = "accepted"  # Alpaca has it (alpaca_status tells the rest)
+    AMBIGUOUS = "ambiguous"  # the POST may or may not have created it: look it up
+    REJECTED = "rejected"  # Alpaca definitely refused it
+    LOST = "lost"  # never found at Alpaca after lookups and an age threshold
+
+
+class DuplicateIntentError(Exception):
+    """The client order id is already in the journal: it must not be sent again."""
+
+
+@dataclass(frozen=True)
+class JournalOrder:
+    """One journal row."""
+
+    cid: str
+    symbol: str
+    side: str
+    type: str
+    qty: Decimal
+    purpose: str
+    spec: dict[str, Any]
+    state: JournalState
+    alpaca_id: str | None
+    alpaca_status: str | None
+    filled_qty: Decimal
+    filled_value: Decimal
+    replaces: str | None
+    reason: str
+    decision_time: str | None
+    created_wall: float
+    updated_wall: float
+    lookups: int
+
+    @property
+    def unresolved(self) -> bool:
+        """Sent (or about to be) but not known at Alpaca: INTENT or AMBIGUOUS."""
+        return self.state in (JournalState.INTENT, JournalState.AMBIGUOUS)
+
+    @property
+    def terminal(self) -> bool:
+        """Nothing more can happen to this order."""
+        if self.state in (JournalState.REJECTED, JournalState.LOST):
+            return True
+        if self.state is JournalState.ACCEPTED and self.alpaca_status:
+            return status_rule(self.alpaca_status).terminal
+        return False
+
+    @property
+    def open(self) -> bool:
+        """Not terminal: working at Alpaca or not yet resolved."""
+        return not self.terminal
+
+    @property
+    def avg_price(self) -> Decimal | None:
+        """Average price of the fills applied so far."""
+        return self.filled_value / self.filled_qty if self.filled_qty > 0 else None
+
+
+@dataclass(frozen=True)
+class Fill:
+    """A fill applied by ``apply_fill`` (``qty`` is this fill's quantity, unsigned)."""
+
+    cid: str
+    key: str
+    qty: Decimal
+    price: Decimal
+    ts: datetime
+    cum_qty: Decimal
+
+
+def _dec(value: Any) -> Decimal:
+    return Decimal(str(value)) if value not in (None, "") else Decimal(0)
+
+
+class Journal:
+    """The SQLite order journal at ``path`` (created on first use)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(self.path), isolation_level=None,
+                                   check_same_thread=False, timeout=30.0)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            elif int(row["value"]) > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"journal {self.path} has schema {row['value']}, newer than this code "
+                    f"({SCHEMA_VERSION}): upgrade ratchet")
+
+    def close(self) -> None:
+        """Close the database (WAL checkpoint)."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _event(self, db: sqlite3.Connection, cid: str, kind: str, **payload: Any) -> None:
+        db.execute("INSERT INTO events (wall, cid, kind, payload) VALUES (?, ?, ?, ?)",
+                   (time.time(), cid, kind, json.dumps(payload, default=str, sort_keys=True)))
+
+    # ----------------------------------------------------------------- orders
+
+    def record_intent(self, spec: dict[str, Any], purpose: str = "",
+                      decision_time: datetime | None = None, replaces: str | None = None) -> None:
+        """Write the intent to send ``spec`` (``OrderSpec.to_json()``) and sync it to disk.
+
+        Raises ``DuplicateIntentError`` if the client order id is already journaled.
+        """
+        cid = spec["client_order_id"]
+        now = time.time()
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO orders (cid, symbol, side, type, qty, purpose, spec, state, "
+                    "replaces, decision_time, created_wall, updated_wall) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (cid, spec["symbol"], spec["side"], spec["type"], spec["qty"], purpose,
+                     json.dumps(spec, sort_keys=True), JournalState.INTENT.value, replaces,
+                     decision_time.isoformat() if decision_time else None, now, now))
+                self._event(db, cid, "intent", spec=spec, purpose=purpose)
+        except sqlite3.IntegrityError:
+            raise DuplicateIntentError(cid) from None
+
+    def adopt(self, cid: str, symbol: str, side: str, type_: str, qty: Decimal,
+              purpose: str, alpaca_id: str, alpaca_status: str, filled_qty: Decimal,
+              filled_value: Decimal) -> None:
+        """Record an order found at Alpaca that the journal did not know (reconciliation).
+
+        Its existing fills count as already applied (the position read from Alpaca holds them).
+        """
+        now = time.time()
+        spec = {"client_order_id": cid, "symbol": symbol, "side": side, "type": type_,
+                "qty": str(qty), "adopted": True}
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO orders (cid, symbol, side, type, qty, purpose, spec, "
+                "state, alpaca_id, alpaca_status, filled_qty, filled_value, created_wall, "
+                "updated_wall) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cid, symbol, side, type_, str(qty), purpose, json.dumps(spec),
+                 JournalState.ACCEPTED.value, alpaca_id, alpaca_status, str(filled_qty),
+                 str(filled_value), now, now))
+            self._event(db, cid, "adopted", alpaca_id=alpaca_id, status=alpaca_status,
+                        filled_qty=str(filled_qty))
+
+    def _set(self, cid: str, kind: str, **fields: Any) -> None:
+        fields["updated_wall"] = time.time()
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as db:
+            cur = db.execute(f"UPDATE orders SET {cols} WHERE cid = ?",  # noqa: S608
+                             (*fields.values(), cid))
+            if cur.rowcount != 1:
+                raise KeyError(f"journal has no order {cid}")
+            self._event(db, cid, kind, **fields)
+
+    def mark_accepted(self, cid: str, alpaca_id: str, alpaca_status: str) -> None:
+        """Alpaca has the order (POST answered, or found by lookup)."""
+        self._set(cid, "accepted", state=JournalState.ACCEPTED.value, alpaca_id=alpaca_id,
+                  alpaca_status=alpaca_status)
+
+    def mark_ambiguous(self, cid: str, reason: str) -> None:
+        """The POST's outcome is unknown."""
+        self._set(cid, "ambiguous", state=JournalState.AMBIGUOUS.value, reason=reason[:300])
+
+    def mark_rejected(self, cid: str, reason: str) -> None:
+        """Alpaca definitely refused the order."""
+        self._set(cid, "rejected", state=JournalState.REJECTED.value, reason=reason[:300])
+
+    def mark_lost(self, cid: str, reason: str) -> None:
+        """Never found at Alpaca after lookups and an age threshold: it does not exist."""
+        self._set(cid, "lost", state=JournalState.LOST.value, reason=reason[:300])
+
+    def count_lookup(self, cid: str) -> int:
+        """Count one "not found" lookup; returns the new count."""
+        with self._tx() as db:
+            db.execute("UPDATE orders SET lookups = lookups + 1, updated_wall = ? WHERE cid = ?",
+                       (time.time(), cid))
+            row = db.execute("SELECT lookups FROM orders WHERE cid = ?", (cid,)).fetchone()
+        return int(row["lookups"]) if row else 0
+
+    def set_status(self, cid: str, alpaca_status: str, alpaca_id: str | None = None) -> None:
+        """Record Alpaca's latest status for an accepted order."""
+        fields: dict[str, Any] = {"alpaca_status": alpaca_status,
+                                  "state": JournalState.ACCEPTED.value}
+        if alpaca_id is not None:
+            fields["alpaca_id"] = alpaca_id
+        self._set(cid, "status", **fields)
+
+    def get(self, cid: str) -> JournalOrder | None:
+        """The journal row for ``cid``."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM orders WHERE cid = ?", (cid,)).fetchone()
+        return None if row is None else _row(row)
+
+    def by_alpaca_id(self, alpaca_id: str) -> JournalOrder | None:
+        """The journal row for an Alpaca order id."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM orders WHERE alpaca_id = ?",
+                                   (alpaca_id,)).fetchone()
+        return None if row is None else _row(row)
+
+    def orders(self) -> list[JournalOrder]:
+        """Every journal row, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM orders ORDER BY created_wall, cid").fetchall()
+        return [_row(r) for r in rows]
+
+    def open_orders(self) -> list[JournalOrder]:
+        """Rows that are not terminal (working, or not yet resolved)."""
+        return [o for o in self.orders() if o.open]
+
+    def unresolved(self) -> list[JournalOrder]:
+        """INTENT and AMBIGUOUS rows: their outcome must be looked up."""
+        return [o for o in self.orders() if o.unresolved]
+
+    # ----------------------------------------------------------------- fills
+
+    def apply_fill(self, cid: str, cum_qty: Decimal, avg_price: Decimal | None,
+                   ts: datetime, exec_id: str | None = None, exec_qty: Decimal | None = None,
+                   exec_price: Decimal | None = None) -> Fill | None:
+        """Apply the not-yet-applied part of an order's cumulative fill, exactly once.
+
+        ``cum_qty``/``avg_price``: the order's cumulative ``filled_qty`` and
+        ``filled_avg_price`` after this event. ``exec_*``: the execution itself, when the
+        event carries one. Returns the new ``Fill`` or None when nothing is new.
+        """
+        with self._tx() as db:
+            row = db.execute("SELECT filled_qty, filled_value FROM orders WHERE cid = ?",
+                             (cid,)).fetchone()
+            if row is None:
+                raise KeyError(f"journal has no order {cid}")
+            applied, applied_value = _dec(row["filled_qty"]), _dec(row["filled_value"])
+            delta = cum_qty - applied
+            if delta <= 0:
+                return None
+            key = exec_id or f"cum:{cum_qty}"
+            if exec_id is not None and db.execute(
+                    "SELECT 1 FROM fills WHERE cid = ? AND key = ?", (cid, key)).fetchone():
+                key = f"{exec_id}:cum:{cum_qty}"  # an execution seen before, yet more filled
+            if exec_price is not None and exec_qty is not None and exec_qty == delta:
+                price = exec_price
+            elif avg_price is not None and avg_price > 0:
+                price = (cum_qty * avg_price - applied_value) / delta
+                if price <= 0:  # rounding of a server-side average: fall back to it
+                    price = avg_price
+            elif exec_price is not None:
+                price = exec_price
+            else:
+                raise ValueError(f"fill of {cid} has no price")
+            price = price.quantize(Decimal("0.000001"))
+            db.execute("INSERT INTO fills (cid, key, qty, price, ts) VALUES (?, ?, ?, ?, ?)",
+                       (cid, key, str(delta), str(price), ts.isoformat()))
+            db.execute("UPDATE orders SET filled_qty = ?, filled_value = ?, updated_wall = ? "
+                       "WHERE cid = ?",
+                       (str(cum_qty), str(applied_value + delta * price), time.time(), cid))
+            self._event(db, cid, "fill", key=key, qty=str(delta), price=str(price),
+                        cum_qty=str(cum_qty))
+        return Fill(cid, key, delta, price, ts, cum_qty)
+
+    def fills(self, cid: str | None = None) -> list[dict[str, Any]]:
+        """Applied fills (all orders, or one), in application order."""
+        with self._lock:
+            if cid is None:
+                rows = self._db.execute("SELECT * FROM fills ORDER BY rowid").fetchall()
+            else:
+                rows = self._db.execute("SELECT * FROM fills WHERE cid = ? ORDER BY rowid",
+                                        (cid,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def events(self, cid: str | None = None) -> list[dict[str, Any]]:
+        """The append-only event log."""
+        with self._lock:
+            if cid is None:
+                rows = self._db.execute("SELECT * FROM events ORDER BY seq").fetchall()
+            else:
+                rows = self._db.execute("SELECT * FROM events WHERE cid = ? ORDER BY seq",
+                                        (cid,)).fetchall()
+        return [dict(r) for r in rows]
+
+
+def _row(row: sqlite3.Row) -> JournalOrder:
+    return JournalOrder(
+        cid=row["cid"],
+        symbol=row["symbol"],
+        side=row["side"],
+        type=row["type"],
+        qty=_dec(row["qty"]),
+        purpose=row["purpose"],
+        spec=json.loads(row["spec"]),
+        state=JournalState(row["state"]),
+        alpaca_id=row["alpaca_id"],
+        alpaca_status=row["alpaca_status"],
+        filled_qty=_dec(row["filled_qty"]),
+        filled_value=_dec(row["filled_value"]),
+        replaces=row["replaces"],
+        reason=row["reason"],
+        decision_time=row["decision_time"],
+        created_wall=float(row["created_wall"]),
+        updated_wall=float(row["updated_wall"]),
+        lookups=int(row["lookups"]),
+    )

@@ -1,0 +1,188 @@
+"""Idempotent order submission: intent first, one POST, ambiguity resolved by lookup.
+
+Implements the client side of POST /v2/orders with ``client_order_id`` and of
+GET /v2/orders:by_client_order_id (docs.alpaca.markets/reference/postorder,
+.../getorderbyclientorderid), following reliability.md §2 "Our design":
+
+1. The client order id is deterministic (``strategies.rules.client_order_id``) and unique.
+2. The intent is written to the journal and synced BEFORE the POST.
+3. The POST is sent once, with alpaca-py's own retry switched off (``client.py``).
+4. The failure is classified: refused -> REJECTED; anything else -> AMBIGUOUS, resolved by
+   looking the order up by its client order id with backoff. It becomes LOST (never created)
+   only after ``lost_after_lookups`` "not found" answers AND ``lost_after_s`` seconds of age
+   (an order Alpaca accepted is visible at once, but a stale read must not kill a live one).
+5. A client order id already in the journal is never sent again, whatever its state: a
+   restart that repeats a decision finds the journal row and resolves it instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from brokers.alpaca.client import AlpacaClient, CancelResult, OrderSpec, SubmitOutcome
+from brokers.alpaca.journal import DuplicateIntentError, Journal, JournalOrder, JournalState
+from brokers.alpaca.parsing import OrderSnapshot
+from brokers.alpaca.throttle import Backoff
+from common.errors import AmbiguousOrderError, BrokerError, RejectedError, RetryableError
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    """Result of a submission (or of resolving one)."""
+
+    ACCEPTED = "accepted"  # Alpaca has it: ``snapshot`` is its state
+    REJECTED = "rejected"  # refused: nothing exists
+    AMBIGUOUS = "ambiguous"  # still unknown: try ``resolve`` later, never resend
+    LOST = "lost"  # never reached Alpaca (not found after lookups and age): nothing exists
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What happened to one order submission."""
+
+    outcome: Outcome
+    cid: str
+    snapshot: OrderSnapshot | None = None
+    reason: str = ""
+    repeated: bool = False  # the cid was already journaled: nothing was sent this time
+
+
+class OrderGateway:
+    """Sends orders through ``client`` with the journal's guarantees."""
+
+    def __init__(
+        self,
+        client: AlpacaClient,
+        journal: Journal,
+        resolve_attempts: int = 3,
+        lost_after_lookups: int = 3,
+        lost_after_s: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.journal = journal
+        self.resolve_attempts = resolve_attempts
+        self.lost_after_lookups = lost_after_lookups
+        self.lost_after_s = lost_after_s
+        self._sleep = sleep
+        self._wall = wall
+
+    def submit(self, spec: OrderSpec, purpose: str = "",
+               decision_time: datetime | None = None, replaces: str | None = None) -> SubmitResult:
+        """Journal the intent, POST once, classify; resolve an ambiguous outcome by lookup."""
+        cid = spec.client_order_id
+        try:
+            self.journal.record_intent(spec.to_json(), purpose, decision_time, replaces)
+        except DuplicateIntentError:
+            row = self.journal.get(cid)
+            logger.warning("order %s is already in the journal (%s): not sending it again",
+                           cid, row.state.value if row else "?")
+            return self._known(cid)
+        try:
+            snap = self.client.submit_order(spec)
+        except RejectedError as exc:
+            self.journal.mark_rejected(cid, str(exc))
+            return SubmitResult(Outcome.REJECTED, cid, reason=str(exc))
+        except AmbiguousOrderError as exc:
+            outcome = getattr(exc, "outcome", SubmitOutcome.AMBIGUOUS)
+            self.journal.mark_ambiguous(cid, f"{outcome.value}: {exc}")
+            logger.warning("order %s: %s; looking it up by client order id", cid, exc)
+            return self.resolve(cid)
+        self.journal.mark_accepted(cid, snap.id, snap.status)
+        return SubmitResult(Outcome.ACCEPTED, cid, snap)
+
+    def _known(self, cid: str) -> SubmitResult:
+        row = self.journal.get(cid)
+        if row is None:  # pragma: no cover - DuplicateIntentError implies a row
+            return SubmitResult(Outcome.AMBIGUOUS, cid, repeated=True)
+        if row.state is JournalState.REJECTED:
+            return SubmitResult(Outcome.REJECTED, cid, reason=row.reason, repeated=True)
+        if row.state is JournalState.LOST:
+            return SubmitResult(Outcome.LOST, cid, reason=row.reason, repeated=True)
+        result = self.resolve(cid)
+        return SubmitResult(result.outcome, cid, result.snapshot, result.reason, repeated=True)
+
+    def resolve(self, cid: str, attempts: int | None = None) -> SubmitResult:
+        """Look ``cid`` up at Alpaca: found -> ACCEPTED; refused/lost by the rules -> REJECTED
+        or LOST; otherwise still AMBIGUOUS. Never sends the order."""
+        backoff = Backoff(base=0.1, cap=1.0)
+        tries = attempts if attempts is not None else self.resolve_attempts
+        for attempt in range(max(1, tries)):
+            try:
+                snap = self.client.get_order_by_client_id(cid, attempts=1)
+            except (RetryableError, BrokerError) as exc:
+                logger.info("lookup of %s failed: %s", cid, exc)
+                snap = None
+                failed = True
+            except Exception as exc:  # an odd answer is "unknown", not "absent"
+                logger.info("lookup of %s failed: %s", cid, exc)
+                snap = None
+                failed = True
+            else:
+                failed = False
+            if snap is not None:
+                row = self.journal.get(cid)
+                if row is not None and row.state is not JournalState.ACCEPTED:
+                    self.journal.mark_accepted(cid, snap.id, snap.status)
+                    logger.info("order %s resolved: it exists at Alpaca (%s)", cid, snap.status)
+                return SubmitResult(Outcome.ACCEPTED, cid, snap)
+            if not failed:
+                verdict = self._not_found(cid)
+                if verdict is not None:
+                    return verdict
+            if attempt + 1 < tries:
+                self._sleep(backoff.next_delay())
+        row = self.journal.get(cid)
+        return SubmitResult(Outcome.AMBIGUOUS, cid, reason=row.reason if row else "")
+
+    def _not_found(self, cid: str) -> SubmitResult | None:
+        lookups = self.journal.count_lookup(cid)
+        row = self.journal.get(cid)
+        if row is None:
+            return SubmitResult(Outcome.LOST, cid, reason="not in journal")
+        if row.reason.startswith(SubmitOutcome.RATE_LIMITED.value):
+            # 429 means Alpaca refused the request before processing it; the lookup proves it.
+            self.journal.mark_rejected(cid, "rate limited (429) and not found")
+            return SubmitResult(Outcome.REJECTED, cid, reason="rate_limited")
+        age = self._wall() - row.created_wall
+        if lookups >= self.lost_after_lookups and age >= self.lost_after_s:
+            reason = f"not found at Alpaca after {lookups} lookups over {age:.0f}s"
+            self.journal.mark_lost(cid, reason)
+            logger.warning("order %s: %s; it was never created", cid, reason)
+            return SubmitResult(Outcome.LOST, cid, reason=reason)
+        return None
+
+    # ----------------------------------------------------------------- cancel / replace
+
+    def cancel(self, alpaca_id: str) -> CancelResult:
+        """DELETE the order (retried: idempotent)."""
+        return self.client.cancel_order(alpaca_id)
+
+    def replace(self, old: JournalOrder | None, old_alpaca_id: str, new_spec: OrderSpec,
+                stop_price: Decimal | None, qty: Decimal | None,
+                decision_time: datetime | None = None) -> SubmitResult:
+        """PATCH the old order into ``new_spec`` (new client order id), journaled like a submit."""
+        cid = new_spec.client_order_id
+        try:
+            self.journal.record_intent(new_spec.to_json(), "stop", decision_time,
+                                       replaces=old.cid if old else None)
+        except DuplicateIntentError:
+            return self._known(cid)
+        try:
+            snap = self.client.replace_order(old_alpaca_id, cid, stop_price=stop_price, qty=qty)
+        except RejectedError as exc:
+            self.journal.mark_rejected(cid, str(exc))
+            return SubmitResult(Outcome.REJECTED, cid, reason=str(exc))
+        except AmbiguousOrderError as exc:
+            self.journal.mark_ambiguous(cid, f"ambiguous: {exc}")
+            return self.resolve(cid)
+        self.journal.mark_accepted(cid, snap.id, snap.status)
+        return SubmitResult(Outcome.ACCEPTED, cid, snap)

@@ -1,0 +1,151 @@
+"""Run files of a paper session: the portfolio state file, the audit trail, the dry-run book.
+
+Implements no Alpaca API itself; it persists what the broker knows about Alpaca's account
+(docs.alpaca.markets/reference/getallopenpositions, .../getallorders) between runs:
+
+* ``data/realtime/portfolio_state.json``: written atomically (``common.atomic``) after every
+  step and at shutdown: positions, resting stops, working orders, cash/value, the last bar
+  per symbol, the Strategy's ``export_state()``, stream status. Tagged with the mode; a live
+  run never restores a dry-run file (nor the reverse).
+* ``ModeAudit``: the audit trail (``analyzers.audit.Audit``) with the run mode in every row's
+  detail, so DRY RUN rows can never be mistaken for orders that were sent.
+* ``DryRunBroker``: Backtrader's ``BackBroker`` rules (``brokers.backtest.SimBroker``) on the
+  live bars: a local shadow book that shows what the Strategy would do and sends nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import backtrader as bt
+
+from analyzers.audit import Audit
+from brokers.backtest import SimBroker
+from common.atomic import write_text_atomic
+from common.logs import REDACTOR
+
+logger = logging.getLogger(__name__)
+
+STATE_SCHEMA = 1
+LIVE = "live"
+DRY_RUN = "dry_run"
+
+
+def load_state(path: Path, mode: str) -> dict[str, Any] | None:
+    """The saved state for ``mode``, or None (missing, unreadable or another mode's file)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        logger.error("state file %s is unreadable (%s): starting from the broker's state",
+                     path, exc)
+        return None
+    if state.get("mode") != mode:
+        logger.warning("state file %s was written by a %s run: ignored by this %s run",
+                       path, state.get("mode"), mode)
+        return None
+    return state
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write the state atomically (never containing a secret: redacted on the way out)."""
+    text = json.dumps(state, indent=2, sort_keys=True, default=str) + "\n"
+    write_text_atomic(Path(path), REDACTOR.redact(text))
+
+
+def last_bars(state: dict[str, Any] | None) -> dict[str, datetime]:
+    """Per symbol, the last bar time the Strategy processed (from a state file)."""
+    out: dict[str, datetime] = {}
+    for sym, iso in ((state or {}).get("last_bar") or {}).items():
+        try:
+            when = datetime.fromisoformat(iso)
+        except (TypeError, ValueError):
+            continue
+        out[sym] = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return out
+
+
+class ModeAudit(Audit):
+    """An ``Audit`` that stamps every row with the run mode (``mode`` in the detail)."""
+
+    def __init__(self, mode: str, live_path: Path | None = None) -> None:
+        super().__init__(live_path=live_path, redact=REDACTOR.redact)
+        self.mode = mode
+
+    def record(self, time: datetime | None, kind: str, symbol: str = "", action: str = "",
+               reason: str = "", qty: float | None = None, price: float | None = None,
+               client_order_id: str = "", **detail: Any) -> None:
+        """Add one row; ``mode`` (``live`` / ``DRY_RUN``) goes into its detail."""
+        detail.setdefault("mode", "DRY_RUN" if self.mode == DRY_RUN else self.mode)
+        super().record(time, kind, symbol, action, reason, qty, price, client_order_id,
+                       **detail)
+
+
+class DryRunBroker(SimBroker):
+    """The backtest broker on live bars: fills with Backtrader's rules, sends nothing.
+
+    Backtrader calls ``broker.next()`` on every loop iteration; with live feeds most
+    iterations carry no new bar, and ``BackBroker.next`` would then fill orders against the
+    bar they were decided on. This broker only runs it when a new step was delivered.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store: Any = None
+        self._seen_steps = 0
+
+    def next(self) -> None:
+        steps = self.store.status.steps if self.store is not None else 0
+        if steps == self._seen_steps:
+            return
+        self._seen_steps = steps
+        super().next()
+
+    def view(self) -> Any:
+        """Positions and working orders of the shadow book (dashboard, state file)."""
+        from brokers.alpaca.broker import BrokerView, is_stop_order
+
+        positions: dict[str, dict[str, float]] = {}
+        for data, pos in self.positions.items():
+            if pos.size:
+                last = float(data.close[0]) if len(data) else pos.price
+                positions[data._name] = {"qty": pos.size, "avg_price": pos.price,
+                                         "last": last,
+                                         "unrealized_pnl": pos.size * (last - pos.price)}
+        stops: dict[str, dict[str, Any]] = {}
+        working: list[dict[str, Any]] = []
+        for order in list(self.pending) + list(self.submitted):
+            if not order.alive():
+                continue
+            row = {"cid": order.info.get("cid", ""), "symbol": order.data._name,
+                   "purpose": order.info.get("purpose", ""),
+                   "side": "buy" if order.isbuy() else "sell",
+                   "type": order.getordername().lower(), "state": "DRY RUN",
+                   "qty": abs(order.executed.remsize), "price": order.created.price,
+                   "alpaca_id": None}
+            if is_stop_order(order):
+                stops[row["symbol"]] = row
+            else:
+                working.append(row)
+        return BrokerView(self.getcash(), self.getvalue(), positions, stops, working)
+
+
+def make_dry_run_broker(cash: float, commission: float) -> DryRunBroker:
+    """A ``DryRunBroker`` with the backtest's fill settings."""
+    broker = DryRunBroker()
+    broker.setcash(cash)
+    broker.setcommission(commission=commission)
+    broker.set_coc(False)
+    broker.set_coo(False)
+    return broker
+
+
+def bt_order_status(order: bt.Order) -> str:
+    """Lower-case Backtrader status name."""
+    return order.getstatusname().lower()

@@ -1,0 +1,507 @@
+"""``AlpacaStore``: owns the REST client, both streams, the market clock and the bar steps.
+
+Implements the plumbing around Alpaca's APIs (docs.alpaca.markets/docs/websocket-streaming,
+.../real-time-stock-pricing-data, /v2/stocks/bars, /v2/clock): one market-data connection
+for all symbols (Alpaca allows one per key), one ``trade_updates`` connection, REST history
+for the warm-up and for every gap.
+
+Threads: the streams run on one asyncio loop in one daemon thread (``streams.StreamHub``);
+they only put messages on ``self.inbound`` (a ``queue.Queue``). Everything else, REST calls,
+the journal, Backtrader, runs on the main thread inside Cerebro's loop: Cerebro calls
+``get_notifications()`` once per iteration, before it polls the data feeds; the store then
+
+1. drains the inbound queue (bars to the ``StepAssembler``, trade updates to the broker,
+   stream transitions to the reconnect logic),
+2. after a data-stream reconnect, backfills the gap from REST (DELAYED), then returns to LIVE,
+3. hands at most ONE step (the bars of one bar time) to the feeds, after the broker has
+   settled the fills that step implies, so each Strategy ``next()`` sees one bar time, as in
+   a backtest,
+4. when idle: saves the state file, flushes the Parquet bars, refreshes the market clock.
+
+The store is not a Backtrader ``Store`` subclass on purpose: ``bt.Store`` is a metaclass
+singleton. Cerebro only needs ``start``, ``stop`` and ``get_notifications``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from brokers.alpaca.bars import (
+    BarRecorder,
+    IntervalAggregator,
+    LiveIndicators,
+    Step,
+    StepAssembler,
+)
+from brokers.alpaca.client import AlpacaClient
+from brokers.alpaca.clock import MarketClock
+from brokers.alpaca.credentials import Credentials
+from brokers.alpaca.parsing import BarRecord
+from brokers.alpaca.streams import (
+    MarketDataProtocol,
+    StreamHub,
+    StreamSupervisor,
+    TradeUpdatesProtocol,
+)
+from common.config import Settings
+from common.errors import BrokerError, RetryableError
+from strategies.signals import Signal
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LatencyProbe:
+    """Bar arrival (stream) -> order request (POST) times, for the benchmark."""
+
+    samples: list[float] = field(default_factory=list)
+    _step_arrived: float | None = None
+    _step_source: str = ""
+
+    def step(self, arrived: float, source: str) -> None:
+        """A step was handed to the Strategy; ``arrived`` is when it became complete."""
+        self._step_arrived, self._step_source = arrived, source
+
+    def order_sent(self, cid: str) -> None:
+        """An order request is about to be sent."""
+        if self._step_arrived and self._step_source == "stream":
+            self.samples.append(time.perf_counter() - self._step_arrived)
+
+
+@dataclass
+class StoreStatus:
+    """What the dashboard shows about data and streams."""
+
+    last_bar: datetime | None = None
+    steps: int = 0
+    backfilled: int = 0
+    dropped: int = 0
+    state: str = "starting"
+    streams: list[Any] = field(default_factory=list)
+    clock: str = ""
+
+
+class AlpacaStore:
+    """The live side of a paper run (see the module docstring for the threads and loop).
+
+    Args:
+        client: the REST client (the only alpaca-py REST user).
+        credentials: for the streams' in-band auth.
+        settings: symbols, interval, extended hours, strategy id.
+        signal: the Strategy's signal (``strategies.signals.make_signal``).
+        data_stream_url / trading_stream_url: WebSocket URLs (verbatim).
+        warmup_days: REST history to load before the first live bar (calendar days).
+        grace: seconds a bar time waits for the symbols that have not sent their bar.
+        silence_timeout: data-stream watchdog (seconds without bars while the market is open).
+        max_steps: stop after this many steps (``--once``: 1); None = run until stopped.
+        on_idle: called when no step is waiting (lockstep replays advance the clock there).
+    """
+
+    def __init__(
+        self,
+        client: AlpacaClient,
+        credentials: Credentials,
+        settings: Settings,
+        signal: Signal,
+        data_stream_url: str,
+        trading_stream_url: str | None,
+        warmup_days: float = 5.0,
+        grace: float = 2.0,
+        silence_timeout: float | None = None,
+        clock_poll_s: float = 30.0,
+        poll_s: float = 0.05,
+        recorder: BarRecorder | None = None,
+        max_steps: int | None = None,
+        on_idle: Callable[[], None] | None = None,
+        on_step_done: Callable[[], None] | None = None,
+        latency: LatencyProbe | None = None,
+        max_backfill: timedelta = timedelta(hours=8),
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.signal = signal
+        self.symbols = [s.upper() for s in settings.symbols]
+        self.warmup_days = warmup_days
+        self.poll_s = poll_s
+        self.clock_poll_s = clock_poll_s
+        self.recorder = recorder
+        self.max_steps = max_steps
+        self.on_idle = on_idle
+        self.on_step_done = on_step_done
+        self.latency = latency or LatencyProbe()
+        self.max_backfill = max_backfill
+        self.clock = MarketClock(client.get_calendar, client.get_clock, settings.bar_seconds,
+                                 settings.extended_hours)
+        self.assembler = StepAssembler(self.symbols, grace=grace)
+        # the stream sends 1-minute bars only: coarser intervals are built here
+        self.aggregator = IntervalAggregator(settings.bar_seconds) \
+            if settings.bar_seconds > 60 else None
+        self.indicators = {s: LiveIndicators(s, signal, settings.atr_period)
+                           for s in self.symbols}
+        self.inbound: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.notifs: deque[tuple[str, tuple[Any, ...], dict[str, Any]]] = deque()
+        self.status = StoreStatus()
+        self.broker: Any = None
+        self._feeds: dict[str, Any] = {}
+        self._steps: deque[Step] = deque()
+        self._needs_backfill = False
+        self._stop_requested = False
+        self.finished = False
+        self._delivered_since_save = False
+        self._last_clock = 0.0
+        self._last_flush = 0.0
+        self.flush_every_s = 2.0
+        self._last_wait_log = 0.0
+        self._was_open: bool | None = None
+        self._save_state: Callable[[], None] | None = None
+        self._last_bar_time: dict[str, datetime] = {}
+        self._last_close: dict[str, float] = {}
+        data_sup = StreamSupervisor(
+            data_stream_url,
+            MarketDataProtocol(credentials.key_id, credentials.secret_key, self.symbols),
+            self._sink, silence_timeout=silence_timeout, watch=lambda: self.clock.is_open)
+        sups = [data_sup]
+        if trading_stream_url:
+            sups.append(StreamSupervisor(
+                trading_stream_url,
+                TradeUpdatesProtocol(credentials.key_id, credentials.secret_key), self._sink))
+        self.hub = StreamHub(sups)
+        self._connected: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"AlpacaStore(symbols={self.symbols}, client={self.client!r})"
+
+    # ================================================================ wiring
+
+    def register(self, feed: Any) -> None:
+        """A data feed for one symbol (called by ``AlpacaData``)."""
+        self._feeds[feed.p.symbol.upper()] = feed
+
+    def attach_broker(self, broker: Any) -> None:
+        """The broker that receives trade updates and settles fills."""
+        self.broker = broker
+        broker_send = getattr(broker, "gateway", None)
+        if broker_send is not None:
+            self.client.on_submit = self.latency.order_sent
+
+    def set_state_saver(self, saver: Callable[[], None]) -> None:
+        """Called after each step (idle) and at shutdown to write portfolio_state.json."""
+        self._save_state = saver
+
+    def feed(self, symbol: str) -> Any:
+        """The data feed of ``symbol`` (None if not traded)."""
+        return self._feeds.get(symbol.upper())
+
+    def last_close(self, symbol: str) -> float | None:
+        """The newest close seen (warm-up included)."""
+        return self._last_close.get(symbol.upper())
+
+    def last_bar_time(self, symbol: str) -> datetime | None:
+        """Start time of the newest bar seen for ``symbol`` (warm-up included)."""
+        return self._last_bar_time.get(symbol.upper())
+
+    def atr(self, symbol: str) -> float | None:
+        """The newest ATR value of ``symbol``."""
+        ind = self.indicators.get(symbol.upper())
+        value = ind._atr if ind is not None else math.nan
+        return None if math.isnan(value) else value
+
+    def broker_time(self) -> datetime:
+        """Alpaca's clock (last read) advanced by nothing: the broker's notion of now."""
+        if self.clock.last is not None:
+            return self.clock.last.timestamp
+        return datetime.now(UTC)
+
+    def session(self, bar_time: datetime) -> str:
+        """The Strategy's ``session`` param (``regular``/``extended``/``closed``)."""
+        return self.clock.session(bar_time)
+
+    def market_open(self, bar_time: datetime) -> bool:
+        """The Strategy's ``market_open`` param: calendar arithmetic on the bar's time."""
+        return self.clock.market_open(bar_time)
+
+    def request_stop(self) -> None:
+        """Finish the current step, then end the run (signal handlers call this)."""
+        self._stop_requested = True
+
+    # ================================================================ startup
+
+    def connect(self, last_delivered: dict[str, datetime] | None = None) -> None:
+        """Clock, warm-up history and streams, before Cerebro runs.
+
+        ``last_delivered``: per symbol, the last bar the Strategy processed in an earlier run
+        (from the state file); newer bars are replayed as a backfill (DELAYED), older ones
+        only warm up the indicators.
+        """
+        self.clock.refresh()
+        self._last_clock = time.monotonic()
+        logger.info("%s", self.clock.describe_wait())
+        self.hub.start()
+        now = self.clock.last.timestamp if self.clock.last else datetime.now(UTC)
+        start = now - timedelta(days=self.warmup_days)
+        end = self._complete_before(now)
+        history = self.client.get_bars(self.symbols, start, end, self.settings.bar_interval)
+        last_delivered = last_delivered or {}
+        for sym in self.symbols:
+            bars = [b for b in history.get(sym, []) if b.ts <= end and self._keep(b)]
+            cut = seen = last_delivered.get(sym)
+            if cut is not None and now - cut > self.max_backfill:
+                cut = None  # too old to act on: warm up only
+            warm = [b for b in bars if cut is None or b.ts <= cut]
+            replay = [b for b in bars if cut is not None and b.ts > cut]
+            if self.max_steps == 1:  # --once: decide on the latest closed bar, if it is new
+                fresh = bool(bars) and (seen is None or bars[-1].ts > seen)
+                replay, warm = (bars[-1:], bars[:-1]) if fresh else ([], bars)
+            self.indicators[sym].warm(warm)
+            if warm:
+                self._last_bar_time[sym] = warm[-1].ts
+                self._last_close[sym] = warm[-1].close
+            self.assembler.seed(sym, warm[-1].ts if warm else cut)
+            for bar in replay:
+                self.assembler.add(bar, time.perf_counter(), source="backfill")
+            logger.info("%s: %d warm-up bars%s", sym, len(warm),
+                        f", {len(replay)} to replay" if replay else "")
+        if any(len(self.indicators[s]._bars) == 0 for s in self.symbols):
+            logger.warning("no history for %s: the Strategy waits for warm-up (insufficient_data)",
+                           [s for s in self.symbols if not self.indicators[s]._bars])
+        self._steps.extend(self.assembler.release(upto=end))
+        self.status.state = "delayed" if self._steps else "live"
+        if self.max_steps == 1 and not self._steps:
+            logger.info("--once: no new closed bar since the last run; nothing to decide")
+            self.max_steps = 0
+
+    def wait_connected(self, timeout: float = 15.0) -> bool:
+        """Wait until every stream has connected once (False on timeout)."""
+        deadline = time.monotonic() + timeout
+        wanted = {s.protocol.name for s in self.hub.supervisors}
+        while time.monotonic() < deadline:
+            self.pump_events(0.05)
+            if wanted <= set(self._connected):
+                return True
+        return False
+
+    def _complete_before(self, now: datetime) -> datetime:
+        # only bars that have closed: start + interval <= now
+        secs = self.settings.bar_seconds
+        floor = datetime.fromtimestamp(int(now.timestamp()) // secs * secs, UTC)
+        return floor - timedelta(microseconds=1)
+
+    def _keep(self, bar: BarRecord) -> bool:
+        if self.settings.bar_interval == "1Day":
+            return True
+        return self.clock.in_session(bar.ts)
+
+    # ================================================================ Cerebro store protocol
+
+    def start(self, data: Any = None, broker: Any = None) -> None:
+        """Cerebro calls this at run start (the real start is ``connect``)."""
+
+    def stop(self) -> None:
+        """Stop the streams, flush bars, save the state."""
+        self.hub.stop()
+        self._housekeeping(force=True)
+
+    def put_notification(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Queue a store notification for the Strategy's ``notify_store``."""
+        self.notifs.append((msg, args, kwargs))
+
+    def get_notifications(self) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+        """Cerebro's once-per-iteration hook: pump, then hand out at most one step."""
+        self._cycle()
+        out = list(self.notifs)
+        self.notifs.clear()
+        return out
+
+    # ================================================================ the loop
+
+    def _cycle(self) -> None:
+        if self.finished:
+            return
+        if self._delivered_since_save:
+            self._delivered_since_save = False
+            if self._save_state is not None:
+                self._save_state()
+            if self.on_step_done is not None:
+                self.on_step_done()
+        if self._stop_requested or (self.max_steps is not None
+                                    and self.status.steps >= self.max_steps):
+            self._finish()
+            return
+        self.pump_events(0.0)
+        self._maintain()
+        if not self._steps:
+            self._steps.extend(self.assembler.release())
+        if not self._steps:
+            self._housekeeping()
+            if self.on_idle is not None:
+                self.on_idle()
+            self.pump_events(self.poll_s)
+            self._maintain()  # a reconnect seen just now must backfill before any release
+            self._steps.extend(self.assembler.release())
+        if self._steps:
+            self._deliver(self._steps.popleft())
+
+    def _finish(self) -> None:
+        self.finished = True
+        for feed in self._feeds.values():
+            feed.finish()
+
+    def pump_events(self, timeout: float) -> int:
+        """Move inbound stream messages to their owners; wait up to ``timeout`` for one."""
+        n = 0
+        try:
+            item = self.inbound.get(timeout=timeout) if timeout > 0 else \
+                self.inbound.get_nowait()
+        except queue.Empty:
+            return 0
+        while True:
+            self._route(*item)
+            n += 1
+            try:
+                item = self.inbound.get_nowait()
+            except queue.Empty:
+                return n
+
+    def _sink(self, kind: str, payload: Any) -> None:
+        # called on the stream thread: hand over only
+        self.inbound.put((kind, payload))
+
+    def _route(self, kind: str, payload: Any) -> None:
+        if kind == "bar":
+            self._on_bar(*payload)
+        elif kind == "trade_update":
+            if self.broker is not None and hasattr(self.broker, "on_trade_update"):
+                self.broker.on_trade_update(payload)
+        elif kind == "connected":
+            self._on_connected(*payload)
+        elif kind == "disconnected":
+            name, reason = payload
+            if name == MarketDataProtocol.name:
+                self.status.state = "disconnected"
+                for feed in self._feeds.values():
+                    feed.put_notification(feed.CONNBROKEN)
+            self.put_notification("disconnected", name, reason)
+        elif kind == "parse_error":
+            name, text = payload
+            logger.error("%s stream: %s", name, text)
+            if name == TradeUpdatesProtocol.name:
+                self._reconcile("unreadable trade update")
+
+    def _on_bar(self, bar: BarRecord, arrived: float) -> None:
+        if not self._keep(bar):
+            return
+        bars = [bar] if self.aggregator is None else self.aggregator.add(bar)
+        for b in bars:
+            if not self.assembler.add(b, arrived):
+                self.status.dropped += 1
+        if self.aggregator is not None and self.aggregator.backfill_due(bar.ts):
+            self._needs_backfill = True  # the bucket cut by a reconnect is complete at REST
+
+    def _on_connected(self, name: str, reconnect: bool) -> None:
+        self._connected[name] = self._connected.get(name, 0) + 1
+        if not reconnect:
+            return
+        logger.warning("%s stream reconnected", name)
+        if name == MarketDataProtocol.name:
+            self._needs_backfill = True
+            if self.aggregator is not None:
+                self.aggregator.reset()  # partial buckets come whole from REST
+        self._reconcile(f"{name} reconnect")
+
+    def _reconcile(self, reason: str) -> None:
+        if self.broker is not None and hasattr(self.broker, "request_reconcile"):
+            self.broker.request_reconcile(reason)
+
+    def _maintain(self) -> None:
+        now = time.monotonic()
+        if now - self._last_clock >= self.clock_poll_s:
+            self._last_clock = now
+            try:
+                self.clock.refresh()
+            except (RetryableError, BrokerError) as exc:
+                logger.warning("market clock unavailable: %s", exc)
+            self.status.clock = self.clock.describe_wait()
+            is_open = self.clock.is_open
+            if is_open != self._was_open or (not is_open and now - self._last_wait_log > 600):
+                logger.info("%s", self.status.clock)
+                self._last_wait_log = now
+            self._was_open = is_open
+        if self._needs_backfill:
+            self._backfill()
+
+    def _backfill(self) -> None:
+        """Fetch (last delivered, now] from REST after a data-stream reconnect."""
+        try:
+            clock = self.clock.refresh()
+        except (RetryableError, BrokerError) as exc:
+            logger.warning("backfill postponed: clock unavailable (%s)", exc)
+            return
+        self._needs_backfill = False
+        known = [t for t in self.assembler.last_ts.values() if t is not None]
+        if not known:
+            return
+        start = min(known) + timedelta(seconds=1)
+        end = self._complete_before(clock.timestamp)
+        if end <= start:
+            return
+        for feed in self._feeds.values():
+            feed.put_notification(feed.DELAYED)
+        self.status.state = "backfilling"
+        try:
+            history = self.client.get_bars(self.symbols, start, end, self.settings.bar_interval)
+        except (RetryableError, BrokerError) as exc:
+            logger.error("backfill failed (%s); retrying", exc)
+            self._needs_backfill = True
+            return
+        added = 0
+        for bars in history.values():
+            for bar in bars:
+                if self._keep(bar) and self.assembler.add(bar, time.perf_counter(), "backfill"):
+                    added += 1
+        self.status.backfilled += added
+        logger.warning("backfilled %d bars for %s .. %s", added, start.isoformat(),
+                       end.isoformat())
+        self._steps.extend(self.assembler.release(upto=end))
+
+    def _deliver(self, step: Step) -> None:
+        if self.broker is not None and hasattr(self.broker, "settle"):
+            self.broker.settle(step.bars)
+        self.latency.step(step.arrived, step.source)
+        for sym, bar in step.bars.items():
+            signal, atr = self.indicators[sym].update(bar)
+            self._last_bar_time[sym] = bar.ts
+            self._last_close[sym] = bar.close
+            feed = self._feeds.get(sym)
+            if feed is not None:
+                feed.deliver(bar, signal, atr, step.source)
+            if self.recorder is not None:
+                self.recorder.add(bar)
+        self.status.steps += 1
+        self.status.last_bar = step.ts
+        self.status.state = "delayed" if step.source == "backfill" else "live"
+        self._delivered_since_save = True
+
+    def _housekeeping(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_flush < self.flush_every_s:
+            return
+        self._last_flush = now
+        if self.recorder is not None:
+            try:
+                self.recorder.flush()
+            except Exception as exc:  # bars can be re-downloaded; never stop trading for it
+                logger.error("could not write live bars: %s", exc)
+        if force and self._save_state is not None:
+            self._save_state()
+
+    def stream_statuses(self) -> list[Any]:
+        """Status of both streams (dashboard)."""
+        return self.hub.statuses()

@@ -1,0 +1,624 @@
+"""``python cli.py paper``: the backtest's Strategy, unchanged, on Alpaca paper trading.
+
+Without ``--live`` it is a DRY RUN: live bars, every decision logged and audited, orders
+filled by a local shadow book with the backtest's fill rules, nothing sent to Alpaca. With
+``--live`` it sends orders to the Alpaca PAPER account after a typed ``YES`` (or
+``--confirm-live`` for non-interactive use). A real-money endpoint is refused unless
+``--i-understand-real-money`` names it explicitly. ``--sim`` rehearses offline against the
+loopback Alpaca (``brokers.alpaca_sim``) started in this process.
+
+``run_paper`` is the reusable runner (tests and the benchmark call it); the click command
+parses flags, asks for the confirmation, prints the banner, the dashboard and the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import urlparse
+
+import backtrader as bt
+import click
+
+from analyzers.recorder import RunRecorder, write_run_folder
+from analyzers.runfolder import make_run_dir
+from brokers.alpaca.bars import BarRecorder
+from brokers.alpaca.broker import AlpacaBroker
+from brokers.alpaca.client import LIVE_URL, PAPER_URL, AlpacaClient
+from brokers.alpaca.credentials import Credentials, load_credentials
+from brokers.alpaca.data import AlpacaData
+from brokers.alpaca.journal import Journal
+from brokers.alpaca.orders import OrderGateway
+from brokers.alpaca.state import (
+    DRY_RUN,
+    LIVE,
+    ModeAudit,
+    last_bars,
+    load_state,
+    make_dry_run_broker,
+    save_state,
+)
+from brokers.alpaca.store import AlpacaStore, LatencyProbe
+from commands.backtest import settings_from_flags, strategy_options
+from common.config import Settings
+from common.errors import ConfigError, UnknownStateError, UserError
+from common.logs import REDACTOR, setup_logging
+from strategies.ratchet import RatchetStrategy
+from strategies.signals import make_signal
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SIM_DATA = REPO_ROOT / "data" / "bars"
+REAL_MONEY_HOSTS = ("api.alpaca.markets",)
+
+
+class RealMoneyError(UserError):
+    """A real-money endpoint without ``--i-understand-real-money``."""
+
+
+class NotConfirmedError(UserError):
+    """``--live`` without the typed YES."""
+
+
+@dataclass
+class PaperOptions:
+    """Everything ``run_paper`` needs (the command builds it from flags)."""
+
+    settings: Settings
+    credentials: Credentials
+    live: bool = False
+    once: bool = False
+    base_url: str = PAPER_URL
+    data_url: str | None = None
+    data_stream_url: str | None = None
+    trading_stream_url: str | None = None
+    feed: str = "iex"
+    state_dir: Path = Path("data/realtime")
+    log_dir: Path = Path("logs/realtime")
+    out: Path | None = Path("runs")
+    warmup_days: float = 5.0
+    max_steps: int | None = None
+    silence: float | None = None
+    grace: float = 2.0
+    clock_poll: float = 30.0
+    cancel_entries_on_exit: bool = True
+    rate_limit_max_wait: float = 60.0
+    #: trading/data request budget per minute (Alpaca: 200); replays run many times faster
+    #: than real time against a loopback server that has no limit, and raise it
+    requests_per_minute: float = 200.0
+    dashboard: Callable[[Any], None] | None = None
+    on_idle: Callable[[], None] | None = None
+    on_store: Callable[[AlpacaStore], None] | None = None
+    install_signals: bool = True
+    #: tests: another Strategy class / extra params, the broker's fill fence (None: off)
+    strategy_cls: Any = RatchetStrategy
+    strategy_kwargs: dict[str, Any] = field(default_factory=dict)
+    fence_s: float | None = 0.5
+
+
+@dataclass
+class PaperResult:
+    """What a paper session produced."""
+
+    mode: str
+    run_dir: Path | None
+    steps: int
+    orders_sent: int
+    start_value: float
+    end_value: float
+    positions: dict[str, dict[str, float]]
+    stops: dict[str, dict[str, Any]]
+    latency: list[float]
+    state_path: Path
+    audit_path: Path
+    reconcile: str = ""
+    streams: list[Any] = field(default_factory=list)
+    backfilled: int = 0
+
+
+# ------------------------------------------------------------------------------- endpoints
+
+
+def is_real_money(url: str) -> bool:
+    """True for Alpaca's real-money trading host."""
+    return (urlparse(url).hostname or "") in REAL_MONEY_HOSTS
+
+
+def stream_urls(base_url: str, feed: str) -> tuple[str, str]:
+    """(market-data stream, trading stream) URLs that go with a trading REST root."""
+    parsed = urlparse(base_url)
+    host = parsed.hostname or ""
+    if host.endswith("alpaca.markets"):
+        return (f"wss://stream.data.alpaca.markets/v2/{feed}",
+                f"wss://{parsed.netloc}/stream")
+    scheme = "wss" if parsed.scheme == "https" else "ws"
+    return f"{scheme}://{parsed.netloc}/v2/{feed}", f"{scheme}://{parsed.netloc}/stream"
+
+
+def check_endpoint(base_url: str, real_money_ok: bool) -> None:
+    """Refuse a real-money endpoint unless it was named explicitly."""
+    if is_real_money(base_url) and not real_money_ok:
+        raise RealMoneyError(
+            f"{base_url} trades REAL MONEY: refused. Use the paper endpoint ({PAPER_URL}), or "
+            "pass --i-understand-real-money together with --base-url "
+            f"{LIVE_URL} if that is really what you want")
+
+
+# ------------------------------------------------------------------------------- the runner
+
+
+def _install_signals(store: AlpacaStore, console_note: Callable[[str], None]) -> Callable[[], None]:
+    count = {"n": 0}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        count["n"] += 1
+        if count["n"] > 1 and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        console_note(f"{signal.Signals(signum).name}: finishing the current step, saving "
+                     "state; resting stops stay at the broker (Ctrl+C again to force)")
+        store.request_stop()
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, handler)
+
+    def restore() -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    return restore
+
+
+class PaperSession:
+    """One paper session, wired: client, store, feeds, broker, Strategy, audit, state file."""
+
+    def __init__(self, opts: PaperOptions) -> None:
+        self.opts = opts
+        settings = self.settings = opts.settings
+        if settings.bar_seconds >= 86_400:
+            raise ConfigError(
+                f"--interval {settings.bar_interval} is not supported for paper trading: "
+                "Alpaca streams minute bars; use 1Min..1Hour (or backtest daily bars)")
+        self.mode = LIVE if opts.live else DRY_RUN
+        check_endpoint(opts.base_url, True)  # the command checks the flag; this never guesses
+        state_dir = Path(opts.state_dir)
+        self.state_path = state_dir / "portfolio_state.json"
+        self.audit_path = Path(opts.log_dir) / "audit_trail.csv"
+        opts.credentials.register()
+        self.saved = load_state(self.state_path, self.mode)
+        self.client = AlpacaClient(opts.credentials, base_url=opts.base_url,
+                                   data_url=opts.data_url, feed=opts.feed,
+                                   rate_limit_max_wait=opts.rate_limit_max_wait,
+                                   trading_per_minute=opts.requests_per_minute,
+                                   data_per_minute=opts.requests_per_minute)
+        data_ws, trading_ws = stream_urls(opts.base_url, opts.feed)
+        self.latency = LatencyProbe()
+        self.store = AlpacaStore(
+            self.client, opts.credentials, settings, make_signal(settings),
+            data_stream_url=opts.data_stream_url or data_ws,
+            trading_stream_url=(opts.trading_stream_url or trading_ws) if opts.live else None,
+            warmup_days=opts.warmup_days, grace=opts.grace,
+            silence_timeout=opts.silence if opts.silence is not None else
+            max(120.0, 2.0 * settings.bar_seconds),
+            clock_poll_s=opts.clock_poll,
+            recorder=BarRecorder(state_dir / "bars", settings.bar_interval, opts.feed),
+            max_steps=1 if opts.once else opts.max_steps, on_idle=opts.on_idle,
+            latency=self.latency)
+        if opts.on_store is not None:
+            opts.on_store(self.store)
+        self.audit = ModeAudit(self.mode, live_path=self.audit_path)
+        self.cerebro = cerebro = bt.Cerebro(stdstats=False, quicknotify=False)
+        for symbol in settings.symbols:
+            cerebro.adddata(AlpacaData(store=self.store, symbol=symbol, name=symbol),
+                            name=symbol)
+        self.journal: Journal | None = None
+        self.broker: Any = self._broker()
+        cerebro.setbroker(self.broker)
+        cerebro.addstore(self.store)
+        self.store.attach_broker(self.broker)
+        kwargs = dict(opts.strategy_kwargs)
+        if settings.extended_hours:
+            kwargs.setdefault("session", self.store.session)
+        cerebro.addstrategy(opts.strategy_cls, settings=settings, audit=self.audit,
+                            market_open=self.store.market_open, **kwargs)
+        cerebro.addanalyzer(RunRecorder, _name="recorder")
+        self.store.set_state_saver(self.save)
+
+    def _broker(self) -> Any:
+        opts = self.opts
+        if opts.live:
+            self.journal = Journal(Path(opts.state_dir) / "journal.sqlite")
+            return AlpacaBroker(store=self.store, gateway=OrderGateway(self.client, self.journal),
+                                journal=self.journal, settings=self.settings, audit=self.audit,
+                                strategies=self._strategies, fence_s=opts.fence_s)
+        cash = self.settings.cash
+        try:
+            cash = float(self.client.get_account().cash)
+        except Exception as exc:  # noqa: BLE001 - a dry run may run without a reachable account
+            logger.warning("account unavailable (%s): the dry-run book starts with %.2f", exc,
+                           cash)
+        broker = make_dry_run_broker(cash, self.settings.commission)
+        broker.store = self.store
+        if self.settings.extended_hours:
+            broker.session = self.store.session  # stops sleep outside regular hours
+        return broker
+
+    def _strategies(self) -> list[Any]:
+        return list(getattr(self.cerebro, "runningstrats", []) or [])
+
+    def save(self) -> None:
+        """Write portfolio_state.json (atomic) and refresh the dashboard."""
+        opts, store = self.opts, self.store
+        strategies = self._strategies()
+        view = self.broker.view()
+        last = {s: store.assembler.last_ts.get(s) for s in self.settings.symbols}
+        state = {
+            "schema": 1, "mode": self.mode, "endpoint": opts.base_url, "feed": opts.feed,
+            "strategy_id": self.settings.strategy_id, "symbols": list(self.settings.symbols),
+            "interval": self.settings.bar_interval,
+            "broker_time": store.broker_time().isoformat(),
+            "wall_time": datetime.now(UTC).isoformat(),
+            "last_bar": {s: t.isoformat() for s, t in last.items() if t is not None},
+            "cash": view.cash, "value": view.value, "positions": view.positions,
+            "stops": view.stops, "working_orders": view.working, "ambiguous": view.ambiguous,
+            "strategy": strategies[0].export_state() if strategies else
+            (self.saved or {}).get("strategy", {}),
+            "streams": {s.name: s.state.value for s in store.stream_statuses()},
+        }
+        save_state(self.state_path, state)
+        if opts.dashboard is not None:
+            opts.dashboard(_Snapshot(self.mode, opts.base_url, store, view, state))
+
+    def run(self, note: Callable[[str], None]) -> PaperResult:
+        """Connect, reconcile, trade until stopped, then shut down cleanly."""
+        opts, store = self.opts, self.store
+        self.audit.record(None, "session", "", "start", self.mode,
+                          detail=f"endpoint={opts.base_url} feed={opts.feed} "
+                                 f"symbols={','.join(self.settings.symbols)}")
+        restore = _install_signals(store, note) if opts.install_signals else (lambda: None)
+        report = ""
+        try:
+            store.connect(last_delivered=last_bars(self.saved))
+            if not store.wait_connected(timeout=20.0):
+                raise ConfigError(
+                    "could not connect the Alpaca streams within 20s: check the keys, the "
+                    f"endpoint ({opts.base_url}) and the network")
+            if opts.live:
+                report = self.broker.startup(self.saved).summary()
+            start_value = self.broker.getvalue()
+            self.save()  # the state file holds the reconciled broker state before any bar
+            note(f"{'LIVE (paper account)' if opts.live else 'DRY RUN (no orders are sent)'}"
+                 f": {store.clock.describe_wait()}")
+            strategy = self.cerebro.run()[0]
+        except UnknownStateError as exc:
+            raise ConfigError(f"not trading: the broker's state is unknown ({exc})") from None
+        finally:
+            restore()
+            store.hub.stop()
+        return self._finish(strategy, start_value, report)
+
+    def _finish(self, strategy: Any, start_value: float, report: str) -> PaperResult:
+        opts, store = self.opts, self.store
+        if opts.live:
+            if opts.cancel_entries_on_exit:
+                self.broker.cancel_working_entries()
+            try:  # the state file must end equal to the broker's state
+                report = self.broker.reconcile_now("shutdown").summary()
+            except Exception as exc:  # noqa: BLE001 - a failed read at exit changes nothing
+                logger.error("final reconciliation failed: %s", exc)
+        self.save()
+        if store.recorder is not None:
+            store.recorder.flush()
+        view = self.broker.view()
+        run_dir = None
+        if opts.out is not None and store.status.steps == 0:
+            logger.info("no bar was processed: no run folder written")
+        elif opts.out is not None:
+            run_dir = make_run_dir(Path(opts.out), "paper" if opts.live else "dryrun")
+            meta = {"mode": "paper" if opts.live else "dry_run",
+                    "symbols": list(self.settings.symbols),
+                    "interval": self.settings.bar_interval, "endpoint": opts.base_url,
+                    "feed": opts.feed, "start_value": start_value or self.settings.cash,
+                    "open_positions": {s: p["qty"] for s, p in view.positions.items()},
+                    "steps": store.status.steps, "data": str(Path(opts.state_dir) / "bars")}
+            write_run_folder(run_dir, strategy.analyzers.recorder, strategy.closed_trades,
+                             self.audit, self.settings, meta)
+        self.audit.record(None, "session", "", "stop", self.mode,
+                          detail=f"steps={store.status.steps}")
+        self.audit.close()
+        if self.journal is not None:
+            self.journal.close()
+        return PaperResult(self.mode, run_dir, store.status.steps, self.client.submit_count,
+                           start_value, view.value, view.positions, view.stops,
+                           list(self.latency.samples), self.state_path, self.audit_path, report,
+                           store.stream_statuses(), store.status.backfilled)
+
+
+def run_paper(opts: PaperOptions, note: Callable[[str], None] = lambda s: None) -> PaperResult:
+    """Run one paper session until stopped (signal, ``--once``, ``max_steps``)."""
+    return PaperSession(opts).run(note)
+
+
+@dataclass
+class _Snapshot:
+    mode: str
+    endpoint: str
+    store: AlpacaStore
+    view: Any
+    state: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------- dashboard
+
+
+class Dashboard:
+    """A live console view (rich): positions, stops, P&L, working orders, last bar, streams."""
+
+    def __init__(self, console: Any, start_value: float | None = None) -> None:
+        from rich.live import Live
+
+        self.console = console
+        self.start_value = start_value
+        self.live = Live(console=console, auto_refresh=False, transient=False)
+        self._last = 0.0
+
+    def __enter__(self) -> Dashboard:
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.stop()
+
+    def __call__(self, snap: _Snapshot) -> None:
+        self.live.update(self.render(snap), refresh=True)
+
+    def render(self, snap: _Snapshot) -> Any:
+        """The dashboard as one rich renderable."""
+        from rich.console import Group
+        from rich.table import Table
+
+        view, store = snap.view, snap.store
+        if self.start_value is None:
+            self.start_value = view.value
+        head = Table.grid(padding=(0, 2))
+        label = "LIVE (paper account)" if snap.mode == LIVE else "DRY RUN - no orders are sent"
+        pnl = view.value - (self.start_value or view.value)
+        head.add_row(f"[bold]{label}[/bold]", snap.endpoint,
+                     f"last bar {store.status.last_bar or '-'}",
+                     f"steps {store.status.steps}", f"data {store.status.state}")
+        head.add_row(f"value {view.value:,.2f}", f"cash {view.cash:,.2f}",
+                     f"P&L {pnl:+,.2f}", store.status.clock or "")
+        streams = ", ".join(f"{s.name}: {s.state.value} ({s.connects} connects)"
+                            for s in store.stream_statuses())
+        head.add_row(f"streams: {streams}", "", "", "")
+        pos = Table(title="positions", title_justify="left")
+        for col in ("symbol", "qty", "avg", "last", "unrealized", "stop"):
+            pos.add_column(col, justify="right")
+        for sym, p in view.positions.items():
+            stop = view.stops.get(sym, {}).get("price")
+            pos.add_row(sym, f"{p['qty']:g}", f"{p['avg_price']:.2f}", f"{p.get('last', 0):.2f}",
+                        f"{p.get('unrealized_pnl', 0):+,.2f}",
+                        f"{stop:.2f}" if stop else "[red]none[/red]")
+        work = Table(title="working orders", title_justify="left")
+        for col in ("client order id", "side", "type", "qty", "price", "state"):
+            work.add_column(col)
+        for w in view.working + list(view.stops.values()):
+            work.add_row(w["cid"], w["side"], w["type"], f"{w['qty']:g}",
+                         f"{w['price']:.2f}" if w.get("price") else "", w["state"])
+        return Group(head, pos, work)
+
+
+# ------------------------------------------------------------------------------- the command
+
+
+def _confirm_live(base_url: str, confirmed: bool) -> None:
+    if confirmed:
+        return
+    if not sys.stdin.isatty():
+        raise NotConfirmedError(
+            "--live sends orders: type YES at the prompt, or pass --confirm-live when running "
+            "non-interactively")
+    money = "REAL MONEY" if is_real_money(base_url) else "the Alpaca PAPER account"
+    answer = click.prompt(f"Orders will be sent to {money} at {base_url}. Type YES to go on",
+                          default="", show_default=False)
+    if answer.strip() != "YES":
+        raise NotConfirmedError("not confirmed (you must type YES): nothing was sent")
+
+
+class _SimDriver:
+    """Lockstep replay for ``--sim --sim-speed 0``: one bar per idle loop."""
+
+    def __init__(self, sim: Any, bar_seconds: int, until: datetime | None,
+                 store_ref: Callable[[], AlpacaStore | None]) -> None:
+        self.sim = sim
+        self.bar = bar_seconds
+        self.until = until
+        self.store_ref = store_ref
+        self._steps = -1
+        self._at = 0.0
+
+    def __call__(self) -> None:
+        store = self.store_ref()
+        if store is None:
+            return
+        now = time.monotonic()
+        if store.status.steps == self._steps and now - self._at < 2.0:
+            return  # the last advance's bars are not through yet
+        if self.until is not None and self.sim.now() >= self.until:
+            store.request_stop()
+            return
+        self._steps, self._at = store.status.steps, now
+        self.sim.advance(seconds=self.bar)
+
+
+def _sim_context(data: Path, speed: float, start: str | None, symbols: tuple[str, ...],
+                 cash: float) -> Any:
+    from brokers.alpaca_sim.testing import SimServer
+
+    key, secret = f"SIM{secrets.token_hex(8)}", f"SIM{secrets.token_hex(16)}"
+    REDACTOR.add(key, secret)
+    # the rehearsal outruns real time: the loopback reports a budget that fits the replay
+    return SimServer(data, key=key, secret=secret, start=start, speed=speed, cash=cash,
+                     symbols=symbols, rate_limit=10**6)
+
+
+@click.command("paper")
+@strategy_options
+@click.option("--live", is_flag=True,
+              help="Send orders (to the Alpaca PAPER account). Without it: a DRY RUN.")
+@click.option("--confirm-live", is_flag=True,
+              help="Non-interactive confirmation for --live (instead of typing YES).")
+@click.option("--once", is_flag=True,
+              help="Reconcile, decide on the latest closed bar, save, exit.")
+@click.option("--dashboard", is_flag=True, help="Live console view.")
+@click.option("--verbose", "-v", count=True, help="-v info, -vv debug (the log file is always "
+                                                  "debug).")
+@click.option("--keys-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File with key_id / secret_key [APCA_API_KEY_ID / APCA_API_SECRET_KEY].")
+@click.option("--base-url", default=None,
+              help=f"Trading REST root [{PAPER_URL}]; a loopback server: http://127.0.0.1:PORT.")
+@click.option("--data-url", default=None, help="Market-data REST root [from --base-url].")
+@click.option("--data-stream-url", default=None, help="Market-data WebSocket URL.")
+@click.option("--trading-stream-url", default=None, help="trade_updates WebSocket URL.")
+@click.option("--feed", type=click.Choice(["iex", "sip"]), default="iex", show_default=True,
+              help="Market-data feed (recorded with the bars).")
+@click.option("--i-understand-real-money", "real_money", is_flag=True,
+              help="Allow a real-money endpoint (https://api.alpaca.markets).")
+@click.option("--sim", is_flag=True,
+              help="Offline rehearsal: start the loopback Alpaca on bundled bars in-process.")
+@click.option("--sim-data", type=click.Path(path_type=Path), default=None,
+              help="Bars for --sim [data/bars].")
+@click.option("--sim-speed", type=float, default=0.0, show_default=True,
+              help="--sim replay speed; 0 = lockstep, one bar as soon as the last is done.")
+@click.option("--sim-start", default=None, help="--sim replay start (ISO time).")
+@click.option("--sim-minutes", type=float, default=None,
+              help="--sim: stop after this many replayed minutes [to the session close].")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("data/realtime"), show_default=True)
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("logs/realtime"), show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Folder the run folder is written under.")
+@click.option("--warmup-days", type=float, default=5.0, show_default=True,
+              help="Calendar days of REST history for the indicator warm-up.")
+@click.option("--max-steps", type=int, default=None, help="Stop after N bar steps.")
+@click.option("--stream-silence", type=float, default=None,
+              help="Reconnect the data stream after this many silent seconds while the "
+                   "market is open [2 bars, at least 120].")
+@click.option("--clock-poll", type=float, default=None,
+              help="Seconds between market-clock reads [30; 5 with --sim].")
+def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: int,
+          keys_file: Path | None, base_url: str | None, data_url: str | None,
+          data_stream_url: str | None, trading_stream_url: str | None, feed: str,
+          real_money: bool, sim: bool, sim_data: Path | None, sim_speed: float,
+          sim_start: str | None, sim_minutes: float | None, state_dir: Path, log_dir: Path,
+          out: Path, warmup_days: float, max_steps: int | None, stream_silence: float | None,
+          clock_poll: float | None, config_file: Path | None, **flags: Any) -> None:
+    """Run the strategy on Alpaca: a DRY RUN unless --live."""
+    from rich.console import Console
+
+    console = Console(stderr=False)
+    log_file = Path(log_dir) / f"trading_{datetime.now(UTC):%Y-%m-%d}.log"
+    setup_logging(verbose, log_file)
+    settings = settings_from_flags(config_file, flags)
+    if sim and base_url:
+        raise ConfigError("--sim starts its own loopback server: drop --base-url")
+    base = base_url or PAPER_URL
+    check_endpoint(base, real_money)
+    if live:
+        _confirm_live(base, confirm_live)
+    sim_server = None
+    if sim:
+        sim_server = _sim_context(sim_data or DEFAULT_SIM_DATA, sim_speed, sim_start,
+                                  settings.symbols, settings.cash).start()
+        base = sim_server.base_url
+        credentials = Credentials(sim_server.key, sim_server.secret, "loopback simulator")
+        console.print(f"[bold]OFFLINE REHEARSAL[/bold] against the loopback Alpaca at {base} "
+                      f"(replay {sim_server.now():%Y-%m-%d %H:%M} UTC, speed "
+                      f"{sim_speed or 'lockstep'})")
+    else:
+        credentials = load_credentials(keys_file)
+    store_box: dict[str, AlpacaStore] = {}
+    on_idle = None
+    if sim_server is not None and sim_speed == 0:
+        until = sim_server.now() + timedelta(minutes=sim_minutes) if sim_minutes else \
+            _session_close(sim_server)
+        on_idle = _SimDriver(sim_server, settings.bar_seconds, until, lambda: store_box.get("s"))
+    if sim_server is not None and sim_speed > 0 and sim_minutes and max_steps is None:
+        max_steps = max(1, int(sim_minutes * 60 // settings.bar_seconds))
+    opts = PaperOptions(
+        settings=settings, credentials=credentials, live=live, once=once, base_url=base,
+        data_url=data_url, data_stream_url=data_stream_url,
+        trading_stream_url=trading_stream_url, feed=feed, state_dir=state_dir,
+        log_dir=log_dir, out=out, warmup_days=warmup_days, max_steps=max_steps,
+        silence=stream_silence, clock_poll=clock_poll or (5.0 if sim else 30.0),
+        on_idle=on_idle, on_store=lambda st: store_box.__setitem__("s", st),
+        # a rehearsal replays far faster than real time against a server with no limit
+        requests_per_minute=60_000.0 if sim else 200.0)
+    label = "LIVE orders to the PAPER account" if live and not is_real_money(base) else \
+        "LIVE orders with REAL MONEY" if live else "DRY RUN: decisions only, no orders sent"
+    console.print(f"[bold]ratchet paper[/bold] - {label}; symbols {', '.join(settings.symbols)}"
+                  f", {settings.bar_interval} bars, feed {feed}; keys {credentials}")
+    board = Dashboard(console) if dashboard else None
+    if board is not None:
+        opts.dashboard = board
+    try:
+        if board is not None:
+            board.__enter__()
+        result = run_paper(opts, note=lambda s: console.print(f"[yellow]{s}[/yellow]"))
+    finally:
+        if board is not None:
+            board.__exit__(None, None, None)
+        if sim_server is not None:
+            sim_server.stop()
+    _print_summary(console, result, live)
+
+
+def _session_close(sim_server: Any) -> datetime | None:
+    try:
+        now = sim_server.now()
+        clock = sim_server.app.book.calendar
+        close = clock.next_close(int(now.timestamp() * 1e9)) if hasattr(clock, "next_close") \
+            else None
+        if close is not None:
+            return datetime.fromtimestamp(close / 1e9, UTC)
+    except Exception:  # a rehearsal without a known close runs until stopped
+        return None
+    return None
+
+
+def _print_summary(console: Any, result: PaperResult, live: bool) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Paper session summary ({'LIVE' if live else 'DRY RUN'})",
+                  show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    pnl = result.end_value - result.start_value
+    rows = [
+        ("Bar steps processed", str(result.steps)),
+        ("Orders sent to Alpaca", str(result.orders_sent) if live else "0 (dry run)"),
+        ("Start / end value", f"{result.start_value:,.2f} / {result.end_value:,.2f} "
+                              f"({pnl:+,.2f})"),
+        ("Open positions", ", ".join(f"{s} {p['qty']:g}" for s, p in result.positions.items())
+         or "none"),
+        ("Resting stops left at the broker" if live else "Shadow stops",
+         ", ".join(f"{s} @ {v['price']:.2f}" for s, v in result.stops.items()) or "none"),
+        ("Reconciliation", result.reconcile or "-"),
+        ("State file", str(result.state_path)),
+        ("Audit trail", str(result.audit_path)),
+        ("Run folder", str(result.run_dir) if result.run_dir else "-"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)

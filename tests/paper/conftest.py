@@ -1,0 +1,159 @@
+"""Fixtures for the paper-trading tests: the loopback Alpaca and a lockstep session runner.
+
+Every test talks to ``brokers.alpaca_sim`` through the real alpaca-py client. The API keys
+are SENTINEL values: ``test_leaks.py`` asserts they never appear in logs, audit, state or
+output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from brokers.alpaca.credentials import Credentials
+from brokers.alpaca_sim.bars import BarBook
+from brokers.alpaca_sim.testing import SimServer
+from commands.paper import PaperOptions, PaperResult, run_paper
+from common.config import Settings
+from common.logs import REDACTOR
+
+REPO = Path(__file__).resolve().parents[2]
+BARS = REPO / "data" / "bars"
+SYMBOLS = ("ACME", "BOLT", "CRUX")
+SENTINEL_KEY = "SENTINELKEYID7F3A91"
+SENTINEL_SECRET = "SENTINEL-SECRET-c0ffee-8d2b"
+#: the bundled bars' 3rd session opens here: two sessions of warm-up before it
+REPLAY_START = datetime(2025, 10, 3, 13, 30, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def book() -> BarBook:
+    """The bundled bars of three symbols, loaded once."""
+    return BarBook.load(BARS / "1Min", SYMBOLS)
+
+
+class PostCounter:
+    """Counts order submissions (POST /v2/orders) and replacements that reach the market."""
+
+    def __init__(self, sim: SimServer) -> None:
+        self.posts: Counter[str] = Counter()
+        self.patches: Counter[str] = Counter()
+        market = sim.market
+        submit, replace = market.submit, market.replace
+
+        def counted_submit(req: Any) -> Any:
+            self.posts[str(req.client_order_id)] += 1
+            return submit(req)
+
+        def counted_replace(order_id: str, req: Any) -> Any:
+            self.patches[str(getattr(req, "client_order_id", ""))] += 1
+            return replace(order_id, req)
+
+        market.submit = counted_submit  # type: ignore[method-assign]
+        market.replace = counted_replace  # type: ignore[method-assign]
+
+    def duplicates(self) -> dict[str, int]:
+        """Client order ids that reached the market more than once."""
+        return {c: n for c, n in self.posts.items() if n > 1}
+
+
+@pytest.fixture
+def sim(book: BarBook) -> Iterator[SimServer]:
+    """A stepped loopback Alpaca with SENTINEL keys, started at ``REPLAY_START``."""
+    server = SimServer(book=book, key=SENTINEL_KEY, secret=SENTINEL_SECRET,
+                       start=REPLAY_START, rate_limit=10**6)  # replays outrun 200/min
+    server.start()
+    server.posts = PostCounter(server)  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def creds() -> Credentials:
+    """The sentinel key pair, registered with the redactor."""
+    return Credentials(SENTINEL_KEY, SENTINEL_SECRET, "test").register(REDACTOR)
+
+
+class Lockstep:
+    """Advances the stepped sim one bar each time the session is idle (the ``--sim`` driver),
+    calling ``hooks[n]`` right before the n-th advance."""
+
+    def __init__(self, sim: SimServer, minutes: int,
+                 hooks: dict[int, Callable[[], None]] | None = None,
+                 patience: float = 8.0, bar_minutes: int = 1) -> None:
+        self.sim = sim
+        self.patience = patience
+        self.bar_minutes = bar_minutes
+        self.minutes = minutes
+        self.hooks = hooks or {}
+        self.advances = 0
+        self.store: Any = None
+        self._steps = -1
+        self._at = 0.0
+
+    def __call__(self) -> None:
+        store = self.store
+        if store is None:
+            return
+        now = time.monotonic()
+        if store.status.steps == self._steps and now - self._at < self.patience:
+            return  # the last bar has not reached the Strategy yet (e.g. a reconnect)
+        if self.advances * self.bar_minutes >= self.minutes:
+            store.request_stop()
+            return
+        hook = self.hooks.get(self.advances)
+        if hook is not None:
+            hook()
+        self._steps, self._at = store.status.steps, now
+        self.advances += 1
+        self.sim.advance(minutes=self.bar_minutes)
+
+
+def session(sim: SimServer, creds: Credentials, root: Path, minutes: int, live: bool = True,
+            symbols: tuple[str, ...] = SYMBOLS, hooks: dict[int, Callable[[], None]] | None = None,
+            **extra: Any) -> PaperResult:
+    """Run ``run_paper`` in this process against ``sim`` for ``minutes`` replayed minutes."""
+    settings = extra.pop("settings", None) or Settings(symbols=symbols)
+    driver = Lockstep(sim, minutes, hooks, bar_minutes=max(1, settings.bar_seconds // 60))
+    opts = PaperOptions(
+        settings=settings, credentials=creds, live=live, base_url=sim.base_url,
+        data_stream_url=sim.data_stream_url, trading_stream_url=sim.trading_stream_url,
+        state_dir=root / "state", log_dir=root / "logs", out=root / "runs", warmup_days=5,
+        clock_poll=1.0, silence=extra.pop("silence", 30.0), on_idle=driver,
+        on_store=lambda st: setattr(driver, "store", st), install_signals=False,
+        requests_per_minute=extra.pop("requests_per_minute", 60_000.0), **extra)
+    return run_paper(opts)
+
+
+def decisions(audit: pd.DataFrame, since: datetime | None = None) -> list[tuple[Any, ...]]:
+    """(bar time, symbol, action, reason, qty) of every Strategy decision in an audit trail."""
+    rows = audit[audit["kind"] == "decision"]
+    out = []
+    for r in rows.itertuples():
+        when = pd.Timestamp(r.time)
+        if since is not None and when < pd.Timestamp(since):
+            continue
+        qty = None if pd.isna(r.qty) or r.qty == "" else round(float(r.qty), 6)
+        out.append((when.isoformat(), r.symbol, r.action, str(r.reason), qty))
+    return out
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
+    """Poll ``pred`` until true or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+

@@ -1,0 +1,194 @@
+"""Broker behaviours that a replay rarely hits on its own, driven by scripted strategies.
+
+* a cancel that loses the race to a fill is normal: the stop's fill is applied, the exit is
+  not sent and is reported Canceled (freqtrade #3647: cancel on timeout, exchange filled);
+* an exit waits while the stop's cancel is unconfirmed (Alpaca holds the stop's quantity);
+* a position found without a resting stop gets one before any trading;
+* an intent journaled right before a crash is never POSTed by the restarted process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import backtrader as bt
+from alpaca.trading.enums import OrderSide, OrderType, TimeInForce
+
+from brokers.alpaca.client import AlpacaClient, OrderSpec
+from brokers.alpaca.credentials import Credentials
+from brokers.alpaca.journal import Journal, JournalState
+from brokers.alpaca.orders import OrderGateway, Outcome
+from brokers.alpaca_sim.testing import SimServer
+from common.config import Settings
+from feeds.store import read_bars
+from tests.paper.conftest import BARS, REPLAY_START, session
+
+
+class Scripted(bt.Strategy):
+    """Calls ``script(strategy, step)`` on every bar; records every notification."""
+
+    params = (("settings", None), ("audit", None), ("market_open", None), ("script", None))
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.closed_trades: list[dict[str, Any]] = []
+        self.notes: list[tuple[str, str, float]] = []
+        self.orders: dict[str, bt.Order] = {}
+
+    def notify_order(self, order: bt.Order) -> None:
+        self.notes.append((order.info.get("cid", ""), order.getstatusname(),
+                           order.executed.size))
+
+    def next(self) -> None:
+        self.step += 1
+        self.p.script(self, self.step)
+
+    def export_state(self) -> dict[str, Any]:
+        return {}
+
+
+def _bars(symbol: str) -> list[Any]:
+    # the replay's future bars, from the file the sim replays (the sim never serves them)
+    frame = read_bars(BARS / "1Min" / f"{symbol}.parquet", REPLAY_START,
+                      REPLAY_START + timedelta(minutes=60))
+    return list(frame.itertuples(index=False))
+
+
+def _run(sim: SimServer, creds: Credentials, root: Path, minutes: int,
+         script: Callable[[Scripted, int], None], hooks: dict[int, Callable[[], None]],
+         **kw: Any) -> Scripted:
+    box: dict[str, Scripted] = {}
+
+    def wrapped(strat: Scripted, step: int) -> None:
+        box["s"] = strat
+        script(strat, step)
+
+    session(sim, creds, root, minutes, symbols=("ACME",), settings=Settings(symbols=("ACME",)),
+            hooks=hooks, strategy_cls=Scripted, strategy_kwargs={"script": wrapped}, **kw)
+    return box["s"]
+
+
+def _stop_price_touched_soon(bars: list[Any]) -> tuple[float, int]:
+    # a sell stop below the last trade when it is placed (Alpaca refuses it otherwise) that a
+    # later bar's low touches
+    price = round(min(bars[1].close, bars[2].open) - 0.01, 2)
+    for k in range(2, len(bars)):
+        if bars[k].low <= price:
+            return price, k
+    raise AssertionError("no bar touches the stop")
+
+
+def test_cancel_that_loses_the_race_to_a_fill_is_normal(sim: SimServer, creds: Credentials,
+                                                        tmp_path: Path) -> None:
+    """Regression (exit sent after the stop filled = a short): the stop fill wins the race."""
+    bars = _bars("ACME")
+    stop_price, touched = _stop_price_touched_soon(bars)
+    flags = {"filled_at_sim": False}
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if step == 1:
+            s.orders["entry"] = s.buy(data=d, size=10, exectype=bt.Order.Market,
+                                      cid="ratchet-ACME-20251003T133000-entry",
+                                      purpose="entry")
+        elif step == 2:
+            s.orders["stop"] = s.sell(data=d, size=10, exectype=bt.Order.Stop,
+                                      price=stop_price, cid="ratchet-ACME-20251003T133100-stop1",
+                                      purpose="stop")
+        elif flags["filled_at_sim"] and "exit" not in s.orders:
+            assert s.orders["stop"].alive()  # the broker has not heard of the fill yet
+            s.cancel(s.orders["stop"])
+            s.orders["exit"] = s.sell(data=d, size=10, exectype=bt.Order.Market,
+                                      cid="ratchet-ACME-20251003T140000-exit", purpose="exit")
+
+    def stop_filled() -> None:
+        with sim.market.lock:
+            flags["filled_at_sim"] = any(o.client_order_id.endswith("stop1")
+                                         and o.status == "filled"
+                                         for o in sim.market.orders.values())
+
+    hooks: dict[int, Callable[[], None]] = {2: lambda: sim.faults.silence_stream("trading")}
+    for k in range(3, touched + 4):
+        hooks[k] = stop_filled
+    strat = _run(sim, creds, tmp_path, touched + 5, script, hooks, fence_s=None)
+    assert strat.orders["stop"].status == bt.Order.Completed
+    assert strat.orders["exit"].status == bt.Order.Canceled
+    assert "ratchet-ACME-20251003T140000-exit" not in sim.posts.posts  # type: ignore[attr-defined]
+    assert strat.getposition(strat.datas[0]).size == 0
+    with sim.market.lock:
+        assert not any(p.qty for p in sim.market.positions.values())  # never short
+
+
+def test_exit_waits_for_the_stop_cancel(sim: SimServer, creds: Credentials,
+                                        tmp_path: Path) -> None:
+    """The cancel fails for a while (5xx): the exit is parked, sent once the stop is gone."""
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if step == 1:
+            s.orders["entry"] = s.buy(data=d, size=10, exectype=bt.Order.Market,
+                                      cid="ratchet-ACME-20251003T133000-entry", purpose="entry")
+        elif step == 2:
+            s.orders["stop"] = s.sell(data=d, size=10, exectype=bt.Order.Stop,
+                                      price=round(d.close[0] * 0.9, 2),
+                                      cid="ratchet-ACME-20251003T133100-stop1", purpose="stop")
+        elif step == 3:
+            sim.faults.server_error(500, method="DELETE", path="/v2/orders/*", times=3)
+            s.cancel(s.orders["stop"])
+            assert s.orders["stop"].alive()  # not confirmed: Alpaca still holds its qty
+            s.orders["exit"] = s.sell(data=d, size=10, exectype=bt.Order.Market,
+                                      cid="ratchet-ACME-20251003T133200-exit", purpose="exit")
+            assert "ratchet-ACME-20251003T133200-exit" not in sim.posts.posts  # parked
+
+    slow = {k: (lambda: time.sleep(0.2)) for k in range(4, 9)}  # real time for the retries
+    strat = _run(sim, creds, tmp_path, 10, script, slow)
+    assert strat.orders["stop"].status == bt.Order.Canceled
+    assert strat.orders["exit"].status == bt.Order.Completed
+    assert sim.posts.posts["ratchet-ACME-20251003T133200-exit"] == 1  # type: ignore[attr-defined]
+    with sim.market.lock:
+        events = [(e.order["client_order_id"], e.event) for e in sim.market.event_log]
+    assert events.index(("ratchet-ACME-20251003T133100-stop1", "canceled")) < \
+        events.index(("ratchet-ACME-20251003T133200-exit", "new"))
+
+
+def test_position_without_stop_gets_one_before_trading(sim: SimServer, creds: Credentials,
+                                                       tmp_path: Path) -> None:
+    """A position at the broker with no resting stop (e.g. the stop was canceled by hand)."""
+    client = AlpacaClient(creds, base_url=sim.base_url)
+    client.submit_order(OrderSpec("manual-buy-1", "BOLT", OrderSide.BUY, OrderType.MARKET,
+                                  Decimal(50), TimeInForce.DAY))
+    sim.advance(minutes=1)
+    result = session(sim, creds, tmp_path, 2, symbols=("BOLT",),
+                     settings=Settings(symbols=("BOLT",)))
+    assert "MissingStop=1" in result.reconcile or result.stops
+    with sim.market.lock:
+        stops = [o for o in sim.market.orders.values()
+                 if o.type == "stop" and o.symbol == "BOLT" and o.status == "new"]
+    assert len(stops) == 1 and float(stops[0].qty) == 50
+    assert stops[0].client_order_id.startswith("ratchet-BOLT-")
+    assert result.stops["BOLT"]["cid"] == stops[0].client_order_id
+
+
+def test_intent_journaled_before_a_crash_is_never_posted(sim: SimServer, creds: Credentials,
+                                                         tmp_path: Path) -> None:
+    """Killed between the intent and the POST: the restarted process looks the order up; it
+    is never sent (it becomes LOST once the lookups and the age say so)."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    spec = OrderSpec("ratchet-ACME-20251003T133000-entry", "ACME", OrderSide.BUY,
+                     OrderType.MARKET, Decimal(5), TimeInForce.DAY)
+    journal.record_intent(spec.to_json(), "entry")  # ... and the process died here
+    journal.close()
+    client = AlpacaClient(creds, base_url=sim.base_url, backoff_base=0.01)
+    gateway = OrderGateway(client, Journal(tmp_path / "journal.sqlite"), lost_after_s=0.0,
+                           lost_after_lookups=2, resolve_attempts=1, sleep=lambda s: None)
+    first = gateway.submit(spec, "entry")  # the restarted Strategy repeats the decision
+    assert first.repeated and first.outcome is Outcome.AMBIGUOUS
+    second = gateway.submit(spec, "entry")
+    assert second.outcome is Outcome.LOST
+    assert client.submit_count == 0 and sim.posts.posts == {}  # type: ignore[attr-defined]
+    assert gateway.journal.get(spec.client_order_id).state is JournalState.LOST  # type: ignore[union-attr]

@@ -1,0 +1,179 @@
+"""``client.py`` and ``orders.py`` against the loopback Alpaca through the real alpaca-py.
+
+The faults are the ones reliability.md §2 and §5 list: 504 after the order was accepted, a
+lost response, 429, 5xx, a duplicate client order id, a failed positions read.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from alpaca.trading.enums import OrderSide, OrderType, TimeInForce
+
+from brokers.alpaca.client import AlpacaClient, CancelResult, OrderSpec
+from brokers.alpaca.credentials import Credentials
+from brokers.alpaca.journal import Journal, JournalState
+from brokers.alpaca.orders import OrderGateway, Outcome
+from brokers.alpaca_sim.testing import SimServer
+from common.errors import UnknownStateError
+
+CID = "ratchet-ACME-20251003T133000-entry"
+
+
+def _client(sim: SimServer, creds: Credentials) -> AlpacaClient:
+    return AlpacaClient(creds, base_url=sim.base_url, timeout=(2.0, 3.0), backoff_base=0.01,
+                        rate_limit_max_wait=0.2)
+
+
+def _gateway(sim: SimServer, creds: Credentials, tmp_path: Path,
+             **kw: float) -> tuple[OrderGateway, Journal]:
+    journal = Journal(tmp_path / "journal.sqlite")
+    return OrderGateway(_client(sim, creds), journal, **kw), journal  # type: ignore[arg-type]
+
+
+def _market(cid: str = CID, qty: int = 5) -> OrderSpec:
+    return OrderSpec(cid, "ACME", OrderSide.BUY, OrderType.MARKET, Decimal(qty), TimeInForce.DAY)
+
+
+def _orders_at_sim(sim: SimServer, cid: str) -> int:
+    with sim.market.lock:
+        return sum(1 for o in sim.market.orders.values() if o.client_order_id == cid)
+
+
+def test_submit_is_journaled_then_accepted(sim: SimServer, creds: Credentials,
+                                           tmp_path: Path) -> None:
+    gw, journal = _gateway(sim, creds, tmp_path)
+    result = gw.submit(_market(), "entry")
+    assert result.outcome is Outcome.ACCEPTED and result.snapshot is not None
+    row = journal.get(CID)
+    assert row is not None and row.state is JournalState.ACCEPTED
+    assert row.alpaca_id == result.snapshot.id
+    kinds = [e["kind"] for e in journal.events(CID)]
+    assert kinds[:2] == ["intent", "accepted"]  # the intent was written before the answer
+
+
+def test_504_after_accept_creates_no_duplicate(sim: SimServer, creds: Credentials,
+                                               tmp_path: Path) -> None:
+    """Regression (alpaca-py retries POST /v2/orders on 504): duplicate POST after 504."""
+    sim.faults.lose_response(status=504)
+    gw, journal = _gateway(sim, creds, tmp_path)
+    result = gw.submit(_market(), "entry")
+    assert result.outcome is Outcome.ACCEPTED
+    assert sim.posts.posts[CID] == 1  # type: ignore[attr-defined]
+    assert _orders_at_sim(sim, CID) == 1
+    assert journal.get(CID).state is JournalState.ACCEPTED  # type: ignore[union-attr]
+
+
+def test_lost_response_is_resolved_by_lookup(sim: SimServer, creds: Credentials,
+                                             tmp_path: Path) -> None:
+    """The connection drops after Alpaca accepted the order: found by client order id."""
+    sim.faults.lose_response(status=None)
+    gw, _ = _gateway(sim, creds, tmp_path)
+    result = gw.submit(_market(), "entry")
+    assert result.outcome is Outcome.ACCEPTED
+    assert sim.posts.posts[CID] == 1  # type: ignore[attr-defined]
+    assert _orders_at_sim(sim, CID) == 1
+
+
+def test_429_creates_no_order_and_is_not_resent(sim: SimServer, creds: Credentials,
+                                                tmp_path: Path) -> None:
+    """Regression (alpaca-py retries on 429): a rate-limited POST is refused, not resent."""
+    sim.faults.rate_limit(method="POST", path="/v2/orders", times=1)
+    gw, journal = _gateway(sim, creds, tmp_path)
+    client = gw.client
+    result = gw.submit(_market(), "entry")
+    assert result.outcome is Outcome.REJECTED and result.reason == "rate_limited"
+    assert client.submit_count == 1
+    assert _orders_at_sim(sim, CID) == 0
+    assert journal.get(CID).state is JournalState.REJECTED  # type: ignore[union-attr]
+    # a repeat of the same decision is answered from the journal, never sent again
+    again = gw.submit(_market(), "entry")
+    assert again.repeated and again.outcome is Outcome.REJECTED
+    assert client.submit_count == 1
+
+
+def test_500_not_processed_becomes_lost_only_after_lookups_and_age(
+        sim: SimServer, creds: Credentials, tmp_path: Path) -> None:
+    """An ambiguous order is LOST only after N not-found lookups AND an age threshold."""
+    sim.faults.server_error(500, method="POST", path="/v2/orders")
+    gw, journal = _gateway(sim, creds, tmp_path, lost_after_lookups=3, lost_after_s=0.3,
+                           resolve_attempts=1)
+    first = gw.submit(_market(), "entry")
+    assert first.outcome is Outcome.AMBIGUOUS
+    assert gw.resolve(CID, attempts=1).outcome is Outcome.AMBIGUOUS  # 2 lookups
+    assert gw.resolve(CID, attempts=1).outcome is Outcome.AMBIGUOUS  # 3 lookups, too young
+    time.sleep(0.35)
+    assert gw.resolve(CID, attempts=1).outcome is Outcome.LOST
+    assert journal.get(CID).state is JournalState.LOST  # type: ignore[union-attr]
+    assert gw.client.submit_count == 1
+
+
+def test_duplicate_client_order_id_resolves_to_the_existing_order(
+        sim: SimServer, creds: Credentials, tmp_path: Path) -> None:
+    """"client_order_id must be unique" means it exists (the journal was lost): adopt it."""
+    gw1, _ = _gateway(sim, creds, tmp_path / "a")
+    first = gw1.submit(_market(), "entry")
+    gw2, journal2 = _gateway(sim, creds, tmp_path / "b")  # an empty journal
+    second = gw2.submit(_market(), "entry")
+    assert second.outcome is Outcome.ACCEPTED
+    assert second.snapshot is not None and first.snapshot is not None
+    assert second.snapshot.id == first.snapshot.id
+    assert _orders_at_sim(sim, CID) == 1
+
+
+def test_restart_repeating_a_decision_is_not_resent(sim: SimServer, creds: Credentials,
+                                                    tmp_path: Path) -> None:
+    gw, journal = _gateway(sim, creds, tmp_path)
+    gw.submit(_market(), "entry")
+    journal.close()
+    gw2, _ = _gateway(sim, creds, tmp_path)  # same journal file: a restarted process
+    again = gw2.submit(_market(), "entry")
+    assert again.repeated and again.outcome is Outcome.ACCEPTED
+    assert gw2.client.submit_count == 0
+    assert sim.posts.posts[CID] == 1  # type: ignore[attr-defined]
+
+
+def test_failed_positions_read_is_unknown_never_flat(sim: SimServer, creds: Credentials) -> None:
+    """Regression (nautilus #4228): a failed positions read returned [] = "flat"."""
+    client = _client(sim, creds)
+    sim.faults.server_error(500, method="GET", path="/v2/positions", times=10)
+    with pytest.raises(UnknownStateError, match="positions unknown"):
+        client.get_positions()
+
+
+def test_reads_are_retried_with_backoff(sim: SimServer, creds: Credentials) -> None:
+    client = _client(sim, creds)
+    sim.faults.server_error(503, method="GET", path="/v2/account", times=2)
+    assert client.get_account().cash == Decimal("100000")
+
+
+def test_sdk_retry_is_disabled(sim: SimServer, creds: Credentials) -> None:
+    client = _client(sim, creds)
+    assert client.trading._retry == 0 and client.trading._retry_codes == []
+    assert client.data._retry == 0
+
+
+def test_cancel_after_fill_is_already_done(sim: SimServer, creds: Credentials,
+                                           tmp_path: Path) -> None:
+    """A cancel that loses the race to a fill is normal: 422 -> ALREADY_DONE."""
+    gw, _ = _gateway(sim, creds, tmp_path)
+    snap = gw.submit(_market(), "entry").snapshot
+    assert snap is not None
+    sim.advance(minutes=1)
+    assert gw.cancel(snap.id) is CancelResult.ALREADY_DONE
+    filled = gw.client.get_order(snap.id)
+    assert filled is not None and filled.status == "filled"
+
+
+def test_bars_history_pages(sim: SimServer, creds: Credentials) -> None:
+    from datetime import timedelta
+
+    client = _client(sim, creds)
+    start = sim.now() - timedelta(days=3)
+    bars = client.get_bars(["ACME", "BOLT"], start, sim.now() - timedelta(microseconds=1))
+    assert len(bars["ACME"]) == 780 and len(bars["BOLT"]) == 780  # two sessions
+    ts = [b.ts for b in bars["ACME"]]
+    assert ts == sorted(set(ts))
