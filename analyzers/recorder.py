@@ -135,9 +135,11 @@ class RunRecorder(bt.Analyzer):
         parts = []
         for sym, (dt, close) in self.bars.items():
             parts.append(pd.DataFrame({"t": dt, "symbol": sym, "close": close}))
-        prices = pd.concat(parts, ignore_index=True) if parts else \
-            pd.DataFrame({"t": [], "symbol": [], "close": []})
-        stops = pd.DataFrame(self.stops, columns=["t", "symbol", "stop"])
+        empty = pd.DataFrame({"t": np.array([], np.float64), "symbol": np.array([], object),
+                              "close": np.array([], np.float64)})
+        prices = pd.concat(parts, ignore_index=True) if parts else empty
+        stops = pd.DataFrame(self.stops, columns=["t", "symbol", "stop"]).astype(
+            {"t": np.float64, "symbol": object, "stop": np.float64})
         prices = prices.merge(stops, on=["t", "symbol"], how="left")
         prices.insert(0, "timestamp", bt_nums_to_utc(prices.pop("t").to_numpy()))
         return prices.sort_values(["timestamp", "symbol"], kind="stable").reset_index(drop=True)

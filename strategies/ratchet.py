@@ -289,6 +289,9 @@ class RatchetStrategy(bt.Strategy):
         """Cancel the resting stop and sell the whole position (a limit at the close in
         extended hours, where Alpaca takes only limit orders; market otherwise)."""
         position = self.getposition(data).size
+        if book.working_entry():
+            self._cancel_entry(data, book, now,
+                               Reason.SIGNAL if reason == Reason.SIGNAL else Reason.STOP)
         if book.stop is not None and book.stop.alive():
             self.cancel(book.stop)
         book.stop = None
@@ -330,6 +333,12 @@ class RatchetStrategy(bt.Strategy):
         book.stop_state = new_state
         if new_level <= old_level or book.stop is None or not book.stop.alive():
             return
+        if new_level >= float(data.close[0]):
+            # The raised stop is already through the market (the bar fell more than the trail
+            # from its high): it is hit. Alpaca refuses such a stop, so sell now.
+            self._exit(data, book, now, new_state.binding,
+                       extended=self.session_of(now) == "extended")
+            return
         cid = self._stop_cid(book, now)
         book.stop = self.broker.replace_stop_order(book.stop, new_level, cid)
         self.audit.record(now, "decision", book.symbol, "raise_stop", Reason.RATCHET,
@@ -339,13 +348,19 @@ class RatchetStrategy(bt.Strategy):
     def _protect(self, data: bt.DataBase, book: Book, now: datetime, fill_price: float) -> None:
         """Place or resize the resting stop so it covers the whole position."""
         position = self.getposition(data).size
-        if position <= 0:
-            return
+        if position <= 0 or (book.exit is not None and book.exit.alive()):
+            return  # flat, or an exit is already selling the position
         if book.stop_state is None:
             atr = book.entry_atr if math.isfinite(book.entry_atr) else float(data.atr[0])
             book.stop_state = rules.initial_stop(fill_price, atr, self.cfg.atr_stop_multiplier,
                                                  self.cfg.trail_stop_pct)
         level = rules.round_price(book.stop_state.level)
+        if level >= float(data.close[0]):
+            # Already through the market: a stop order would be refused (Alpaca) or fire at
+            # the next open anyway (backtest). Exit at once instead.
+            self._exit(data, book, now, book.stop_state.binding,
+                       extended=self.session_of(now) == "extended")
+            return
         cid = self._stop_cid(book, now)
         if book.stop is not None and book.stop.alive():
             book.stop = self.broker.replace_stop_order(book.stop, level, cid, size=position)
@@ -394,9 +409,8 @@ class RatchetStrategy(bt.Strategy):
                              status_name(order))
                 book.stop = None
                 self._protect(data, book, now, float(data.close[0]))
-        elif purpose == Purpose.EXIT and order.status in (
-                bt.Order.Canceled, bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired):
-            # The exit did not happen (e.g. the stop filled first): protect what is left.
+        elif purpose == Purpose.EXIT and not order.alive():
+            # Done, or did not happen (e.g. the stop filled first): protect whatever is left.
             book.exit = None
             if self.getposition(data).size > 0 and (book.stop is None or not book.stop.alive()):
                 self._protect(data, book, now, float(data.close[0]))
@@ -553,8 +567,8 @@ class RatchetStrategy(bt.Strategy):
         """
         book = self.books[data._name]
         if book.stop_state is None:
-            a = atr if atr is not None and math.isfinite(atr) else avg_price * 0.01
-            book.stop_state = rules.initial_stop(avg_price, a, self.cfg.atr_stop_multiplier,
+            book.stop_state = rules.initial_stop(avg_price, math.nan if atr is None else atr,
+                                                 self.cfg.atr_stop_multiplier,
                                                  self.cfg.trail_stop_pct)
         if book.trade is None:
             book.trade = OpenTrade(datetime.now(UTC), 0, "", qty, qty * avg_price)
@@ -566,5 +580,6 @@ class RatchetStrategy(bt.Strategy):
             book = self.books[data._name]
             if self.getposition(data).size > 0 and (book.stop is None or not book.stop.alive()):
                 now = self.bar_time(data) if len(data) else datetime.now(UTC)
-                price = book.stop_state.fill_price if book.stop_state else float("nan")
+                pos = self.getposition(data)
+                price = book.stop_state.fill_price if book.stop_state else float(pos.price)
                 self._protect(data, book, now, price)

@@ -183,8 +183,12 @@ def initial_stop(
     """Stop right after the entry fills (before any new high).
 
     fixed = fill - k * ATR at entry; trailing = fill * (1 - trail_pct) until a new high.
+    Without a usable ATR the fixed stop is left out and the trailing stop alone protects.
     """
-    fixed = fill_price - atr_stop_multiplier * atr_at_entry
+    if math.isfinite(atr_at_entry) and atr_at_entry > 0:
+        fixed = fill_price - atr_stop_multiplier * atr_at_entry
+    else:
+        fixed = -math.inf  # no ATR known (e.g. a position adopted at startup): trail only
     hh = fill_price
     level = max(fixed, hh * (1.0 - trail_pct))
     return StopState(fill_price, fixed, trail_pct, hh, level)

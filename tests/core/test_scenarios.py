@@ -271,3 +271,39 @@ def test_no_entries_in_extended_hours_unless_enabled(tmp_path: Path) -> None:
     _, r = run(tmp_path, {"ACME": flat_bars(60)}, {45: 1.0}, session=_extended_from(40))
     assert r.orders.empty
     assert list(actions(r, "skip_buy").reason) == ["market_closed"]
+
+
+def test_stop_raised_through_the_market_exits_at_once(tmp_path: Path) -> None:
+    """Regression (paper): a bar that spikes to a new high and closes more than the trail
+    below it raised the stop above the price; Alpaca refuses such a stop with 422 and the
+    position sat unprotected. The strategy now sells at market, reason `trail`."""
+    f = flat_bars(60)
+    f.loc[43, ["high", "close"]] = [110.0, 105.0]  # trail 106.70 > close 105.00
+    _, r = run(tmp_path, {"ACME": f}, {40: 1.0})
+    t = r.trades.iloc[0]
+    assert t.exit_reason == "trail" and t.exit_time == at(44) and t.exit_price == 100.0
+    exits = r.orders[r.orders.purpose == "exit"]
+    assert list(exits.type) == ["market"]
+    stops = r.orders[r.orders.purpose == "stop"]
+    assert (stops.stop_price < 105.0).all()  # no stop was ever placed through the market
+
+
+def test_initial_stop_without_atr_is_trailing_only() -> None:
+    from strategies.rules import initial_stop
+
+    s = initial_stop(100.0, float("nan"), 2.0, 0.03)
+    assert s.level == pytest.approx(97.0) and s.binding == "trail"
+
+
+def test_run_folder_of_a_run_without_bars(tmp_path: Path) -> None:
+    """Regression (paper): a session stopped before its first bar crashed the writer."""
+    from analyzers.audit import Audit
+    from analyzers.recorder import RunRecorder, write_run_folder
+
+    rec = RunRecorder.__new__(RunRecorder)
+    rec.orders, rec.equity, rec.stops, rec.bars = {}, [], [], {}
+    stats = write_run_folder(tmp_path, rec, [], Audit(), Settings(symbols=("A",)),
+                             {"mode": "paper"})
+    assert stats["trade_count"] == 0
+    r = load_run(tmp_path)
+    assert r.prices.empty and r.equity.empty and r.trades.empty
