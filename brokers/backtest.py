@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import backtrader as bt
 
@@ -36,6 +37,37 @@ class SimBroker(bt.brokers.BackBroker):
             if self.session(when) != "regular":
                 return
         super()._try_exec(order)
+
+    def _get_value(self, datas: Any = None, lever: bool = False) -> float:
+        """Portfolio value, visiting only non-flat positions.
+
+        Backtrader revalues every data ever traded on every bar; a flat position adds
+        nothing, so with 20 symbols and at most 5 positions most of that work is skipped.
+        Other cases (one data asked for, fund history, shortcash off, cash additions
+        pending) use Backtrader's own method.
+        """
+        if datas is not None or self._fundhist or not self.p.shortcash or self._cash_addition:
+            return float(super()._get_value(datas, lever))
+        pos_value = unlever = unrealized = 0.0
+        for data, position in self.positions.items():
+            size = position.size
+            if not size:
+                continue
+            ci = self.getcommissioninfo(data)
+            price = data.close[0]
+            value = ci.getvaluesize(size, price)
+            pnl = ci.profitandloss(size, position.price, price)
+            pos_value += value
+            unrealized += pnl
+            unlever += (value - pnl) / ci.get_leverage() + pnl if value > 0 else value
+        self._value = self.cash + unlever
+        self._fundval = self._value / self._fundshares
+        self._valuemkt = unlever
+        self._valuelever = self.cash + pos_value
+        self._valuemktlever = pos_value
+        self._leverage = pos_value / (unlever or 1.0)
+        self._unrealized = unrealized
+        return float(self._valuelever if lever else self._value)
 
     def cancel(self, order: bt.Order, bracket: bool = False) -> bool:
         """Cancel a working order, including one submitted in this very step.

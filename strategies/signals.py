@@ -48,19 +48,48 @@ def sma(values: np.ndarray, period: int) -> np.ndarray:
 
 
 def sma_exact(values: np.ndarray, period: int) -> np.ndarray:
-    """SMA computed window by window (``sum(window) / period``), as Backtrader does.
-
-    A cumulative-sum SMA drifts by a few ulps over long series; crossover decisions compare
-    two SMAs, so we sum each window afresh to match ``bt.indicators.SMA`` bit for bit.
-    """
+    """SMA with each window summed exactly (``math.fsum(window) / period``), as Backtrader's
+    ``bt.indicators.SMA`` does, bit for bit. Slow (one Python call per window): the
+    reference that ``MASignal`` matches where it matters."""
     n = values.shape[0]
     out = np.full(n, np.nan)
     if n < period:
         return out
     windows = np.lib.stride_tricks.sliding_window_view(values.astype(np.float64), period)
-    fsum = math.fsum
-    out[period - 1 :] = np.fromiter((fsum(w) for w in windows.tolist()), np.float64) / period
+    out[period - 1 :] = np.fromiter(map(math.fsum, windows.tolist()), np.float64) / period
     return out
+
+
+def sma_window(values: np.ndarray, period: int) -> np.ndarray:
+    """SMA with each window summed by numpy (no running-sum drift); within a few ulps of
+    ``sma_exact``."""
+    n = values.shape[0]
+    out = np.full(n, np.nan)
+    if n < period:
+        return out
+    windows = np.lib.stride_tricks.sliding_window_view(values.astype(np.float64), period)
+    out[period - 1 :] = windows.sum(axis=1) / period
+    return out
+
+
+#: Where |fast - slow| is below this fraction of slow, the sign of the difference is settled
+#: with exact sums. numpy's per-window sums are off by ~1e-15 relative, far inside it.
+NEAR_TIE = 1e-9
+
+
+def exact_near_ties(close: np.ndarray, fast: np.ndarray, slow: np.ndarray,
+                    fast_period: int, slow_period: int) -> None:
+    """Recompute, in place and exactly, both SMAs on bars where they nearly tie.
+
+    A crossover only depends on the sign of fast - slow (and on exact equality), which a
+    few ulps can change only when the two are within a few ulps of each other.
+    """
+    with np.errstate(invalid="ignore"):
+        near = np.flatnonzero(np.abs(fast - slow) <= NEAR_TIE * np.abs(slow))
+    fsum = math.fsum
+    for i in near.tolist():
+        fast[i] = fsum(close[i - fast_period + 1 : i + 1].tolist()) / fast_period
+        slow[i] = fsum(close[i - slow_period + 1 : i + 1].tolist()) / slow_period
 
 
 def crossover(fast: np.ndarray, slow: np.ndarray) -> np.ndarray:
@@ -97,8 +126,9 @@ class MASignal:
     def compute(self, bars: pd.DataFrame) -> pd.DataFrame:
         """Vectorised crossover over ``bars['close']``."""
         close = bars["close"].to_numpy(np.float64)
-        fast = sma_exact(close, self.fast_period)
-        slow = sma_exact(close, self.slow_period)
+        fast = sma_window(close, self.fast_period)
+        slow = sma_window(close, self.slow_period)
+        exact_near_ties(close, fast, slow, self.fast_period, self.slow_period)
         return pd.DataFrame(
             {"signal": crossover(fast, slow), "fast": fast, "slow": slow}, index=bars.index
         )

@@ -201,3 +201,21 @@ def test_atr_matches_backtrader_exactly() -> None:
     c.run()
     assert np.isnan(ours[:14]).all()
     assert np.array_equal(ours[14:], np.array(got))
+
+
+def test_ma_signal_equals_the_exact_backtrader_crossover() -> None:
+    """MASignal sums windows with numpy and settles near-ties exactly; its signals must equal
+    the crossover of Backtrader-exact SMAs (fsum per window), including exact ties."""
+    import pandas as pd
+
+    from strategies.signals import MASignal, crossover, sma_exact
+
+    rng = np.random.default_rng(3)
+    # Prices on a coarse grid make exact ties between the two SMAs common.
+    close = np.round(100 + np.cumsum(rng.choice([-0.5, 0.0, 0.5], 20_000)), 1)
+    frame = pd.DataFrame({"close": close})
+    got = MASignal(10, 30).compute(frame)["signal"].to_numpy()
+    want = crossover(sma_exact(close, 10), sma_exact(close, 30))
+    assert np.array_equal(np.nan_to_num(got, nan=9), np.nan_to_num(want, nan=9))
+    f, s = sma_exact(close, 10), sma_exact(close, 30)
+    assert (f == s).sum() > 100  # the case this guards really occurs in the data
