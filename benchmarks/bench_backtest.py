@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 VARIANTS: tuple[str, ...] = ("ours", "stock")
 SPEED_TARGET = 3.0
 MEMORY_TARGET = 1.0
+#: Wall-clock vs CPU-time speed ratios further apart than this mean a busy machine.
+BUSY_TOLERANCE = 0.10
 #: Fields of a closed trade that must be identical in both variants.
 TRADE_KEY: tuple[str, ...] = ("symbol", "entry_time", "exit_time", "qty", "entry_price",
                               "exit_price", "exit_reason")
@@ -247,6 +249,10 @@ def report(ours: Figures, stock: Figures, symbols: int, days: int) -> tuple[bool
     cpu = stock.best_cpu_seconds / ours.best_cpu_seconds
     print(f"  (by CPU time, best run each: ours {ours.best_cpu_seconds:.2f}s, stock "
           f"{stock.best_cpu_seconds:.2f}s, speed ratio {cpu:.2f}x)")
+    if abs(speed / cpu - 1.0) > BUSY_TOLERANCE:
+        print(f"  NOTE: wall-clock and CPU ratios differ by {abs(speed / cpu - 1.0):.0%}: other "
+              "processes were competing for the CPUs. Rerun on a quiet machine or read the "
+              "CPU ratio.")
     if ours.traced_peak and stock.traced_peak:
         print(f"  (tracemalloc peak, Python + numpy allocations in the timed section: "
               f"{ours.traced_peak / stock.traced_peak:.2f})")

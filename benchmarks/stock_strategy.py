@@ -4,9 +4,10 @@ What a user would write without ratchet's feed: one ``bt.feeds.PandasData`` per 
 DataFrame read with ``pd.read_parquet``, and the signal and ATR as ``bt.indicators`` built in
 the Strategy's ``__init__`` (computed by Backtrader in its ``runonce`` pass). The trading rules
 are NOT re-implemented: ``StockRatchetStrategy`` is ``strategies.ratchet.RatchetStrategy``
-unchanged, except that ``data.signal`` / ``data.atr`` are these indicators instead of the
-precomputed lines of ``feeds.btfeed.ArrayData``. The broker (``SimBroker``), the analyzer
-(``RunRecorder``), the audit and the Cerebro flags are those of ``commands.backtest``.
+unchanged, except that the feed's ``signal`` / ``atr`` lines are these indicators' output
+lines instead of the precomputed lines of ``feeds.btfeed.ArrayData``. The broker
+(``SimBroker``), the analyzer (``RunRecorder``), the audit and the Cerebro flags are those of
+``commands.backtest``.
 
 Crossover: ``bt.indicators.CrossOver`` remembers the last NON-ZERO difference of the two
 averages, so after a bar where fast == slow exactly it can miss a cross that SPEC counts

@@ -30,12 +30,6 @@ def ns_to_bt(ts_ns: np.ndarray) -> np.ndarray:
     return _EPOCH_ORDINAL + ts_ns.astype(np.float64) / _NS_PER_DAY
 
 
-def bt_to_ns(num: float) -> int:
-    """Backtrader day number -> UTC epoch nanoseconds, rounded to the microsecond."""
-    us = round((num - _EPOCH_ORDINAL) * 86_400_000_000.0)
-    return int(us) * 1000
-
-
 class ArrayData(bt.feeds.DataBase):
     """Preloaded bars (+ ``signal`` and ``atr`` lines) from numpy arrays.
 

@@ -403,10 +403,14 @@ class RatchetStrategy(bt.Strategy):
             if not order.alive():
                 self._after_entry_closed(order, book, now)
         elif purpose == Purpose.STOP:
-            if order.status in (bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired) and \
-                    _same(order, book.stop):
+            # The tracked stop died without filling (refused, expired, or cancelled by someone
+            # else, e.g. in Alpaca's dashboard): a position must never sit unprotected.
+            if order.status in (bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired,
+                                bt.Order.Canceled) and _same(order, book.stop):
                 logger.error("%s: protective stop %s is %s; re-placing it", book.symbol, cid,
                              status_name(order))
+                self.audit.record(now, "decision", book.symbol, "replace_lost_stop",
+                                  status_name(order), client_order_id=cid)
                 book.stop = None
                 self._protect(data, book, now, float(data.close[0]))
         elif purpose == Purpose.EXIT and not order.alive():
@@ -437,6 +441,13 @@ class RatchetStrategy(bt.Strategy):
             self.audit.record(now, "decision", book.symbol, "skip_buy", Reason.LIMIT_TIMEOUT,
                               client_order_id=order.info.get("cid", ""),
                               note="no market fallback in extended hours")
+            book.entry_cancel_reason = ""
+            return
+        market_open = self._market_open(now) if self._market_open is not None else True
+        if not market_open:
+            # A market order now would wait for the next open and fill on its gap.
+            self.audit.record(now, "decision", book.symbol, "skip_buy", Reason.MARKET_CLOSED,
+                              client_order_id=order.info.get("cid", ""), note="no fallback")
             book.entry_cancel_reason = ""
             return
         remainder = rules.remaining_qty(abs(order.size), abs(order.executed.size))
@@ -573,6 +584,27 @@ class RatchetStrategy(bt.Strategy):
         if book.trade is None:
             book.trade = OpenTrade(datetime.now(UTC), 0, "", qty, qty * avg_price)
         book.stop = stop_order
+
+    def adopt_order(self, order: bt.Order) -> None:
+        """Track a working order found at the broker at startup (``order.info`` has ``cid``
+        and ``purpose``), so the guards, the limit timeout and the stop logic see it.
+
+        An entry's placement time is the decision bar time in its client order id.
+        """
+        book = self.books[order.data._name]
+        purpose = order.info.get("purpose", "")
+        if purpose == Purpose.ENTRY:
+            book.entry = order
+            parsed = rules.parse_client_order_id(order.info.get("cid", ""))
+            book.entry_placed = parsed[2] if parsed else None
+            book.entry_cancel_reason = ""
+        elif purpose == Purpose.FALLBACK:
+            book.fallback = order
+        elif purpose == Purpose.EXIT:
+            book.exit = order
+            book.exit_reason = book.exit_reason or Reason.SIGNAL.value
+        elif purpose == Purpose.STOP:
+            book.stop = order
 
     def ensure_stops(self) -> None:
         """Place a resting stop for every open position that lacks one (after adoption)."""

@@ -307,3 +307,68 @@ def test_run_folder_of_a_run_without_bars(tmp_path: Path) -> None:
     assert stats["trade_count"] == 0
     r = load_run(tmp_path)
     assert r.prices.empty and r.equity.empty and r.trades.empty
+
+
+def test_a_stop_cancelled_by_someone_else_is_placed_again(tmp_path: Path) -> None:
+    """Review finding: a resting stop cancelled outside the strategy (Alpaca dashboard,
+    corporate action) left the position without protection until the next signal."""
+    import backtrader as bt
+
+    from brokers.backtest import SimBroker
+
+    class Meddler(SimBroker):
+        done = False
+
+        def next(self) -> None:
+            super().next()
+            for o in list(self.pending):
+                bar = len(o.data)
+                if not self.done and o.exectype == bt.Order.Stop and bar >= 44:
+                    self.done = True
+                    self.cancel(o)
+
+    import brokers.backtest as bb
+
+    orig = bb.SimBroker
+    bb.SimBroker = Meddler
+    try:
+        _, r = run(tmp_path, {"ACME": flat_bars(60)}, {40: 1.0})
+    finally:
+        bb.SimBroker = orig
+    stops = r.orders[r.orders.purpose == "stop"]
+    assert len(stops) == 2 and stops.iloc[0].status == "canceled"
+    assert stops.iloc[1].status == "accepted" and stops.iloc[1].qty == 100
+    assert list(actions(r, "replace_lost_stop").reason) == ["canceled"]
+
+
+def test_no_market_fallback_while_the_market_is_closed(tmp_path: Path) -> None:
+    """Review finding: a timed-out entry sent a DAY market order while the market was closed,
+    to fill on the next open's gap."""
+    from commands.backtest import load_datasets, run_backtest
+
+    f = flat_bars(60)
+    f.loc[41:, ["open", "high", "low", "close"]] = [101.0, 101.5, 100.5, 101.0]
+    data = tmp_path / "bars" / "1Min"
+    write_bars(data / "ACME.parquet", f)
+    ds = load_datasets(data, ("ACME",), "1Min")
+    import backtrader as bt  # noqa: F401
+
+    from strategies import ratchet
+
+    closed_after = at(40).to_pydatetime()
+    orig_init = ratchet.RatchetStrategy.__init__
+
+    def init(self) -> None:  # noqa: ANN001
+        orig_init(self)
+        self._market_open = lambda when: when <= closed_after
+
+    ratchet.RatchetStrategy.__init__ = init
+    try:
+        res = run_backtest(Settings(symbols=("ACME",)), ds, out=tmp_path / "runs",
+                           signal=ScriptedSignal({40: 1.0}))
+    finally:
+        ratchet.RatchetStrategy.__init__ = orig_init
+    r = load_run(res.run_dir)
+    assert list(r.orders.purpose) == ["entry"]
+    skip = actions(r, "skip_buy")
+    assert list(skip.reason) == ["market_closed"]
