@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import click
 
 from common.config import load_settings
+
+logger = logging.getLogger(__name__)
 
 
 @click.command("show-config")

@@ -7,12 +7,15 @@ entry guards, the limit-order timeout and the deterministic client order ids. Th
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 class Purpose(StrEnum):

@@ -14,6 +14,7 @@ reconciliation); they become ``float`` only at the Backtrader boundary.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from typing import Any
 
 import backtrader as bt
 from alpaca.trading.enums import OrderSide, OrderStatus, OrderType, TimeInForce, TradeEvent
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Order status -> Backtrader life cycle
