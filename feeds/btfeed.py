@@ -97,6 +97,9 @@ class ArrayData(bt.feeds.DataBase):
         self._pos = self._n
         self._last()
         self.home()
+        # The line buffers hold every value now: drop our references to the source arrays
+        # so a caller that no longer needs them gets the memory back.
+        self.p.bars = self.p.signal = self.p.atr = None
         # Fast paths below (advance, advance_peek, __len__) read these buffers directly.
         self._tick_nullify()  # tick_* stay None: the broker reads the bar itself
         self._dtbuf = self.lines.datetime
