@@ -9,10 +9,17 @@ loopback Alpaca (``brokers.alpaca_sim``) started in this process.
 
 ``run_paper`` is the reusable runner (tests and the benchmark call it); the click command
 parses flags, asks for the confirmation, prints the banner, the dashboard and the summary.
+
+A state directory belongs to one account at one endpoint (recorded in the state file and the
+journal; another account's files are refused). ``--sim`` rehearsals use their own directories
+(``data/realtime-sim/<run>``, ``logs/realtime-sim/<run>``): each rehearsal is a new simulated
+account. ``--once`` leaves its working entries (DAY limits) at Alpaca; the next run adopts
+them, so the limit timeout and the market fallback still apply.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import signal
@@ -34,6 +41,7 @@ from analyzers.runfolder import make_run_dir
 from brokers.alpaca.bars import BarRecorder
 from brokers.alpaca.broker import AlpacaBroker
 from brokers.alpaca.client import LIVE_URL, PAPER_URL, AlpacaClient
+from brokers.alpaca.clock import NEW_YORK
 from brokers.alpaca.credentials import Credentials, load_credentials
 from brokers.alpaca.data import AlpacaData
 from brokers.alpaca.journal import Journal
@@ -42,15 +50,17 @@ from brokers.alpaca.state import (
     DRY_RUN,
     LIVE,
     ModeAudit,
+    check_owner,
     last_bars,
     load_state,
     make_dry_run_broker,
+    read_state_any_mode,
     save_state,
 )
 from brokers.alpaca.store import AlpacaStore, LatencyProbe
 from commands.backtest import settings_from_flags, strategy_options
-from common.config import Settings
-from common.errors import ConfigError, UnknownStateError, UserError
+from common.config import DEFAULT_SYMBOLS, INTERVAL_SECONDS, Settings
+from common.errors import BrokerError, ConfigError, RetryableError, UnknownStateError, UserError
 from common.logs import REDACTOR, setup_logging
 from strategies.ratchet import RatchetStrategy
 from strategies.signals import make_signal
@@ -60,6 +70,10 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SIM_DATA = REPO_ROOT / "data" / "bars"
 REAL_MONEY_HOSTS = ("api.alpaca.markets",)
+DEFAULT_STATE_DIR = Path("data/realtime")
+DEFAULT_LOG_DIR = Path("logs/realtime")
+SIM_STATE_DIR = Path("data/realtime-sim")
+SIM_LOG_DIR = Path("logs/realtime-sim")
 
 
 class RealMoneyError(UserError):
@@ -104,6 +118,16 @@ class PaperOptions:
     strategy_cls: Any = RatchetStrategy
     strategy_kwargs: dict[str, Any] = field(default_factory=dict)
     fence_s: float | None = 0.5
+    #: broker clock speed vs the local monotonic clock; None: 1 for Alpaca hosts, 0 for a
+    #: loopback simulator (its replayed time may run at any speed: bar closes + clock reads)
+    clock_rate: float | None = None
+    #: a position without a live stop gets one from the broker after this long (None: one
+    #: bar + 15 s; the Strategy re-places its own stop on its next bar)
+    stop_grace_s: float | None = None
+    #: seconds between checks that the tracked stops are still open at Alpaca
+    stop_audit_s: float = 60.0
+    #: ``--once``: seconds a just-sent market fallback may take to fill before exit
+    once_fill_wait_s: float = 5.0
 
 
 @dataclass
@@ -168,7 +192,10 @@ def _install_signals(store: AlpacaStore, console_note: Callable[[str], None]) ->
                      "state; resting stops stay at the broker (Ctrl+C again to force)")
         store.request_stop()
 
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    wanted = [signal.SIGINT, signal.SIGTERM]
+    if hasattr(signal, "SIGHUP"):  # a closed terminal / ssh session: the same clean stop
+        wanted.append(signal.SIGHUP)
+    old = {s: signal.getsignal(s) for s in wanted}
     for s in old:
         signal.signal(s, handler)
 
@@ -189,9 +216,13 @@ class PaperSession:
             raise ConfigError(
                 f"--interval {settings.bar_interval} is not supported for paper trading: "
                 "Alpaca streams minute bars; use 1Min..1Hour (or backtest daily bars)")
+        if settings.fractional_shares:
+            raise ConfigError(
+                "--fractional is not supported for paper trading: Alpaca takes fractional "
+                "quantities only on DAY orders and the resting stop is GTC; drop --fractional")
         self.mode = LIVE if opts.live else DRY_RUN
         check_endpoint(opts.base_url, True)  # the command checks the flag; this never guesses
-        state_dir = Path(opts.state_dir)
+        state_dir = self.state_dir = Path(opts.state_dir)
         self.state_path = state_dir / "portfolio_state.json"
         self.audit_path = Path(opts.log_dir) / "audit_trail.csv"
         opts.credentials.register()
@@ -203,6 +234,9 @@ class PaperSession:
                                    data_per_minute=opts.requests_per_minute)
         data_ws, trading_ws = stream_urls(opts.base_url, opts.feed)
         self.latency = LatencyProbe()
+        clock_rate = opts.clock_rate if opts.clock_rate is not None else \
+            (1.0 if (urlparse(opts.base_url).hostname or "").endswith("alpaca.markets") else 0.0)
+        self.account_id: str | None = None
         self.store = AlpacaStore(
             self.client, opts.credentials, settings, make_signal(settings),
             data_stream_url=opts.data_stream_url or data_ws,
@@ -213,10 +247,11 @@ class PaperSession:
             clock_poll_s=opts.clock_poll,
             recorder=BarRecorder(state_dir / "bars", settings.bar_interval, opts.feed),
             max_steps=1 if opts.once else opts.max_steps, on_idle=opts.on_idle,
-            latency=self.latency)
+            latency=self.latency, clock_rate=clock_rate)
         if opts.on_store is not None:
             opts.on_store(self.store)
         self.audit = ModeAudit(self.mode, live_path=self.audit_path)
+        self.store.audit = self.audit
         self.cerebro = cerebro = bt.Cerebro(stdstats=False, quicknotify=False)
         for symbol in settings.symbols:
             cerebro.adddata(AlpacaData(store=self.store, symbol=symbol, name=symbol),
@@ -240,7 +275,9 @@ class PaperSession:
             self.journal = Journal(Path(opts.state_dir) / "journal.sqlite")
             return AlpacaBroker(store=self.store, gateway=OrderGateway(self.client, self.journal),
                                 journal=self.journal, settings=self.settings, audit=self.audit,
-                                strategies=self._strategies, fence_s=opts.fence_s)
+                                strategies=self._strategies, fence_s=opts.fence_s,
+                                stop_grace_s=opts.stop_grace_s,
+                                stop_audit_s=opts.stop_audit_s)
         cash = self.settings.cash
         try:
             cash = float(self.client.get_account().cash)
@@ -263,7 +300,8 @@ class PaperSession:
         view = self.broker.view()
         last = {s: store.assembler.last_ts.get(s) for s in self.settings.symbols}
         state = {
-            "schema": 1, "mode": self.mode, "endpoint": opts.base_url, "feed": opts.feed,
+            "schema": 1, "mode": self.mode, "endpoint": opts.base_url,
+            "account_id": self.account_id, "feed": opts.feed,
             "strategy_id": self.settings.strategy_id, "symbols": list(self.settings.symbols),
             "interval": self.settings.bar_interval,
             "broker_time": store.broker_time().isoformat(),
@@ -288,6 +326,7 @@ class PaperSession:
         restore = _install_signals(store, note) if opts.install_signals else (lambda: None)
         report = ""
         try:
+            self._check_owner()
             store.connect(last_delivered=last_bars(self.saved))
             if not store.wait_connected(timeout=20.0):
                 raise ConfigError(
@@ -307,15 +346,80 @@ class PaperSession:
             store.hub.stop()
         return self._finish(strategy, start_value, report)
 
+    def _check_owner(self) -> None:
+        """The state dir must belong to the account (and endpoint) traded now."""
+        opts = self.opts
+        try:
+            self.account_id = self.client.get_account().id or None
+        except (RetryableError, BrokerError, UnknownStateError) as exc:
+            if opts.live:
+                raise UnknownStateError(f"account unreadable: {exc}") from None
+            logger.warning("account unavailable (%s): the state dir is checked by endpoint "
+                           "only", exc)
+        owners: list[tuple[str, str | None, str | None]] = []
+        saved = read_state_any_mode(self.state_path)
+        if saved is not None:
+            owners.append(("state file", saved.get("endpoint"), saved.get("account_id")))
+        journal = self.journal
+        if journal is not None:
+            owners.append(("order journal", journal.get_meta("endpoint"),
+                           journal.get_meta("account_id")))
+        check_owner(self.state_dir, opts.base_url, self.account_id, owners)
+        if journal is not None:
+            if journal.get_meta("endpoint") is None:
+                if not journal.is_empty():
+                    logger.warning("journal %s has no owner recorded (older version): it is "
+                                   "taken as %s's", journal.path, opts.base_url)
+                journal.set_meta("endpoint", opts.base_url)
+            if self.account_id and journal.get_meta("account_id") is None:
+                journal.set_meta("account_id", self.account_id)
+
+    def _notify_strategy(self, strategy: Any) -> None:
+        """Deliver the broker's queued notifications to the Strategy after Cerebro stopped
+        (fills that won a cancel race at shutdown): the same path as in the loop, so the
+        audit, the trades and the Strategy's stops see them."""
+        if strategy is None:
+            return
+        for _ in range(5):  # the Strategy may answer (e.g. place a stop): deliver that too
+            delivered = False
+            while (order := self.broker.get_notification()) is not None:
+                owner = order.owner if order.owner is not None else strategy
+                owner._addnotification(order, quicknotify=False)
+                delivered = True
+            if not delivered:
+                break
+            strategy._notify()
+            strategy.clear()
+
     def _finish(self, strategy: Any, start_value: float, report: str) -> PaperResult:
         opts, store = self.opts, self.store
         if opts.live:
-            if opts.cancel_entries_on_exit:
+            self.broker.closing = True  # no new entries or fallbacks from here on
+            store.pump_events(0.0)  # trade updates that arrived during the last step
+            self.broker.settle_for_shutdown()
+            if opts.cancel_entries_on_exit and not opts.once:
                 self.broker.cancel_working_entries()
+            elif opts.once:
+                self.broker.wait_for_market_entries(opts.once_fill_wait_s)
+                kept = [w["cid"] for w in self.broker.view().working
+                        if w["purpose"] in ("entry", "fallback")]
+                if kept:
+                    logger.info("--once: working entries stay at Alpaca (DAY orders) for the "
+                                "next run to adopt: %s", ", ".join(kept))
+            self._notify_strategy(strategy)
             try:  # the state file must end equal to the broker's state
                 report = self.broker.reconcile_now("shutdown").summary()
             except Exception as exc:  # noqa: BLE001 - a failed read at exit changes nothing
                 logger.error("final reconciliation failed: %s", exc)
+            self._notify_strategy(strategy)
+            for order in self.broker.undelivered():
+                cid = order.info.get("cid", "")
+                logger.warning("%s: %s (%s) could not be shown to the Strategy: no bar was "
+                               "processed for it in this run", order.data._name, cid,
+                               order.getstatusname())
+                self.audit.record(None, "broker", order.data._name, "not_notified",
+                                  order.getstatusname().lower(), qty=abs(order.executed.size),
+                                  price=order.executed.price or None, client_order_id=cid)
         self.save()
         if store.recorder is not None:
             store.recorder.flush()
@@ -386,21 +490,30 @@ class Dashboard:
         """The dashboard as one rich renderable."""
         from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         view, store = snap.view, snap.store
         if self.start_value is None:
             self.start_value = view.value
-        head = Table.grid(padding=(0, 2))
         label = "LIVE (paper account)" if snap.mode == LIVE else "DRY RUN - no orders are sent"
         pnl = view.value - (self.start_value or view.value)
-        head.add_row(f"[bold]{label}[/bold]", snap.endpoint,
-                     f"last bar {store.status.last_bar or '-'}",
-                     f"steps {store.status.steps}", f"data {store.status.state}")
-        head.add_row(f"value {view.value:,.2f}", f"cash {view.cash:,.2f}",
-                     f"P&L {pnl:+,.2f}", store.status.clock or "")
-        streams = ", ".join(f"{s.name}: {s.state.value} ({s.connects} connects)"
+        last = store.status.last_bar
+        streams = ", ".join(f"{s.name} {s.state.value} ({s.connects}x)"
                             for s in store.stream_statuses())
-        head.add_row(f"streams: {streams}", "", "", "")
+        # one short fact per line: the header fits an 80-column terminal without wrapping
+        lines = [
+            f"[bold]{label}[/bold]  {snap.endpoint}",
+            f"value {view.value:,.2f}   cash {view.cash:,.2f}   P&L {pnl:+,.2f}",
+            f"last bar {last:%Y-%m-%d %H:%M} UTC   steps {store.status.steps}   "
+            f"data {store.status.state}" if last is not None else
+            f"last bar -   steps {store.status.steps}   data {store.status.state}",
+            _clock_line(store),
+            f"streams: {streams}",
+        ]
+        texts = [Text.from_markup(line, overflow="ellipsis") for line in lines]
+        for text in texts:
+            text.no_wrap = True
+        head = Group(*texts)
         pos = Table(title="positions", title_justify="left")
         for col in ("symbol", "qty", "avg", "last", "unrealized", "stop"):
             pos.add_column(col, justify="right")
@@ -416,6 +529,18 @@ class Dashboard:
             work.add_row(w["cid"], w["side"], w["type"], f"{w['qty']:g}",
                          f"{w['price']:.2f}" if w.get("price") else "", w["state"])
         return Group(head, pos, work)
+
+
+def _clock_line(store: AlpacaStore) -> str:
+    c = store.clock.last
+    if c is None:
+        return "market clock unknown"
+    if c.is_open:
+        return f"market open until {c.next_close.astimezone(NEW_YORK):%H:%M %Z}"
+    wait = c.next_open - store.now()
+    hours, rem = divmod(max(0, int(wait.total_seconds())), 3600)
+    return (f"market closed; opens {c.next_open.astimezone(NEW_YORK):%a %Y-%m-%d %H:%M %Z} "
+            f"(in {hours}h {rem // 60:02d}m)")
 
 
 # ------------------------------------------------------------------------------- the command
@@ -461,8 +586,8 @@ class _SimDriver:
         self.sim.advance(seconds=self.bar)
 
 
-def _sim_context(data: Path, speed: float, start: str | None, symbols: tuple[str, ...],
-                 cash: float) -> Any:
+def _sim_context(data: Path, speed: float, start: str | None,
+                 symbols: tuple[str, ...] | None, cash: float) -> Any:
     from brokers.alpaca_sim.testing import SimServer
 
     key, secret = f"SIM{secrets.token_hex(8)}", f"SIM{secrets.token_hex(16)}"
@@ -503,10 +628,12 @@ def _sim_context(data: Path, speed: float, start: str | None, symbols: tuple[str
 @click.option("--sim-start", default=None, help="--sim replay start (ISO time).")
 @click.option("--sim-minutes", type=float, default=None,
               help="--sim: stop after this many replayed minutes [to the session close].")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("data/realtime"), show_default=True)
-@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("logs/realtime"), show_default=True)
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="State file, journal and recorded bars [data/realtime; with --sim a new "
+                   "data/realtime-sim/<run> per rehearsal]. Tied to one account.")
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Audit trail and debug log [logs/realtime; with --sim "
+                   "logs/realtime-sim/<run>].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="Folder the run folder is written under.")
 @click.option("--warmup-days", type=float, default=5.0, show_default=True,
@@ -521,18 +648,27 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
           keys_file: Path | None, base_url: str | None, data_url: str | None,
           data_stream_url: str | None, trading_stream_url: str | None, feed: str,
           real_money: bool, sim: bool, sim_data: Path | None, sim_speed: float,
-          sim_start: str | None, sim_minutes: float | None, state_dir: Path, log_dir: Path,
+          sim_start: str | None, sim_minutes: float | None, state_dir: Path | None,
+          log_dir: Path | None,
           out: Path, warmup_days: float, max_steps: int | None, stream_silence: float | None,
           clock_poll: float | None, config_file: Path | None, **flags: Any) -> None:
     """Run the strategy on Alpaca: a DRY RUN unless --live."""
     from rich.console import Console
 
     console = Console(stderr=False)
+    if sim:  # a rehearsal is a new simulated account: its files never mix with real ones
+        run = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        state_dir = state_dir or SIM_STATE_DIR / run
+        log_dir = log_dir or SIM_LOG_DIR / run
+    state_dir, log_dir = state_dir or DEFAULT_STATE_DIR, log_dir or DEFAULT_LOG_DIR
     log_file = Path(log_dir) / f"trading_{datetime.now(UTC):%Y-%m-%d}.log"
     setup_logging(verbose, log_file)
     settings = settings_from_flags(config_file, flags)
     if sim and base_url:
         raise ConfigError("--sim starts its own loopback server: drop --base-url")
+    # --sim without --symbols (nor a configured list): every symbol of the sim's data
+    sim_symbols = None if sim and flags.get("symbols") is None \
+        and settings.symbols == DEFAULT_SYMBOLS else settings.symbols
     base = base_url or PAPER_URL
     check_endpoint(base, real_money)
     if live:
@@ -540,7 +676,9 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
     sim_server = None
     if sim:
         sim_server = _sim_context(sim_data or DEFAULT_SIM_DATA, sim_speed, sim_start,
-                                  settings.symbols, settings.cash).start()
+                                  sim_symbols, settings.cash).start()
+        if sim_symbols is None:
+            settings = dataclasses.replace(settings, symbols=tuple(sim_server.book.symbols))
         base = sim_server.base_url
         credentials = Credentials(sim_server.key, sim_server.secret, "loopback simulator")
         console.print(f"[bold]OFFLINE REHEARSAL[/bold] against the loopback Alpaca at {base} "
@@ -568,7 +706,8 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
     label = "LIVE orders to the PAPER account" if live and not is_real_money(base) else \
         "LIVE orders with REAL MONEY" if live else "DRY RUN: decisions only, no orders sent"
     console.print(f"[bold]ratchet paper[/bold] - {label}; symbols {', '.join(settings.symbols)}"
-                  f", {settings.bar_interval} bars, feed {feed}; keys {credentials}")
+                  f", {settings.bar_interval} bars, feed {feed}; keys {credentials}; "
+                  f"state {state_dir}")
     board = Dashboard(console) if dashboard else None
     if board is not None:
         opts.dashboard = board
@@ -582,6 +721,26 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
         if sim_server is not None:
             sim_server.stop()
     _print_summary(console, result, live)
+
+
+class _PaperInterval(click.Choice):
+    """``--interval`` for paper: Alpaca streams minute bars, so no ``1Day``."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value == "1Day":
+            self.fail("1Day is not available for paper trading: Alpaca streams minute bars; "
+                      "use 1Min..1Hour (backtest takes daily bars)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+for _param in paper.params:  # the shared strategy flags, worded for paper
+    if _param.name == "symbols" and isinstance(_param, click.Option):
+        _param.help = ("Comma-separated symbols [20 liquid US stocks; with --sim: every "
+                       "symbol in --sim-data].")
+    elif _param.name == "bar_interval" and isinstance(_param, click.Option):
+        _param.type = _PaperInterval([i for i in INTERVAL_SECONDS if i != "1Day"])
+        _param.help = "Bar interval, 1Min..1Hour (Alpaca streams minute bars) [1Min]."
 
 
 def _session_close(sim_server: Any) -> datetime | None:

@@ -21,11 +21,21 @@ Expired, Margin, Rejected) on top of Alpaca's orders and ``trade_updates``
 * Before a step is handed to the Strategy, orders the step's bar should have filled are
   settled (``settle``): the broker waits briefly for their trade update, then reads them.
 * Reconciliation (``reconcile.py``) runs before any trading and after every reconnect; a
-  position without a resting stop gets one at once.
+  position without a resting stop gets one at once. During the session a position that has
+  been without a live stop for ``stop_grace_s`` (the Strategy re-places its own stop on the
+  next bar) gets one from the broker, and every ``stop_audit_s`` the tracked stops are
+  compared with Alpaca's open orders (a cancel whose trade update never came).
+* New ENTRY/FALLBACK orders are refused (Rejected, logged, audited; never sent) while the
+  market is closed by Alpaca's clock, and once the shutdown has begun (``closing``).
+* Unconfirmed cancels are polled with a per-order backoff (0.25 s -> 30 s); an order that
+  Alpaca does not know by id (404) nor by client order id is given up as Canceled.
+* Orders adopted at startup are handed to the Strategy (``adopt_order``); a notification
+  waits until its feed has a bar (the Strategy reads the bar when it is notified).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -105,6 +115,8 @@ class Tracked:
     next_resolve: float = 0.0
     resolve_backoff: float = 0.5
     decision_time: datetime | None = None
+    cancel_backoff: float = 0.25  # seconds until the next poll of an unconfirmed cancel
+    cancel_not_found: bool = False  # DELETE/GET said 404: ask by client order id
 
 
 @dataclass
@@ -125,7 +137,8 @@ class AlpacaBroker(bt.BrokerBase):
     Construct with keyword arguments (Backtrader's params machinery passes them through):
     ``store`` (AlpacaStore), ``gateway`` (OrderGateway), ``journal`` (Journal), ``settings``
     (Settings), ``audit`` (Audit or None), ``strategies`` (callable returning the running
-    strategies), ``cancel_confirm_s`` and ``fence_s`` (seconds).
+    strategies), ``cancel_confirm_s``, ``fence_s``, ``stop_grace_s`` (None: one bar + 15 s)
+    and ``stop_audit_s`` (seconds).
     """
 
     params = ()
@@ -134,7 +147,8 @@ class AlpacaBroker(bt.BrokerBase):
                  journal: Journal | None = None, settings: Any = None, audit: Any = None,
                  strategies: Callable[[], list[Any]] | None = None,
                  cancel_confirm_s: float = 2.0, fence_s: float | None = 0.5,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 stop_grace_s: float | None = None, stop_audit_s: float = 60.0) -> None:
         super().__init__()
         if store is None or gateway is None or journal is None or settings is None:
             raise ValueError("AlpacaBroker needs store, gateway, journal and settings")
@@ -166,6 +180,14 @@ class AlpacaBroker(bt.BrokerBase):
         #: resting stops known from reconciliation (placed or found), by symbol
         self._broker_stops: dict[str, OrderSnapshot] = {}
         self._mismatch_seen: dict[str, tuple[Decimal, Decimal]] = {}
+        #: the shutdown has begun: no new entries or fallbacks
+        self.closing = False
+        self.stop_grace_s = float(settings.bar_seconds) + 15.0 if stop_grace_s is None \
+            else stop_grace_s
+        self.stop_audit_s = stop_audit_s
+        self._unprotected_since: dict[str, float] = {}
+        self._stops_placed: dict[str, int] = {}  # broker-made stops per symbol (cid seq)
+        self._next_stop_audit = time.monotonic() + stop_audit_s
 
     # ================================================================ Backtrader interface
 
@@ -209,8 +231,30 @@ class AlpacaBroker(bt.BrokerBase):
         return order.status
 
     def get_notification(self) -> bt.Order | None:
-        """Next order notification (a clone, as ``BackBroker`` delivers them)."""
-        return self.notifs.popleft() if self.notifs else None
+        """Next order notification (a clone, as ``BackBroker`` delivers them).
+
+        A notification whose feed has no bar yet waits (the Strategy reads the current bar
+        in ``notify_order``); the others keep their order. Orders adopted at startup are
+        built ``simulated`` (no bar to read then) and Backtrader drops the notifications of
+        simulated orders: their clones are delivered as normal orders.
+        """
+        for i, order in enumerate(self.notifs):
+            if not len(order.data):
+                continue
+            del self.notifs[i]
+            if order.p.simulated:
+                params = copy.copy(order.p)
+                params.simulated = False
+                order.p = order.params = params
+            return order
+        return None
+
+    def undelivered(self) -> list[bt.Order]:
+        """Notifications that could not reach the Strategy (their feed never had a bar);
+        taken out of the queue (the shutdown audits them)."""
+        rest = list(self.notifs)
+        self.notifs.clear()
+        return rest
 
     def notify(self, order: bt.Order) -> None:
         """Queue a notification of ``order``'s current state."""
@@ -294,6 +338,9 @@ class AlpacaBroker(bt.BrokerBase):
             self._verify_in -= 1
             if not self._verify_in:
                 self._verify()
+        self._check_stops()
+        if time.monotonic() >= self._next_stop_audit:
+            self._audit_stops()
 
     # ================================================================ Strategy extension
 
@@ -328,9 +375,35 @@ class AlpacaBroker(bt.BrokerBase):
         self._refresh(tr)
         return order
 
+    def settle_for_shutdown(self) -> None:
+        """Shutdown, before anything is canceled: apply the trade updates already received
+        and read each working order of ours once (a fill may have happened unseen), so the
+        Strategy is told before the final reconciliation."""
+        self._apply_events()
+        for tr in list(self._by_cid.values()):
+            if tr.state == "sent" and tr.order.alive() and not tr.cancel_pending:
+                self._refresh(tr)
+
+    def wait_for_market_entries(self, timeout: float) -> None:
+        """``--once`` shutdown: give working MARKET entries/fallbacks up to ``timeout`` s to
+        fill (read at Alpaca), so the Strategy protects the fill in this run rather than the
+        next run's startup reconciliation."""
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting = [t for t in self._by_cid.values()
+                       if t.state == "sent" and t.order.alive() and t.order.isbuy()
+                       and t.purpose in ("entry", "fallback")
+                       and t.order.exectype == bt.Order.Market]
+            if not waiting or time.monotonic() >= deadline:
+                return
+            self._sleep(0.2)
+            for tr in waiting:
+                self._refresh(tr)
+
     def cancel_working_entries(self) -> None:
         """Graceful stop: cancel working ENTRY orders (a fill while nobody watches would
-        leave a position without a stop); resting stops stay at the broker."""
+        leave a position without a stop); resting stops stay at the broker. The results
+        (fills that won the race included) are queued as notifications for the Strategy."""
         for tr in list(self._by_cid.values()):
             if tr.order.alive() and tr.purpose in ("entry", "fallback") and tr.alpaca_id:
                 logger.info("shutdown: canceling working entry %s", tr.cid)
@@ -441,7 +514,8 @@ class AlpacaBroker(bt.BrokerBase):
                 for cid in action.cancel:
                     self._cancel_by_cid(cid, "extra stop")
             elif isinstance(action, MissingStop):
-                self._place_missing_stop(action.symbol, action.qty)
+                self._hand_over_stop(action.symbol,
+                                     self._place_missing_stop(action.symbol, action.qty))
             elif isinstance(action, StopQtyMismatch):
                 self._resize_stop(action.stop_cid, action.position_qty)
 
@@ -472,21 +546,96 @@ class AlpacaBroker(bt.BrokerBase):
                 self._mismatch_seen.pop(symbol, None)
         if mismatched:
             self._verify_in = 3
+        # a position without a live stop is handled by ``_check_stops`` (after its grace)
+
+    def _has_live_stop(self, symbol: str) -> bool:
+        if any(t.symbol == symbol and t.order.alive() and is_stop_order(t.order)
+               and t.state != "done" for t in self._by_cid.values()):
+            return True
+        known = self._broker_stops.get(symbol)
+        return known is not None and not known.terminal
+
+    def _exit_working(self, symbol: str) -> bool:
+        return any(t.symbol == symbol and t.order.alive() and t.order.issell()
+                   and not is_stop_order(t.order) and t.state != "done"
+                   for t in self._by_cid.values())
+
+    def _notifications_pending(self, symbol: str) -> bool:
+        # the Strategy has not seen everything yet (it reacts to fills and cancels on its
+        # next bar): placing a stop now would race with its own
+        if any(o.data._name == symbol for o in self.notifs):
+            return True
+        for strat in self._strategies():
+            if any(o.data._name == symbol for o in getattr(strat, "_orderspending", [])):
+                return True
+        return False
+
+    def _check_stops(self) -> None:
+        """A long position must never sit without a resting stop for long.
+
+        Local and cheap (every loop): a position with no live stop and no working exit is
+        timed; once that has lasted ``stop_grace_s`` (the Strategy re-places a stop it lost
+        on its next bar) the broker places one and hands it to the Strategy: as its stop
+        (``adopt_order``) while notifications wait for it (it then moves this stop instead
+        of sending a second one), else with the position (``adopt_position``)."""
+        if not self._attached:
+            return
+        now = time.monotonic()
         for symbol, (qty, avg) in sorted(self._pos_by_symbol.items()):
-            if qty <= 0 or self._has_live_stop(symbol):
+            if qty <= 0 or self._has_live_stop(symbol) or self._exit_working(symbol) \
+                    or self._ambiguous_in(symbol):
+                self._unprotected_since.pop(symbol, None)
                 continue
+            since = self._unprotected_since.setdefault(symbol, now)
+            if now - since < self.stop_grace_s:
+                continue
+            self._unprotected_since.pop(symbol, None)
+            logger.error("%s: position of %s has had no resting stop for %.0fs: placing one",
+                         symbol, qty, now - since)
             result = self._place_missing_stop(symbol, qty)
             strategies = self._strategies()
             data = self.store.feed(symbol)
-            if result.snapshot is not None and strategies and data is not None:
+            if self._notifications_pending(symbol) or not strategies \
+                    or not hasattr(strategies[0], "adopt_position"):
+                self._hand_over_stop(symbol, result)
+            elif result.snapshot is not None and not result.snapshot.terminal \
+                    and data is not None:
                 order = self._adopt_order(strategies[0], result.snapshot)
-                if hasattr(strategies[0], "adopt_position"):
-                    strategies[0].adopt_position(data, float(qty), float(avg), stop_order=order,
-                                                 atr=self.store.atr(symbol))
+                strategies[0].adopt_position(data, float(qty), float(avg), stop_order=order,
+                                             atr=self.store.atr(symbol))
 
-    def _has_live_stop(self, symbol: str) -> bool:
-        return any(t.symbol == symbol and t.order.alive() and is_stop_order(t.order)
-                   and t.state != "done" for t in self._by_cid.values())
+    def _hand_over_stop(self, symbol: str, result: SubmitResult) -> None:
+        # A stop placed while the Strategy runs becomes ITS stop: a fill it has yet to see
+        # then moves this stop (PATCH) instead of sending a second one (Alpaca refuses it:
+        # the quantity is held).
+        strategies = self._strategies()
+        snap = result.snapshot
+        if not self._attached or not strategies or snap is None or snap.terminal \
+                or self.store.feed(symbol) is None:
+            return
+        order = self._adopt_order(strategies[0], snap)
+        if hasattr(strategies[0], "adopt_order"):
+            strategies[0].adopt_order(order)
+
+    def _audit_stops(self) -> None:
+        """Every ``stop_audit_s``: are the stops we track still open at Alpaca? A stop
+        canceled (or filled) whose trade update never came is read and applied."""
+        self._next_stop_audit = time.monotonic() + self.stop_audit_s
+        tracked = [t for t in self._by_cid.values()
+                   if t.state == "sent" and t.order.alive() and is_stop_order(t.order)
+                   and not t.cancel_pending and not t.replace_pending]
+        if not tracked:
+            return
+        try:
+            open_ids = {o.id for o in self.gateway.client.get_open_orders()}
+        except UnknownStateError as exc:
+            logger.warning("stop check postponed: %s", exc)
+            return
+        for tr in tracked:
+            if tr.alpaca_id not in open_ids and tr.order.alive():
+                logger.warning("%s: stop %s is not open at Alpaca: reading it", tr.symbol,
+                               tr.cid)
+                self._refresh(tr)
 
     def _missing(self, cid: str) -> None:
         row = self.journal.get(cid)
@@ -503,7 +652,11 @@ class AlpacaBroker(bt.BrokerBase):
     # ================================================================ sending
 
     def _fallback_cid(self, order: bt.Order) -> str:
-        when = self._bar_time(order.data) or datetime.now(UTC)
+        # From the decision bar, never from a clock: a restart must rebuild the same id.
+        when = self._bar_time(order.data)
+        if when is None:
+            raise BrokerError(f"{order.data._name}: an order without a client order id needs "
+                              "a decision bar, and no bar has been seen yet")
         purpose = order.info.get("purpose") or ("entry" if order.isbuy() else "exit")
         return rules.client_order_id(self.settings.strategy_id, order.data._name, when, purpose,
                                      seq=order.ref)
@@ -513,6 +666,13 @@ class AlpacaBroker(bt.BrokerBase):
         if order.isbuy() and self._ambiguous_in(tr.symbol, exclude=tr):
             self._reject(tr, "an earlier order of this symbol is unresolved", margin=False)
             return
+        if order.isbuy() and tr.purpose in ("entry", "fallback"):
+            refusal = self._entry_refusal(order)
+            if refusal:
+                logger.error("%s: %s %s NOT sent: %s", tr.symbol, tr.purpose.upper(), tr.cid,
+                             refusal)
+                self._reject(tr, refusal, margin=False)
+                return
         if order.issell() and not is_stop_order(order):
             blocking = self._stop_cancel_pending(tr.symbol)
             if blocking is not None:
@@ -528,6 +688,17 @@ class AlpacaBroker(bt.BrokerBase):
         tr.state = "sent"
         result = self.gateway.submit(spec, tr.purpose, tr.decision_time)
         self._resolved(tr, result)
+
+    def _entry_refusal(self, order: bt.Order) -> str:
+        """Why a new entry/fallback must not go out now ('' = it may)."""
+        if self.closing:
+            return "shutting down: no new entries"
+        extended = bool(order.info.get("extended_hours"))
+        if not self.store.entries_open(extended=extended):
+            return (f"market closed (Alpaca clock; broker time "
+                    f"{self.store.now().isoformat(timespec='seconds')}; "
+                    f"{self.store.clock.describe_wait()})")
+        return ""
 
     def _spec(self, tr: Tracked) -> OrderSpec:
         order = tr.order
@@ -612,6 +783,7 @@ class AlpacaBroker(bt.BrokerBase):
 
     def _cancel_sent(self, tr: Tracked) -> None:
         tr.cancel_pending = True
+        tr.cancel_backoff = 0.25
         if not self._send_cancel(tr):
             return
         self._confirm_cancel(tr, self.cancel_confirm_s)
@@ -623,12 +795,59 @@ class AlpacaBroker(bt.BrokerBase):
             result = self.gateway.cancel(tr.alpaca_id)
         except (RetryableError, BrokerError) as exc:
             logger.warning("%s: cancel of %s failed (%s); retrying", tr.symbol, tr.cid, exc)
-            tr.next_cancel = time.monotonic() + 0.25
+            self._cancel_later(tr)
             return False
         tr.cancel_acked = True
         if result is CancelResult.NOT_FOUND:
-            logger.error("%s: cancel of %s: Alpaca does not know the order", tr.symbol, tr.cid)
+            logger.error("%s: cancel of %s: Alpaca does not know order id %s; looking it up "
+                         "by client order id", tr.symbol, tr.cid, tr.alpaca_id)
+            tr.cancel_not_found = True
         return True
+
+    def _cancel_later(self, tr: Tracked) -> None:
+        # per-order backoff: an unconfirmed cancel must not drain the request budget
+        tr.next_cancel = time.monotonic() + tr.cancel_backoff
+        tr.cancel_backoff = min(30.0, tr.cancel_backoff * 2)
+
+    def _poll_cancel(self, tr: Tracked) -> bool:
+        """Read the order once; True when the cancel is settled (the order is done)."""
+        client = self.gateway.client
+        try:
+            snap = None if tr.cancel_not_found or tr.alpaca_id is None else \
+                client.get_order(tr.alpaca_id)
+            if snap is None:
+                # 404 by id: the terminal answer is a lookup by client order id
+                tr.cancel_not_found = True
+                snap = client.get_order_by_client_id(tr.cid, attempts=1)
+                if snap is None:
+                    self._cancel_gone(tr)
+                    return True
+                tr.cancel_not_found = False
+                if snap.id != tr.alpaca_id:
+                    self._index_alpaca(tr, snap.id)
+                if not snap.terminal:
+                    tr.cancel_acked = False  # the DELETE did not reach it: send it again
+        except Exception as exc:  # a failed read changes nothing
+            logger.info("read of %s failed: %s", tr.cid, exc)
+            return False
+        self._apply_snapshot(snap, source="cancel")
+        if snap.terminal or not tr.order.alive():
+            tr.cancel_pending = False
+            return True
+        return False
+
+    def _cancel_gone(self, tr: Tracked) -> None:
+        reason = "not found at Alpaca (404 by order id and by client order id)"
+        logger.error("%s: %s is %s: taken as canceled", tr.symbol, tr.cid, reason)
+        tr.cancel_pending = False
+        tr.state = "done"
+        row = self.journal.get(tr.cid)
+        if row is not None and not row.terminal:
+            self.journal.mark_lost(tr.cid, reason)
+        if tr.order.alive():
+            tr.order.cancel()
+            self.notify(tr.order)
+        self._audit("cancel", tr, reason)
 
     def _confirm_cancel(self, tr: Tracked, budget: float) -> None:
         deadline = time.monotonic() + budget
@@ -638,26 +857,25 @@ class AlpacaBroker(bt.BrokerBase):
             if not tr.order.alive():
                 tr.cancel_pending = False
                 return
-            snap = self._read_order(tr)
-            if snap is not None:
-                self._apply_snapshot(snap, source="cancel")
-                if snap.terminal or not tr.order.alive():
-                    tr.cancel_pending = False
-                    return
-            if time.monotonic() + delay > deadline:
-                logger.info("%s: cancel of %s not confirmed yet", tr.symbol, tr.cid)
+            if self._poll_cancel(tr):
+                return
+            if not tr.cancel_acked or time.monotonic() + delay > deadline:
+                # not confirmed (or the DELETE must be sent again): later, with backoff
+                if budget > 0:
+                    logger.info("%s: cancel of %s not confirmed yet", tr.symbol, tr.cid)
+                self._cancel_later(tr)
                 return
             self.store.pump_events(delay)
             delay = min(0.2, delay * 2)
 
     def _confirm_pending_cancels(self) -> None:
+        now = time.monotonic()
         for tr in list(self._by_cid.values()):
             if not tr.cancel_pending:
                 continue
             if not tr.order.alive():
                 tr.cancel_pending = False
-            elif tr.cancel_acked or (time.monotonic() >= tr.next_cancel
-                                     and self._send_cancel(tr)):
+            elif now >= tr.next_cancel and (tr.cancel_acked or self._send_cancel(tr)):
                 self._confirm_cancel(tr, 0.0)
 
     def _stop_cancel_pending(self, symbol: str) -> Tracked | None:
@@ -728,11 +946,15 @@ class AlpacaBroker(bt.BrokerBase):
         self.gateway.cancel(alpaca_id)
         tr = self._by_cid.get(cid)
         if tr is not None:
-            tr.cancel_pending = True
+            tr.cancel_pending = tr.cancel_acked = True
             self._confirm_cancel(tr, self.cancel_confirm_s)
 
     def _stop_level(self, symbol: str, avg: Decimal) -> float:
         saved = (self._saved_strategy.get(symbol) or {}).get("stop") or {}
+        strategies = self._strategies() if self._attached else []
+        if strategies and hasattr(strategies[0], "export_state"):
+            # mid-session: the Strategy's current (ratcheted) level, not the startup one
+            saved = (strategies[0].export_state().get(symbol) or {}).get("stop") or saved
         if saved.get("level"):
             level = float(saved["level"])
         else:
@@ -749,11 +971,26 @@ class AlpacaBroker(bt.BrokerBase):
             level = last * 0.999
         return rules.round_price(level)
 
+    def _cid_time(self, symbol: str) -> datetime:
+        """The time a broker-made client order id is built from: the symbol's newest bar,
+        else the broker clock's last answer floored to the bar interval (never the local
+        clock), so a restart within the same bar rebuilds the same id."""
+        when = self.store.last_bar_time(symbol)
+        if when is not None:
+            return when
+        last = self.store.clock.last
+        if last is None:
+            raise BrokerError(f"{symbol}: no bar and no broker clock to name an order after")
+        secs = self.settings.bar_seconds
+        return datetime.fromtimestamp(int(last.timestamp.timestamp()) // secs * secs, UTC)
+
     def _place_missing_stop(self, symbol: str, qty: Decimal) -> SubmitResult:
         _, avg = self._pos_by_symbol.get(symbol, (qty, ZERO))
         level = self._stop_level(symbol, avg)
-        when = self.store.last_bar_time(symbol) or self._now()
-        seq = int((self._saved_strategy.get(symbol) or {}).get("stop_seq") or 0) + 50
+        when = self._cid_time(symbol)
+        # 50+: clear of the Strategy's own stop numbers; +n: a second one on the same bar
+        n = self._stops_placed[symbol] = self._stops_placed.get(symbol, -1) + 1
+        seq = int((self._saved_strategy.get(symbol) or {}).get("stop_seq") or 0) + 50 + n
         cid = rules.client_order_id(self.settings.strategy_id, symbol, when, "stop", seq=seq)
         spec = OrderSpec(cid, symbol, OrderSide.SELL, OrderType.STOP, qty,
                          parsing.choose_time_in_force(bt.Order.Stop, "stop"),
@@ -1009,15 +1246,13 @@ class AlpacaBroker(bt.BrokerBase):
         strategies = self._strategies()
         if not strategies:
             return
-        self._attached = True
         strat = strategies[0]
+        # A failed read is NOT "no open orders": positions would be adopted without the stops
+        # that rest at Alpaca (and get a second one). Like startup: raise, do not trade.
+        open_orders = self.gateway.client.get_open_orders()  # UnknownStateError
+        self._attached = True
         if self._saved_strategy and hasattr(strat, "restore_state"):
             strat.restore_state(self._saved_strategy)
-        try:
-            open_orders = self.gateway.client.get_open_orders()
-        except UnknownStateError as exc:
-            logger.error("cannot read open orders to adopt them (%s)", exc)
-            open_orders = []
         stops: dict[str, bt.Order] = {}
         for snap in open_orders:
             if not is_ours(snap.client_order_id, self.settings.strategy_id):
@@ -1025,6 +1260,8 @@ class AlpacaBroker(bt.BrokerBase):
             if snap.client_order_id in self._by_cid or self.store.feed(snap.symbol) is None:
                 continue
             order = self._adopt_order(strat, snap)
+            if hasattr(strat, "adopt_order"):
+                strat.adopt_order(order)  # the guards, the limit timeout and stops see it
             if is_stop(snap):
                 prev = stops.get(snap.symbol)
                 if prev is None or order.created.price > prev.created.price:
@@ -1050,8 +1287,10 @@ class AlpacaBroker(bt.BrokerBase):
         order.addcomminfo(self.getcommissioninfo(data))
         order.submit(self)
         order.accept(self)
+        parsed = rules.parse_client_order_id(snap.client_order_id)
         tr = Tracked(order, snap.client_order_id, snap.symbol,
-                     _purpose_of(snap.client_order_id), state="sent")
+                     _purpose_of(snap.client_order_id), state="sent",
+                     decision_time=parsed[2] if parsed else None)
         tr.base_filled = snap.filled_qty
         self._track(tr)
         self._index_alpaca(tr, snap.id)

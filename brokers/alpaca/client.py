@@ -253,6 +253,8 @@ class AccountInfo:
     buying_power: Decimal
     status: str
     trading_blocked: bool
+    id: str = ""  # the account's UUID: state files and journals are tied to it
+    account_number: str = ""
 
 
 @dataclass(frozen=True)
@@ -389,6 +391,8 @@ class AlpacaClient:
             buying_power=to_decimal(acct.buying_power) or Decimal(0),
             status=str(getattr(acct.status, "value", acct.status)),
             trading_blocked=bool(acct.trading_blocked),
+            id=str(acct.id or ""),
+            account_number=str(acct.account_number or ""),
         )
 
     def get_clock(self) -> ClockInfo:

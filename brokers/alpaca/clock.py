@@ -5,18 +5,22 @@ getclock, .../getcalendar): the calendar's ``open``/``close`` are New York wall 
 regular session; the extended session runs 04:00-20:00 New York (Alpaca's docs, "Extended
 hours trading").
 
-Two questions, answered from different time sources on purpose:
+Three questions, answered from different time sources on purpose:
 
-* ``market_open(bar_time)`` (what the Strategy asks): was the market open when this bar
-  closed, i.e. can an order decided on it be worked now? Pure calendar arithmetic on the
-  bar's time, so a replay at 60x decides exactly as real time would.
-* ``is_open`` / ``next_open`` (what the run loop asks to wait while the market is closed):
-  the last answer of Alpaca's clock, refreshed by ``refresh()``.
+* ``market_open(bar_time)``: does the bar lie inside the session, before its last bar? Pure
+  calendar arithmetic on the bar's time (one of the checks behind the Strategy's
+  ``market_open``; the store adds "is the bar fresh" and "is the market open NOW").
+* ``open_at(now)``: is the market open at the broker's ``now``? The last answer of Alpaca's
+  clock as long as ``now`` has not crossed its ``next_close``/``next_open`` (so a session
+  boundary forces a new read, and nothing else does).
+* ``is_open`` / ``next_open`` (what the run loop logs while the market is closed): the last
+  answer of Alpaca's clock, refreshed by ``refresh()``.
 """
 
 from __future__ import annotations
 
 import logging
+import time as _time
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -42,13 +46,17 @@ class MarketClock:
 
     def __init__(self, calendar: Callable[[date, date], list[SessionDay]],
                  clock: Callable[[], ClockInfo], bar_seconds: int = 60,
-                 extended_hours: bool = False) -> None:
+                 extended_hours: bool = False,
+                 monotonic: Callable[[], float] = _time.monotonic) -> None:
         self._calendar = calendar
         self._clock = clock
         self.bar_seconds = bar_seconds
         self.extended_hours = extended_hours
+        self._monotonic = monotonic
         self._days: dict[date, SessionDay | None] = {}
         self.last: ClockInfo | None = None
+        #: local monotonic seconds when ``last`` was read (to age it; never a time of day)
+        self.read_at: float | None = None
 
     # ----------------------------------------------------------------- calendar
 
@@ -128,8 +136,23 @@ class MarketClock:
 
     def refresh(self) -> ClockInfo:
         """Ask Alpaca's clock now."""
-        self.last = self._clock()
-        return self.last
+        info = self._clock()
+        self.last, self.read_at = info, self._monotonic()
+        return info
+
+    def open_at(self, now: datetime) -> bool | None:
+        """Is the market open at ``now`` (broker time), by the last clock answer?
+
+        None when that answer no longer covers ``now`` (a ``next_close``/``next_open`` lies
+        between them, or there is no answer yet): read the clock again.
+        """
+        c = self.last
+        if c is None:
+            return None
+        boundary = c.next_close if c.is_open else c.next_open
+        if now >= boundary:
+            return None
+        return c.is_open
 
     @property
     def is_open(self) -> bool:

@@ -198,6 +198,24 @@ class Journal:
         db.execute("INSERT INTO events (wall, cid, kind, payload) VALUES (?, ?, ?, ?)",
                    (time.time(), cid, kind, json.dumps(payload, default=str, sort_keys=True)))
 
+    # ----------------------------------------------------------------- owner
+
+    def get_meta(self, key: str) -> str | None:
+        """A value of the ``meta`` table (``endpoint``, ``account_id``, ``schema_version``)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a value of the ``meta`` table."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def is_empty(self) -> bool:
+        """No order was ever journaled."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM orders LIMIT 1").fetchone() is None
+
     # ----------------------------------------------------------------- orders
 
     def record_intent(self, spec: dict[str, Any], purpose: str = "",

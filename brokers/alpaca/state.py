@@ -6,7 +6,9 @@ Implements no Alpaca API itself; it persists what the broker knows about Alpaca'
 * ``data/realtime/portfolio_state.json``: written atomically (``common.atomic``) after every
   step and at shutdown: positions, resting stops, working orders, cash/value, the last bar
   per symbol, the Strategy's ``export_state()``, stream status. Tagged with the mode; a live
-  run never restores a dry-run file (nor the reverse).
+  run never restores a dry-run file (nor the reverse). Tagged with the endpoint and account
+  id too: ``check_owner`` refuses to start on the files of another account (a rehearsal's
+  state must never be inherited by the paper account, nor the reverse).
 * ``ModeAudit``: the audit trail (``analyzers.audit.Audit``) with the run mode in every row's
   detail, so DRY RUN rows can never be mistaken for orders that were sent.
 * ``DryRunBroker``: Backtrader's ``BackBroker`` rules (``brokers.backtest.SimBroker``) on the
@@ -26,6 +28,7 @@ import backtrader as bt
 from analyzers.audit import Audit
 from brokers.backtest import SimBroker
 from common.atomic import write_text_atomic
+from common.errors import UserError
 from common.logs import REDACTOR
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,41 @@ def load_state(path: Path, mode: str) -> dict[str, Any] | None:
                        path, state.get("mode"), mode)
         return None
     return state
+
+
+class StateOwnerError(UserError):
+    """The state directory holds the files of another account or endpoint."""
+
+
+def read_state_any_mode(path: Path) -> dict[str, Any] | None:
+    """The saved state whatever its mode (None when missing or unreadable)."""
+    try:
+        state = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def same_endpoint(a: str, b: str) -> bool:
+    """Do two REST roots name the same endpoint (case and a trailing slash aside)?"""
+    return a.strip().rstrip("/").lower() == b.strip().rstrip("/").lower()
+
+
+def check_owner(state_dir: Path, endpoint: str, account_id: str | None,
+                owners: list[tuple[str, str | None, str | None]]) -> None:
+    """Refuse files written for another endpoint or account.
+
+    ``owners``: (what, endpoint, account id) recorded by each file (the state file, the
+    journal); None where a file did not record it (older files)."""
+    for what, their_endpoint, their_account in owners:
+        other_endpoint = bool(their_endpoint) and not same_endpoint(their_endpoint or "",
+                                                                     endpoint)
+        other_account = bool(their_account) and bool(account_id) and their_account != account_id
+        if other_endpoint or other_account:
+            raise StateOwnerError(
+                f"{state_dir} holds the {what} of account {their_account or '?'} at "
+                f"{their_endpoint or '?'}, not of account {account_id or '?'} at {endpoint}: "
+                f"pass another --state-dir, or move the files in {state_dir} aside")
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

@@ -18,6 +18,19 @@ the journal, Backtrader, runs on the main thread inside Cerebro's loop: Cerebro 
    a backtest,
 4. when idle: saves the state file, flushes the Parquet bars, refreshes the market clock.
 
+Time (``now``): the broker's time, never the local time of day. It is the larger of (a) the
+last answer of Alpaca's clock advanced by the monotonic seconds since it was read times
+``clock_rate`` (1 against Alpaca, whose clock runs in real time; 0 against a loopback
+simulator, whose replayed time may run at any speed) and (b) the close of the newest bar seen
+on the stream or from REST (a bar that has arrived has closed). The clock is re-read every
+``clock_poll_s`` and whenever ``now`` crosses its ``next_open``/``next_close``.
+
+New orders (``market_open``, the Strategy's ``market_open`` param) go out only for a bar that
+is FRESH (it closed at most one bar interval + ``fresh_grace_s`` before ``now``: the newest
+closed bar, also when it came from a backfill or a ``--once`` fetch) while the market is open
+NOW (Alpaca's clock; the calendar's extended session for extended-hours orders). Bars replayed
+after a restart or backfilled after an outage still update the indicators and the stop state.
+
 The store is not a Backtrader ``Store`` subclass on purpose: ``bt.Store`` is a metaclass
 singleton. Cerebro only needs ``start``, ``stop`` and ``get_notifications``.
 """
@@ -103,6 +116,11 @@ class AlpacaStore:
         silence_timeout: data-stream watchdog (seconds without bars while the market is open).
         max_steps: stop after this many steps (``--once``: 1); None = run until stopped.
         on_idle: called when no step is waiting (lockstep replays advance the clock there).
+        clock_rate: how fast the broker's clock runs against the local monotonic clock
+            (1.0: Alpaca; 0.0: a simulator, time from bar closes and clock reads only).
+        fresh_grace_s: a bar may be traded on until one bar interval plus this many seconds
+            after its close (broker time).
+        audit: where refused new orders (stale bar, market closed) are recorded.
     """
 
     def __init__(
@@ -124,6 +142,9 @@ class AlpacaStore:
         on_step_done: Callable[[], None] | None = None,
         latency: LatencyProbe | None = None,
         max_backfill: timedelta = timedelta(hours=8),
+        clock_rate: float = 1.0,
+        fresh_grace_s: float = 10.0,
+        audit: Any = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -138,6 +159,12 @@ class AlpacaStore:
         self.on_step_done = on_step_done
         self.latency = latency or LatencyProbe()
         self.max_backfill = max_backfill
+        self.clock_rate = clock_rate
+        self.fresh_grace_s = fresh_grace_s
+        self.audit = audit
+        #: close of the newest bar seen (stream or REST): the broker's time is at least this
+        self._newest_close: datetime | None = None
+        self._gate_seen: set[tuple[datetime, str]] = set()
         self.clock = MarketClock(client.get_calendar, client.get_clock, settings.bar_seconds,
                                  settings.extended_hours)
         self.assembler = StepAssembler(self.symbols, grace=grace)
@@ -214,19 +241,90 @@ class AlpacaStore:
         value = ind._atr if ind is not None else math.nan
         return None if math.isnan(value) else value
 
+    def now(self) -> datetime:
+        """The broker's time now (see the module docstring, "Time")."""
+        candidates: list[datetime] = []
+        last, read_at = self.clock.last, self.clock.read_at
+        if last is not None:
+            elapsed = 0.0 if read_at is None else max(0.0, time.monotonic() - read_at)
+            candidates.append(last.timestamp + timedelta(seconds=elapsed * self.clock_rate))
+        if self._newest_close is not None:
+            candidates.append(self._newest_close)
+        if not candidates:  # before the first clock read (connect reads it first)
+            return datetime.now(UTC)
+        return max(candidates)
+
     def broker_time(self) -> datetime:
-        """Alpaca's clock (last read) advanced by nothing: the broker's notion of now."""
-        if self.clock.last is not None:
-            return self.clock.last.timestamp
-        return datetime.now(UTC)
+        """The broker's notion of now (``now()``; written to the state file)."""
+        return self.now()
+
+    def _saw_close(self, bar_start: datetime, seconds: int) -> None:
+        close = bar_start + timedelta(seconds=seconds)
+        if self._newest_close is None or close > self._newest_close:
+            self._newest_close = close
 
     def session(self, bar_time: datetime) -> str:
         """The Strategy's ``session`` param (``regular``/``extended``/``closed``)."""
         return self.clock.session(bar_time)
 
     def market_open(self, bar_time: datetime) -> bool:
-        """The Strategy's ``market_open`` param: calendar arithmetic on the bar's time."""
-        return self.clock.market_open(bar_time)
+        """The Strategy's ``market_open`` param: may a NEW order go out now for a decision on
+        the bar starting at ``bar_time``? (``order_gate`` says why not.)"""
+        ok, reason = self.order_gate(bar_time)
+        if not ok:
+            self._record_gate(bar_time, reason)
+        return ok
+
+    def order_gate(self, bar_time: datetime) -> tuple[bool, str]:
+        """(allowed, reason): the bar lies in the session before its last bar (calendar), it
+        is fresh (closed at most one interval + ``fresh_grace_s`` before ``now``), and the
+        market is open now. Reasons: ``market_closed``, ``stale_bar``."""
+        if not self.clock.market_open(bar_time):
+            return False, "market_closed"
+        secs = self.settings.bar_seconds
+        now = self.now()
+        age = (now - (bar_time + timedelta(seconds=secs))).total_seconds()
+        if age > secs + self.fresh_grace_s:
+            return False, "stale_bar"
+        if not self.entries_open(extended=self.clock.session(bar_time) == "extended"):
+            return False, "market_closed"
+        return True, ""
+
+    def entries_open(self, extended: bool = False) -> bool:
+        """Is the market open NOW for a new entry? Alpaca's clock (read again only when
+        ``now`` crossed its next open/close); for an extended-hours order, the calendar's
+        extended session at ``now``. An unreadable clock counts as closed."""
+        now = self.now()
+        if extended:
+            return bool(self.settings.extended_hours) and self.clock.in_session(now)
+        is_open = self.clock.open_at(now)
+        if is_open is None:
+            try:
+                self.clock.refresh()
+            except (RetryableError, BrokerError) as exc:
+                logger.warning("market clock unavailable (%s): no new entries", exc)
+                return False
+            self._last_clock = time.monotonic()
+            is_open = self.clock.open_at(self.now())
+            if is_open is None:  # our bar-based now ran past the clock's answer: trust it
+                is_open = self.clock.is_open
+        return bool(is_open)
+
+    def _record_gate(self, bar_time: datetime, reason: str) -> None:
+        key = (bar_time, reason)
+        if key in self._gate_seen:
+            return  # once per bar time (several symbols may ask)
+        self._gate_seen.add(key)
+        if len(self._gate_seen) > 4096:
+            self._gate_seen.clear()
+        now = self.now()
+        close = bar_time + timedelta(seconds=self.settings.bar_seconds)
+        logger.info("no new orders on the bar of %s: %s (bar closed %s, broker time %s, %s)",
+                    bar_time.isoformat(), reason, close.isoformat(), now.isoformat(),
+                    self.clock.describe_wait())
+        if self.audit is not None:
+            self.audit.record(bar_time, "gate", "", "no_new_orders", reason,
+                              bar_close=close.isoformat(), broker_time=now.isoformat())
 
     def request_stop(self) -> None:
         """Finish the current step, then end the run (signal handlers call this)."""
@@ -260,6 +358,8 @@ class AlpacaStore:
             if self.max_steps == 1:  # --once: decide on the latest closed bar, if it is new
                 fresh = bool(bars) and (seen is None or bars[-1].ts > seen)
                 replay, warm = (bars[-1:], bars[:-1]) if fresh else ([], bars)
+            if bars:
+                self._saw_close(bars[-1].ts, self.settings.bar_seconds)
             self.indicators[sym].warm(warm)
             if warm:
                 self._last_bar_time[sym] = warm[-1].ts
@@ -346,6 +446,8 @@ class AlpacaStore:
             self.pump_events(self.poll_s)
             self._maintain()  # a reconnect seen just now must backfill before any release
             self._steps.extend(self.assembler.release())
+            if self._stop_requested:
+                return  # stopped while idle: no new step; the next pass finishes the run
         if self._steps:
             self._deliver(self._steps.popleft())
 
@@ -396,6 +498,7 @@ class AlpacaStore:
                 self._reconcile("unreadable trade update")
 
     def _on_bar(self, bar: BarRecord, arrived: float) -> None:
+        self._saw_close(bar.ts, 60)  # the stream sends closed 1-minute bars
         if not self._keep(bar):
             return
         bars = [bar] if self.aggregator is None else self.aggregator.add(bar)
@@ -463,6 +566,8 @@ class AlpacaStore:
             return
         added = 0
         for bars in history.values():
+            if bars:
+                self._saw_close(bars[-1].ts, self.settings.bar_seconds)
             for bar in bars:
                 if self._keep(bar) and self.assembler.add(bar, time.perf_counter(), "backfill"):
                     added += 1

@@ -124,12 +124,19 @@ def session(sim: SimServer, creds: Credentials, root: Path, minutes: int, live: 
     """Run ``run_paper`` in this process against ``sim`` for ``minutes`` replayed minutes."""
     settings = extra.pop("settings", None) or Settings(symbols=symbols)
     driver = Lockstep(sim, minutes, hooks, bar_minutes=max(1, settings.bar_seconds // 60))
+    also = extra.pop("on_store", None)
+
+    def on_store(store: Any) -> None:
+        driver.store = store
+        if also is not None:
+            also(store)
+
     opts = PaperOptions(
         settings=settings, credentials=creds, live=live, base_url=sim.base_url,
         data_stream_url=sim.data_stream_url, trading_stream_url=sim.trading_stream_url,
         state_dir=root / "state", log_dir=root / "logs", out=root / "runs", warmup_days=5,
         clock_poll=1.0, silence=extra.pop("silence", 30.0), on_idle=driver,
-        on_store=lambda st: setattr(driver, "store", st), install_signals=False,
+        on_store=on_store, install_signals=False,
         requests_per_minute=extra.pop("requests_per_minute", 60_000.0), **extra)
     return run_paper(opts)
 

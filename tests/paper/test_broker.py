@@ -4,7 +4,9 @@
   not sent and is reported Canceled (freqtrade #3647: cancel on timeout, exchange filled);
 * an exit waits while the stop's cancel is unconfirmed (Alpaca holds the stop's quantity);
 * a position found without a resting stop gets one before any trading;
-* an intent journaled right before a crash is never POSTed by the restarted process.
+* an intent journaled right before a crash is never POSTed by the restarted process;
+* a failed open-orders read at attach stops the run (never "no orders");
+* a stop canceled behind our back is noticed and replaced; unconfirmed cancels back off.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import backtrader as bt
+import pytest
 from alpaca.trading.enums import OrderSide, OrderType, TimeInForce
 
 from brokers.alpaca.client import AlpacaClient, OrderSpec
@@ -25,6 +28,7 @@ from brokers.alpaca.journal import Journal, JournalState
 from brokers.alpaca.orders import OrderGateway, Outcome
 from brokers.alpaca_sim.testing import SimServer
 from common.config import Settings
+from common.errors import ConfigError
 from feeds.store import read_bars
 from tests.paper.conftest import BARS, REPLAY_START, session
 
@@ -192,3 +196,126 @@ def test_intent_journaled_before_a_crash_is_never_posted(sim: SimServer, creds: 
     assert second.outcome is Outcome.LOST
     assert client.submit_count == 0 and sim.posts.posts == {}  # type: ignore[attr-defined]
     assert gateway.journal.get(spec.client_order_id).state is JournalState.LOST  # type: ignore[union-attr]
+
+
+def test_failed_open_orders_read_at_attach_stops_the_run(sim: SimServer, creds: Credentials,
+                                                         tmp_path: Path) -> None:
+    """Regression (finding 8: a failed read treated as "no orders"): the open-orders read
+    that hands working orders to the Strategy failed, and the run went on with [] -- the
+    position was adopted with no stop while its real stop rested at Alpaca. Now the run
+    stops like a failed startup read: not trading on a guess, nothing sent."""
+    client = AlpacaClient(creds, base_url=sim.base_url)
+    client.submit_order(OrderSpec("manual-buy-2", "ACME", OrderSide.BUY, OrderType.MARKET,
+                                  Decimal(20), TimeInForce.DAY))
+    sim.advance(minutes=1)
+    stop_cid = "ratchet-ACME-20251003T133000-stop1"
+    client.submit_order(OrderSpec(stop_cid, "ACME", OrderSide.SELL, OrderType.STOP,
+                                  Decimal(20), TimeInForce.GTC, stop_price=Decimal("1.00")))
+    fail = {0: lambda: sim.faults.server_error(500, method="GET", path="/v2/orders",
+                                               times=10**6)}  # right before the first loop
+    with pytest.raises(ConfigError, match="state is unknown"):
+        session(sim, creds, tmp_path, 2, symbols=("ACME",),
+                settings=Settings(symbols=("ACME",)), hooks=fail)
+    assert set(sim.posts.posts) == {"manual-buy-2", stop_cid}  # type: ignore[attr-defined]
+    with sim.market.lock:
+        stops = [o for o in sim.market.orders.values() if o.type == "stop"]
+    assert [(o.client_order_id, o.status) for o in stops] == [(stop_cid, "new")]
+
+
+def test_stop_canceled_by_someone_else_is_noticed_and_replaced(
+        sim: SimServer, creds: Credentials, tmp_path: Path) -> None:
+    """Regression (finding 6): the broker checked for a missing stop only after a reconnect
+    with differences. A stop canceled at Alpaca (dashboard) whose trade update never came,
+    under a Strategy that does not re-place it: the periodic check reads it, and once the
+    position has been naked for ``stop_grace_s`` the broker protects it."""
+    cid = "ratchet-ACME-20251003T133100-stop1"
+    client = AlpacaClient(creds, base_url=sim.base_url)
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if step == 1:
+            s.orders["entry"] = s.buy(data=d, size=10, exectype=bt.Order.Market,
+                                      cid="ratchet-ACME-20251003T133000-entry", purpose="entry")
+        elif step == 2:
+            s.orders["stop"] = s.sell(data=d, size=10, exectype=bt.Order.Stop,
+                                      price=round(d.close[0] * 0.9, 2), cid=cid, purpose="stop")
+
+    def cancel_by_hand() -> None:
+        sim.faults.silence_stream("trading")  # its trade update never arrives
+        snap = client.get_order_by_client_id(cid)
+        assert snap is not None
+        client.cancel_order(snap.id)
+
+    hooks: dict[int, Callable[[], None]] = {4: cancel_by_hand}
+    hooks.update({k: (lambda: time.sleep(0.25)) for k in range(5, 16)})  # ~3 s real time
+    strat = _run(sim, creds, tmp_path, 16, script, hooks, stop_grace_s=0.5, stop_audit_s=0.5)
+    assert strat.orders["stop"].status == bt.Order.Canceled  # read at Alpaca, not streamed
+    with sim.market.lock:
+        stops = {o.client_order_id: o for o in sim.market.orders.values() if o.type == "stop"}
+    placed = [c for c in stops if c != cid]
+    assert len(placed) == 1 and placed[0].startswith("ratchet-ACME-")  # exactly one new stop
+    assert float(stops[placed[0]].qty) == 10 and stops[placed[0]].status in (
+        "new", "accepted", "filled")  # resting (or already hit: it sits near the market)
+
+
+def _far_limit(s: Scripted, cid: str) -> None:
+    d = s.datas[0]
+    s.orders["entry"] = s.buy(data=d, size=5, exectype=bt.Order.Limit,
+                              price=round(d.close[0] * 0.5, 2), cid=cid, purpose="entry")
+
+
+class Reads:
+    """Counts the order reads (GET by id, lookup by client order id) the sim answers."""
+
+    def __init__(self, sim: SimServer) -> None:
+        self.n = 0
+        market = sim.market
+        by_id, by_cid = market.get_order, market.get_order_by_client_id
+
+        def count(fn: Callable[[str], Any]) -> Callable[[str], Any]:
+            def wrapped(key: str) -> Any:
+                self.n += 1
+                return fn(key)
+            return wrapped
+
+        market.get_order = count(by_id)  # type: ignore[method-assign]
+        market.get_order_by_client_id = count(by_cid)  # type: ignore[method-assign]
+
+
+def test_unconfirmed_cancel_backs_off_and_a_vanished_order_ends(
+        sim: SimServer, creds: Credentials, tmp_path: Path) -> None:
+    """Regression (finding 9): after a 404 on cancel the order was read on every loop
+    (~50 ms) forever, draining the 200/min budget. Now: per-order backoff while it stays
+    open; and 404 by id + "not found" by client order id ends it (Canceled, journal LOST)."""
+    reads = Reads(sim)
+    cid_a, cid_b = "ratchet-ACME-20251003T133000-entry", "ratchet-ACME-20251003T133200-entry"
+    counted: dict[str, int] = {}
+
+    def script(s: Scripted, step: int) -> None:
+        if step == 1:
+            _far_limit(s, cid_a)
+        elif step == 3:  # the DELETE is answered 404 (not processed): the order lives on
+            sim.faults.http_error(404, method="DELETE", path="/v2/orders/*", times=10**6)
+            s.orders["a"] = s.orders.pop("entry")
+            s.cancel(s.orders["a"])
+            counted["start"] = reads.n
+        elif step == 16:
+            counted["end"] = reads.n
+            counted["a_alive"] = s.orders["a"].alive()  # still open at Alpaca: not given up
+            sim.faults.clear()
+            _far_limit(s, cid_b)
+        elif step == 17:  # B vanishes: 404 on DELETE, on GET by id, on lookup by cid
+            sim.faults.http_error(404, method="DELETE", path="/v2/orders/*", times=10**6)
+            sim.faults.http_error(404, method="GET", path="/v2/orders/*", times=10**6)
+            sim.faults.http_error(404, method="GET", path="/v2/orders:by_client_order_id",
+                                  times=10**6)
+            s.cancel(s.orders["entry"])
+
+    slow = {k: (lambda: time.sleep(0.25)) for k in range(3, 16)}  # ~3 s of real time
+    strat = _run(sim, creds, tmp_path, 20, script, slow)
+    # old: one GET per loop pass (dozens in 3 s); now a handful, spaced 0.25 s -> 30 s
+    assert counted["end"] - counted["start"] <= 12
+    assert counted["a_alive"]
+    assert strat.orders["entry"].status == bt.Order.Canceled
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    assert journal.get(cid_b).state is JournalState.LOST  # type: ignore[union-attr]
