@@ -25,6 +25,7 @@ from brokers.backtest import make_backtest_broker
 from common.config import INTERVAL_SECONDS, Settings, load_settings
 from common.errors import ConfigError, DataError
 from common.logs import setup_logging
+from common.paths import BUNDLED_BARS
 from feeds.btfeed import make_feed
 from feeds.store import (
     BarArrays,
@@ -41,8 +42,7 @@ from strategies.signals import Signal, make_signal
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BARS = REPO_ROOT / "data" / "bars"
+DEFAULT_BARS = BUNDLED_BARS
 
 
 @dataclass

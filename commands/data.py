@@ -27,11 +27,11 @@ from rich.table import Table
 
 from common.errors import ConfigError, DataError
 from common.logs import setup_logging
+from common.paths import BUNDLED_BARS
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BARS = REPO_ROOT / "data" / "bars"
+DEFAULT_BARS = BUNDLED_BARS
 
 
 def _fmt(ts: pd.Timestamp | None, daily: bool = False) -> str:

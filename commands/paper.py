@@ -62,13 +62,13 @@ from commands.backtest import settings_from_flags, strategy_options
 from common.config import DEFAULT_SYMBOLS, INTERVAL_SECONDS, Settings
 from common.errors import BrokerError, ConfigError, RetryableError, UnknownStateError, UserError
 from common.logs import REDACTOR, setup_logging
+from common.paths import BUNDLED_BARS
 from strategies.ratchet import RatchetStrategy
 from strategies.signals import make_signal
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SIM_DATA = REPO_ROOT / "data" / "bars"
+DEFAULT_SIM_DATA = BUNDLED_BARS
 REAL_MONEY_HOSTS = ("api.alpaca.markets",)
 DEFAULT_STATE_DIR = Path("data/realtime")
 DEFAULT_LOG_DIR = Path("logs/realtime")

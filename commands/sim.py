@@ -21,11 +21,11 @@ from brokers.alpaca_sim.serialization import ts
 from brokers.alpaca_sim.server import ServerOptions, SimApp, parse_start
 from common.errors import ConfigError
 from common.logs import REDACTOR, setup_logging
+from common.paths import BUNDLED_BARS
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO_ROOT / "data" / "bars"
+DEFAULT_DATA = BUNDLED_BARS
 #: Test-only credentials: the server is local, but never reuse real Alpaca keys here.
 TEST_KEY, TEST_SECRET = "test-key", "test-secret"
 

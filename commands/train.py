@@ -23,6 +23,7 @@ import pandas as pd
 from common.config import INTERVAL_SECONDS, Settings, load_settings
 from common.errors import ConfigError
 from common.logs import setup_logging
+from common.paths import BUNDLED_BARS
 from strategies.ml import (
     DEFAULT_HORIZONS,
     DEFAULT_PARAMS,
@@ -39,8 +40,6 @@ from strategies.ml import (
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_BARS = REPO_ROOT / "data" / "bars"
 DEFAULT_OUT = Path("models") / "model.rmodel"
 
 

@@ -265,22 +265,25 @@ class AlpacaBroker(bt.BrokerBase):
             tradeid: int = 0, oco: Any = None, trailamount: float | None = None,
             trailpercent: float | None = None, **kwargs: Any) -> bt.Order:
         """Create and send a buy order (``cid``/``purpose`` kwargs go to ``order.info``)."""
-        order = bt.BuyOrder(owner=owner, data=data, size=size, price=price, pricelimit=plimit,
-                            exectype=exectype, valid=valid, tradeid=tradeid,
-                            trailamount=trailamount, trailpercent=trailpercent)
-        order.addinfo(**kwargs)
-        order.addcomminfo(self.getcommissioninfo(data))
-        return self.submit(order)
+        return self._new_order(bt.BuyOrder, owner, data, size, price, plimit, exectype, valid,
+                               tradeid, trailamount, trailpercent, kwargs)
 
     def sell(self, owner: Any, data: Any, size: float, price: float | None = None,
              plimit: float | None = None, exectype: int | None = None, valid: Any = None,
              tradeid: int = 0, oco: Any = None, trailamount: float | None = None,
              trailpercent: float | None = None, **kwargs: Any) -> bt.Order:
         """Create and send a sell order."""
-        order = bt.SellOrder(owner=owner, data=data, size=size, price=price, pricelimit=plimit,
-                             exectype=exectype, valid=valid, tradeid=tradeid,
-                             trailamount=trailamount, trailpercent=trailpercent)
-        order.addinfo(**kwargs)
+        return self._new_order(bt.SellOrder, owner, data, size, price, plimit, exectype, valid,
+                               tradeid, trailamount, trailpercent, kwargs)
+
+    def _new_order(self, cls: type, owner: Any, data: Any, size: float, price: float | None,
+                   plimit: float | None, exectype: int | None, valid: Any, tradeid: int,
+                   trailamount: float | None, trailpercent: float | None,
+                   info: dict[str, Any]) -> bt.Order:
+        order = cls(owner=owner, data=data, size=size, price=price, pricelimit=plimit,
+                    exectype=exectype, valid=valid, tradeid=tradeid,
+                    trailamount=trailamount, trailpercent=trailpercent)
+        order.addinfo(**info)
         order.addcomminfo(self.getcommissioninfo(data))
         return self.submit(order)
 

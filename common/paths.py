@@ -1,0 +1,13 @@
+"""Where the repository and its bundled sample bars live (one definition for every command)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: The repository root (the folder holding cli.py).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The bundled SYNTHETIC sample bars: <interval>/<SYMBOL>.parquet.
+BUNDLED_BARS = REPO_ROOT / "data" / "bars"
