@@ -40,11 +40,6 @@ _STATUS = {
 }
 
 
-def _buffer(line: Any) -> Any:
-    """The LineBuffer behind a data line or an indicator attached in its place."""
-    return line if hasattr(line, "_idx") and hasattr(line, "array") else line.lines[0]
-
-
 def _same(order: bt.Order, tracked: bt.Order | None) -> bool:
     """Is a notified order the tracked one? Brokers notify with clones: compare refs."""
     return tracked is not None and order.ref == tracked.ref
@@ -167,7 +162,7 @@ class RatchetStrategy(bt.Strategy):
         # Direct references to each feed's line buffers: next() runs once per bar per
         # symbol, and Backtrader's attribute chains are its slowest part.
         self._lines = [
-            (data, self.books[data._name], data.lines.datetime, _buffer(data.signal))
+            (data, self.books[data._name], data.lines.datetime, data.lines.signal)
             for data in self.datas
         ]
 
@@ -573,8 +568,8 @@ class RatchetStrategy(bt.Strategy):
         """Take over a position found at the broker (restart, reconciliation).
 
         Keeps a saved stop state if there is one; otherwise builds one from the average
-        entry price and ``atr``. ``stop_order`` is the resting stop found at the broker
-        (None: one is placed on the next bar).
+        entry price and ``atr``. ``stop_order`` is the resting stop found at the broker; when
+        there is none, the broker's stop-presence check places one (brokers/alpaca).
         """
         book = self.books[data._name]
         if book.stop_state is None:
@@ -605,13 +600,3 @@ class RatchetStrategy(bt.Strategy):
             book.exit_reason = book.exit_reason or Reason.SIGNAL.value
         elif purpose == Purpose.STOP:
             book.stop = order
-
-    def ensure_stops(self) -> None:
-        """Place a resting stop for every open position that lacks one (after adoption)."""
-        for data in self.datas:
-            book = self.books[data._name]
-            if self.getposition(data).size > 0 and (book.stop is None or not book.stop.alive()):
-                now = self.bar_time(data) if len(data) else datetime.now(UTC)
-                pos = self.getposition(data)
-                price = book.stop_state.fill_price if book.stop_state else float(pos.price)
-                self._protect(data, book, now, price)
