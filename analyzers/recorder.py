@@ -188,7 +188,8 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
 
 
 TRADE_COLUMNS = ["symbol", "entry_time", "exit_time", "entry_price", "exit_price", "qty", "pnl",
-                 "return_pct", "exit_reason", "bars_held", "entry_order_id", "exit_order_id"]
+                 "return_pct", "exit_reason", "bars_held", "entry_order_id", "exit_order_id",
+                 "exit_reasons"]
 
 
 def trades_frame(closed_trades: list[dict[str, Any]]) -> pd.DataFrame:
@@ -198,7 +199,7 @@ def trades_frame(closed_trades: list[dict[str, Any]]) -> pd.DataFrame:
         trades[c] = pd.to_datetime(trades[c], utc=True).astype("datetime64[us, UTC]")
     for c in ("entry_price", "exit_price", "qty", "pnl", "return_pct"):
         trades[c] = trades[c].astype("float64")
-    for c in ("symbol", "exit_reason", "entry_order_id", "exit_order_id"):
+    for c in ("symbol", "exit_reason", "entry_order_id", "exit_order_id", "exit_reasons"):
         trades[c] = trades[c].astype("object")
     trades["bars_held"] = trades["bars_held"].astype("int64")
     return trades
