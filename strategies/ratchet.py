@@ -502,6 +502,7 @@ class RatchetStrategy(bt.Strategy):
                                   qty=remainder, price=price,
                                   client_order_id=order.info.get("cid", ""),
                                   cash=round(cash, 2), note="fallback: cash affords no share")
+                book.entry_cancel_reason = ""
                 return
             remainder = affordable
         cid = rules.client_order_id(self.cfg.strategy_id, book.symbol, now, Purpose.FALLBACK)
