@@ -226,6 +226,8 @@ class RatchetStrategy(bt.Strategy):
             # Alpaca's resting stops sleep outside regular hours: enforce the stop here.
             reason = book.stop_state.binding if book.stop_state else Reason.STOP.value
             self._exit(data, book, now, reason, extended=True)
+            if book.stop_state is not None:  # the trail still counts this bar's high
+                book.stop_state = book.stop_state.advance(float(data.high[0]))
         elif position > 0:
             self._ratchet(data, book, now)
         entry_working = book.entry is not None and book.entry.alive()

@@ -269,7 +269,9 @@ def _orders(frame: pd.DataFrame) -> list[Order]:
                          float(r["qty"]), float(r["limit_price"]), float(r["stop_price"]),
                          r["status"], float(r["filled_qty"]), _ns(cid_time(r["client_order_id"])),
                          fills, final))
-    out.sort(key=lambda o: (o.decided, o.cid))
+    # stop orders of one bar are numbered (stop9, stop10): order them by that number
+    out.sort(key=lambda o: (o.decided, o.cid.rstrip("0123456789"),
+                            int(o.cid[len(o.cid.rstrip("0123456789")):] or 0)))
     return out
 
 
