@@ -147,7 +147,7 @@ def session_flags(ts: pd.DatetimeIndex, bar_seconds: int, extended: bool
     regular = has & (t >= opens) & (t < closes)
     ext = has & ~regular & (t >= xo) & (t < xc)
     end = t + np.timedelta64(bar_seconds, "s")
-    last = np.where(extended, end >= xc, end >= closes) & (regular | ext)
+    last = (regular & (end >= closes)) | (ext & (end >= xc))
     return regular, ext, last
 
 

@@ -70,6 +70,13 @@ def test_no_new_entry_on_the_last_bar_of_the_session(tmp_path: Path) -> None:
     _, r = run(tmp_path, {"ACME": flat_bars(390)}, {389: 1.0})  # 09:30..15:59 New York
     assert r.orders.empty
     assert list(actions(r, "skip_buy").reason) == ["market_closed"]
+    # With extended hours the 15:59 bar is still the regular session's last (paper: Alpaca's
+    # clock says closed at 16:00); the 16:00 bar may send an extended-hours limit.
+    _, rx = run(tmp_path / "x", {"ACME": flat_bars(392)}, {389: 1.0, 390: 1.0},
+                extended_hours=True)
+    assert list(actions(rx, "skip_buy").reason) == ["market_closed"]
+    assert list(rx.orders.client_order_id) == ["ratchet-ACME-20251001T200000-entry"]
+    assert rx.orders.type.iloc[0] == "limit"
 
 
 def test_extended_hours_bars_are_dropped_and_never_traded_by_default(tmp_path: Path) -> None:
