@@ -61,6 +61,8 @@ def test_a_symbol_without_bars_in_the_session_is_refused(tmp_path: Path) -> None
     night = flat_bars(60, start="2025-10-02 03:00")
     with pytest.raises(DataError, match=r"^NITE: no bars in regular trading hours"):
         run(tmp_path, {"ACME": flat_bars(60), "NITE": night}, {40: 1.0})
+    with pytest.raises(DataError, match=r"^NONE: no bars in .*NONE\.parquet$"):
+        run(tmp_path / "empty", {"ACME": flat_bars(60), "NONE": flat_bars(0)}, {40: 1.0})
 
 
 def test_no_new_entry_on_the_last_bar_of_the_session(tmp_path: Path) -> None:
