@@ -57,3 +57,22 @@ def test_wrong_secret_error_names_no_key(sim: SimServer, tmp_path: Path) -> None
     assert bad.returncode != 0
     assert "error:" in bad.stderr and "keys" in bad.stderr
     _assert_clean(tmp_path, bad.stdout, bad.stderr, secrets=(SENTINEL_KEY, wrong))
+
+
+def test_alert_urls_never_leak(sim: SimServer, tmp_path: Path) -> None:
+    """Alert URLs carry tokens and passwords: delivered to, never written anywhere."""
+    from tests.alerts.conftest import ALERT_TOKEN, SMTP_PASSWORD, SmtpReceiver, WebhookReceiver
+
+    with WebhookReceiver() as hook, SmtpReceiver() as mail:
+        live = _run(sim, tmp_path, "--live", "--confirm-live", "--alert", hook.url,
+                    "--alert", mail.url)
+        assert live.returncode == 0, live.stderr[-2000:]
+        assert hook.wait_for(1)
+    assert "session started (live)" in hook.received[0]["title"]
+    assert mail.messages
+    assert "alerts (all) to json #1, mailto #2" in live.stdout
+    files = _assert_clean(tmp_path, live.stdout, live.stderr,
+                          secrets=(SENTINEL_KEY, SENTINEL_SECRET, ALERT_TOKEN, SMTP_PASSWORD))
+    assert files >= 5
+    log = next((tmp_path / "logs").glob("trading_*.log")).read_text()
+    assert "apprise" in log  # Apprise's own records reached the debug log, redacted
