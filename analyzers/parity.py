@@ -257,6 +257,17 @@ class _Context:
     restart_symbols: set[str]
     restored: bool
     settings_changed: dict[str, list[Any]]
+    times: set[pd.Timestamp] = field(default_factory=set)
+    sym_times: dict[str, set[pd.Timestamp]] = field(default_factory=dict)
+    stale: set[pd.Timestamp] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        live = self.bars[~self.bars["warmup"]]
+        self.times = set(pd.DatetimeIndex(live["timestamp"]))
+        for sym, part in live.groupby("symbol"):
+            self.sym_times[str(sym)] = set(pd.DatetimeIndex(part["timestamp"]))
+        a = self.live_audit
+        self.stale = set(a.loc[(a["kind"] == "gate") & (a["reason"] == "stale_bar"), "_t"])
 
 
 def _cause(d_time: pd.Timestamp, symbol: str, ctx: _Context, earlier: set[str]
@@ -269,21 +280,21 @@ def _cause(d_time: pd.Timestamp, symbol: str, ctx: _Context, earlier: set[str]
         return "restart", (f"{symbol} was held when the run started (adopted from an earlier "
                            "run); the backtest starts flat")
     # a missed bar: the symbol has no bar at (or just before) the decision while others do
-    live_bars = ctx.bars[~ctx.bars["warmup"]]
-    times = pd.DatetimeIndex(live_bars["timestamp"])
-    sym_times = set(pd.DatetimeIndex(live_bars.loc[live_bars["symbol"] == symbol, "timestamp"]))
+    sym_times = ctx.sym_times.get(symbol, set())
     step = pd.Timedelta(seconds=ctx.bar_seconds)
     for t in (d_time, d_time - step):
-        if t in set(times) and t not in sym_times:
+        if t in ctx.times and t not in sym_times:
             return "missed bar", (f"no {symbol} bar at {t:%H:%M} UTC reached the Strategy "
                                   "(other symbols had one)")
     audit = ctx.live_audit
-    at = audit[pd.to_datetime(audit["time"], utc=True) == d_time]
+    at = audit[audit["_t"] == d_time]
     gate = at[(at["kind"] == "gate")]
     skip = at[(at["kind"] == "decision") & (at["symbol"] == symbol)
               & (at["action"] == "skip_buy") & (at["reason"] == "market_closed")]
     if not gate.empty and (gate["reason"] == "stale_bar").any():
-        why = "replayed after a restart" if ctx.restored else \
+        # stale bars before any fresh one were replayed at a restart; later ones backfilled
+        fresh_before = any(t < d_time and t not in ctx.stale for t in ctx.times)
+        why = "replayed after a restart" if ctx.restored and not fresh_before else \
             "backfilled after a stream outage"
         return "late bar", (f"the {d_time:%H:%M} UTC bar reached the Strategy late ({why}): "
                             "no new order goes out on a stale bar")
@@ -401,8 +412,10 @@ def compare(run_dir: str | Path, settings: Settings | None = None) -> ParityRepo
     for d in back:
         back_by.setdefault(key(d), []).append(d)
     start_pos = run.config.get("start_positions") or {}
+    audit = run.audit.copy()
+    audit["_t"] = pd.to_datetime(audit["time"], utc=True, format="ISO8601")
     ctx = _Context(
-        live_audit=run.audit, bt_orders=outcome.orders, bars=bars,
+        live_audit=audit, bt_orders=outcome.orders, bars=bars,
         live_orders={str(r["client_order_id"]): dict(r) for r in
                      run.orders.to_dict("records")},
         bar_seconds=used.bar_seconds, restart_symbols={s for s, q in start_pos.items() if q},
