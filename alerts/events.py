@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 logger = logging.getLogger(__name__)
+
+NEW_YORK = ZoneInfo("America/New_York")
 
 
 class Category(StrEnum):
@@ -48,8 +51,8 @@ class AlertEvent:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
-        """One line: ``14:31 ACME entry filled: BUY 12 @ 101.23``."""
-        when = f"{self.time:%H:%M} " if self.time is not None else ""
+        """One line: ``10:31 ET ACME BUY 12 @ 101.23 filled: ...`` (New York time)."""
+        when = f"{self.time.astimezone(NEW_YORK):%H:%M} ET " if self.time is not None else ""
         body = f": {self.body}" if self.body else ""
         return f"{when}{self.title}{body}"
 

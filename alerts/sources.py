@@ -221,13 +221,20 @@ class SessionMonitor:
         self._thread: threading.Thread | None = None
 
     def on_state(self, state: dict[str, Any]) -> None:
-        """The session saved ``state`` (trading thread: only remembers it)."""
+        """The session saved ``state`` (trading thread: remembers it; looks the day's close
+        up here, once per day, so the calendar is only ever read on the trading thread)."""
         value = _num(state.get("value"))
         when = _when(str(state.get("broker_time")))
+        day = when.astimezone(NEW_YORK).date() if when is not None else None
+        if day is not None and day not in self._closes:
+            try:
+                self._closes[day] = self.session_close(day)
+            except Exception:  # noqa: BLE001 - no calendar: no summary for that day
+                self._closes[day] = None
         with self._lock:
             self._state = state
-            if when is not None and value is not None:
-                self._day_start.setdefault(when.astimezone(NEW_YORK).date(), value)
+            if day is not None and value is not None:
+                self._day_start.setdefault(day, value)
 
     def start(self) -> SessionMonitor:
         """Start polling."""
@@ -300,12 +307,7 @@ class SessionMonitor:
         for day in days:
             if day in self._summarized or state is None:
                 continue
-            if day not in self._closes:
-                try:
-                    self._closes[day] = self.session_close(day)
-                except Exception:  # noqa: BLE001 - no calendar: no summary for that day
-                    self._closes[day] = None
-            close = self._closes[day]
+            close = self._closes.get(day)
             if close is None or now < close:
                 continue
             self._summarized.add(day)

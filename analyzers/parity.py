@@ -154,6 +154,16 @@ def _settings(config: dict[str, Any]) -> Settings:
     return Settings(**{k: v for k, v in raw.items() if k in known})
 
 
+def run_settings(run_dir: str | Path) -> Settings:
+    """The settings a run folder was made with (its ``config.json``)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} cannot be read ({exc}): is {run_dir} a run folder?") from None
+    return _settings(config)
+
+
 def _arrays(bars: pd.DataFrame, symbol: str) -> BarArrays:
     b = bars[bars["symbol"] == symbol].sort_values("timestamp")
     ts = pd.DatetimeIndex(b["timestamp"]).as_unit("ns").asi8.astype(np.int64)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -95,7 +94,6 @@ def main() -> int:
                 times[name].append(wall)
         report = json.loads((run / "parity.json").read_text())
         rss = {"parity": peak_rss(parity), "backtest": peak_rss(backtest)}
-        _ = resource
     print(f"parity: {report['pct_identical']:.1f}% identical, {report['bars']:,} bars, "
           f"{report['live_decisions']} live decisions, {report['totals']['fills_compared']} "
           "fills compared")

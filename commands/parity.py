@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from analyzers.parity import compare, console_lines, write_parity
-from analyzers.report import resolve_run_path
+from analyzers.runfolder import latest_run
 from common.config import load_settings
 from common.logs import setup_logging
 
@@ -44,15 +44,13 @@ def parity(run: Path, tolerance: float, config_file: Path | None, as_json: bool,
     """
     setup_logging(verbose)
     t0 = time.perf_counter()
-    path = resolve_run_path(run)
+    # runs/ (a folder of run folders) stands for its newest run, as in `cli.py report`
+    path = run if (run / "config.json").exists() or not run.is_dir() else latest_run(run)
     settings = None
     if config_file is not None:
-        from analyzers.runfolder import load_run
+        from analyzers.parity import run_settings
 
-        base = load_run(path).config.get("settings", {})
-        from analyzers.parity import _settings
-
-        settings = load_settings(config_file, environ={}, base=_settings({"settings": base}))
+        settings = load_settings(config_file, environ={}, base=run_settings(path))
     report = compare(path, settings)
     out = write_parity(report, path)
     if as_json:

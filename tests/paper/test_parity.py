@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from analyzers.parity import compare
+from analyzers.parity import compare, run_settings
 from analyzers.report import parity_section
 from brokers.alpaca.credentials import Credentials
 from brokers.alpaca_sim.testing import SimServer
@@ -38,6 +38,9 @@ def test_clean_rehearsal_is_identical_and_faults_are_named(sim: SimServer, creds
     assert saved["totals"]["slippage_dollars"] == 0.0  # the sim fills by the backtest's rules
     assert saved["pnl"]["difference"] == 0.0
     assert "Parity with the backtest" in parity_section(first.run_dir)
+    other = compare(first.run_dir, run_settings(first.run_dir).replace(max_position_pct=0.05))
+    assert other.settings_changed == {"max_position_pct": [0.1, 0.05]}
+    assert set(other.causes) == {"setting changed"} and other.pct_identical < 100
 
     # 2. a restart on the same state (BOLT adopted), a data-stream outage while the market
     #    moves 4 minutes on (bars backfilled late), a volume cap that splits a fill
