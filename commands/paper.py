@@ -743,6 +743,7 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
     setup_logging(verbose, log_file)
     settings = settings_from_flags(config_file, flags)
     urls, level = alert_settings(config_file, alert_urls, alert_level)
+    dispatcher = _alert_dispatcher(urls, level, live, sim)  # a bad URL stops us here
     if sim and base_url:
         raise ConfigError("--sim starts its own loopback server: drop --base-url")
     # --sim without --symbols (nor a configured list): every symbol of the sim's data
@@ -790,8 +791,9 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
     board = Dashboard(console) if dashboard else None
     if board is not None:
         opts.dashboard = board
-    dispatcher = _alert_dispatcher(urls, level, live, sim, console)
-    opts.alerts, opts.alert_stream_down_s = dispatcher, alert_stream_down
+    if dispatcher is not None:
+        console.print(f"alerts ({level}) to {', '.join(dispatcher.labels)}")
+        opts.alerts, opts.alert_stream_down_s = dispatcher.start(), alert_stream_down
     try:
         if board is not None:
             board.__enter__()
@@ -806,17 +808,14 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
     _print_summary(console, result, live)
 
 
-def _alert_dispatcher(urls: list[str], level: str, live: bool, sim: bool,
-                      console: Any) -> Any:
-    """The Apprise dispatcher for ``urls`` (None without any), started."""
+def _alert_dispatcher(urls: list[str], level: str, live: bool, sim: bool) -> Any:
+    """The Apprise dispatcher for ``urls`` (None without any), not started yet."""
     if not urls:
         return None
     from alerts.dispatch import AlertDispatcher
 
     tag = "SIM" if sim else "PAPER" if live else "DRY RUN"
-    dispatcher = AlertDispatcher(urls, level, prefix=f"ratchet {tag}: ").start()
-    console.print(f"alerts ({level}) to {', '.join(dispatcher.labels)}")
-    return dispatcher
+    return AlertDispatcher(urls, level, prefix=f"ratchet {tag}: ")
 
 
 class _PaperInterval(click.Choice):

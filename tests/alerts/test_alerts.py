@@ -215,3 +215,11 @@ def test_alert_test_command_says_what_arrived(webhook: WebhookReceiver) -> None:
     assert webhook.received[0]["title"] == "ratchet: test alert"
     for secret in (ALERT_TOKEN, SMTP_PASSWORD):
         assert secret not in out.stdout + out.stderr
+
+
+def test_a_url_apprise_cannot_use_is_one_line_without_the_url() -> None:
+    bad = subprocess.run([sys.executable, "cli.py", "alert-test", f"bogus://{ALERT_TOKEN}/x"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: alert URL bogus #1 is not a URL Apprise can send to")
+    assert "Traceback" not in bad.stderr and ALERT_TOKEN not in bad.stdout + bad.stderr
