@@ -321,6 +321,16 @@ def _cause(d_time: pd.Timestamp, symbol: str, ctx: _Context, earlier: set[str]
         bt_f = [] if b is None else _fills_of(b.get("fills"))
         live_q = sum(q for _, q, _ in live_f)
         bt_q = sum(q for _, q, _ in bt_f)
+        refused = ("rejected", "margin")
+        if str(o.get("status")) in refused and (b is None or str(b.get("status")) not in
+                                                 refused):
+            there = "never made" if b is None else f"{b.get('status')} ({bt_q:g} filled)"
+            a = ctx.live_audit
+            why = a.loc[(a["client_order_id"] == cid) & (a["kind"] == "broker")
+                        & (a["action"] == "rejected"), "reason"]
+            return "order rejected", (f"{cid} was rejected live"
+                                      + (f" ({why.iloc[0]})" if len(why) else "")
+                                      + f"; in the backtest it was {there}")
         partial = len(live_f) > 1 or (live_f and live_q + 1e-9 < float(o.get("qty") or 0))
         if partial and (abs(live_q - bt_q) > 1e-9 or len(live_f) != len(bt_f)):
             return "partial fill", (f"{cid} filled in {len(live_f)} part(s), {live_q:g} of "
