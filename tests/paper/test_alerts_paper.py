@@ -4,6 +4,7 @@ in order, and a receiver that hangs or refuses changes not a single order."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,20 @@ def _orders(sim: SimServer) -> list[tuple[Any, ...]]:
                       for o in sim.market.orders.values())
 
 
-def test_rehearsal_delivers_fills_and_stop_in_order(sim: SimServer, creds: Credentials,
+def test_rehearsal_delivers_fills_and_stop_in_order(book: Any, creds: Credentials,
                                                     tmp_path: Path) -> None:
-    with WebhookReceiver() as hook, SmtpReceiver() as mail:
-        alerts = AlertDispatcher([hook.url, mail.url], "all", prefix="ratchet SIM: ",
-                                 config=CFG).start()
-        result = session(sim, creds, tmp_path, MINUTES, alerts=alerts)
-        counts = alerts.close(timeout=10.0)
+    """The session's last 80 minutes: fills with their P&L in order, then the daily summary
+    after the close, then the stop message, at a JSON webhook and by e-mail."""
+    sim = SimServer(book=book, key=creds.key_id, secret=creds.secret_key,
+                    start=datetime(2025, 10, 3, 18, 40, tzinfo=UTC), rate_limit=10**6).start()
+    try:
+        with WebhookReceiver() as hook, SmtpReceiver() as mail:
+            alerts = AlertDispatcher([hook.url, mail.url], "all", prefix="ratchet SIM: ",
+                                     config=CFG).start()
+            result = session(sim, creds, tmp_path, 80, alerts=alerts)
+            counts = alerts.close(timeout=10.0)
+    finally:
+        sim.stop()
     assert counts["failed"] == 0 and counts["dropped"] == 0
     lines = [line for m in hook.received for line in
              (m["message"].splitlines() if " events (" in m["title"] else
@@ -53,8 +61,9 @@ def test_rehearsal_delivers_fills_and_stop_in_order(sim: SimServer, creds: Crede
     got = [next(i for i, line in enumerate(lines) if e in line) for e in expected]
     assert got == sorted(got), text
     assert "session started (live)" in lines[0]
+    assert "daily summary 2025-10-03" in lines[-2] and "day P&L" in lines[-2]
     assert "bot stopping" in lines[-1] and "end of the rehearsal" in lines[-1]
-    assert f"{MINUTES} bar steps" in lines[-1]
+    assert "80 bar steps" in lines[-1]
     # the e-mail receiver got the same events in the same order (batched its own way: the
     # SMTP endpoint is slower, so more of a burst waits for it and joins one message)
     mail_text = "\n".join(_plain(m) for m in mail.messages)
