@@ -70,7 +70,7 @@ def test_a_burst_becomes_one_message_and_order_is_kept(webhook: WebhookReceiver)
     d.close(timeout=3.0)
     first, second = webhook.received
     assert first["title"] == "ratchet: 5 events (5 fills)"
-    assert [line.split()[1] for line in first["message"].splitlines()] == ["ACME"] * 5
+    assert [line.split()[2] for line in first["message"].splitlines()] == ["ACME"] * 5
     assert first["message"].splitlines()[0].endswith("ACME BUY 1 @ 10.00 filled: bought 1")
     assert second["title"] == "ratchet: 2 events (1 fill, 1 problem)"
     assert second["type"] == "warning"  # a problem in the batch makes the message a warning
