@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +48,16 @@ def _looks_like_host(host: str) -> bool:
     return "." in host or ":" in host or host in _HOSTS_NOT_SECRET
 
 
+_HOSTNAME = re.compile(r"^(?:[A-Za-z0-9-]+\.)+[A-Za-z0-9-]+$")
+
+
+def _plain_value(value: str) -> bool:
+    """A query value that is a host name, an IP address or a short word (``smtp=127.0.0.1``,
+    ``mode=starttls``): not a secret, and redacting it would mangle unrelated text (the
+    endpoint written in the state file)."""
+    return bool(_HOSTNAME.match(value)) or (value.isalpha() and len(value) <= 12)
+
+
 def register_secrets(url: str) -> None:
     """Register every part of ``url`` that may be a credential with the log redactor.
 
@@ -70,7 +81,8 @@ def register_secrets(url: str) -> None:
         parts.append(host)
     parts += [seg for seg in split.path.split("/") if seg]
     parts += [unquote(seg) for seg in split.path.split("/") if seg]
-    parts += [v for _, v in parse_qsl(split.query, keep_blank_values=False)]
+    parts += [v for _, v in parse_qsl(split.query, keep_blank_values=False)
+              if not _plain_value(v)]
     if split.fragment:
         parts.append(split.fragment)
     REDACTOR.add(*(p for p in parts if p and len(p) >= 6))

@@ -223,3 +223,17 @@ def test_a_url_apprise_cannot_use_is_one_line_without_the_url() -> None:
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: alert URL bogus #1 is not a URL Apprise can send to")
     assert "Traceback" not in bad.stderr and ALERT_TOKEN not in bad.stdout + bad.stderr
+
+
+def test_redaction_keeps_host_names_of_alert_urls_readable() -> None:
+    """Regression: ``smtp=127.0.0.1`` in a mailto URL was registered as a secret, so the
+    state file's endpoint became ``http://***:PORT`` and the next run refused its own state
+    directory (StateOwnerError)."""
+    from alerts.dispatch import register_secrets
+
+    register_secrets(f"mailto://bot:{SMTP_PASSWORD}@127.0.0.1:2525?smtp=127.0.0.1"
+                     "&from=bot@example.com&to=me@example.com&mode=insecure"
+                     "&token=SENTINEL-QUERY-TOKEN-1")
+    text = "endpoint http://127.0.0.1:8765 mode insecure"
+    assert REDACTOR.redact(text) == text
+    assert REDACTOR.redact(f"x {SMTP_PASSWORD} SENTINEL-QUERY-TOKEN-1") == "x *** ***"
