@@ -75,7 +75,8 @@ def register_secrets(url: str) -> None:
     userinfo, _, hostport = netloc.rpartition("@")
     if userinfo:
         user, _, password = userinfo.partition(":")
-        parts += [user, password, unquote(user), unquote(password)]
+        parts += [user, unquote(user)]
+        REDACTOR.add(password, unquote(password))  # any length the redactor takes
     host = hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
     if host and not _looks_like_host(host):
         parts.append(host)
