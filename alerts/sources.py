@@ -108,11 +108,16 @@ class AuditAlerts:
                 "expired): the bot places a new one", when, symbol,
                 {"client_order_id": cid, "status": reason}))
         elif kind == "reconcile" and action == "place_stop":
+            outcome = str(_detail(detail).get("outcome", ""))
+            placed = outcome in ("accepted", "ambiguous", "")
             self.sink.emit(AlertEvent(
-                "stop_placed", Category.PROBLEM, f"{symbol} had no resting stop",
-                f"a position of {_qty(qty_f)} {symbol} had no stop at the broker: placed "
-                f"{cid} at {_px(price_f)} ({_detail(detail).get('outcome', '')})", when,
-                symbol, {"client_order_id": cid, "price": price_f}))
+                "stop_placed" if placed else "stop_not_placed", Category.PROBLEM,
+                f"{symbol} had no resting stop" + ("" if placed else ": stop NOT placed"),
+                f"a position of {_qty(qty_f)} {symbol} had no stop at the broker: "
+                + (f"placed {cid} at {_px(price_f)}" if placed else
+                   f"{cid} at {_px(price_f)} was {outcome}: the position is unprotected")
+                + (f" ({outcome})" if placed and outcome else ""), when,
+                symbol, {"client_order_id": cid, "price": price_f, "outcome": outcome}))
         elif kind == "reconcile" and action == "reconcile":
             text = _detail(detail).get("detail", "")
             self.sink.emit(AlertEvent(
