@@ -144,16 +144,20 @@ def test_audit_rows_become_events_with_pnl_and_no_duplicates() -> None:
     audit.record(t, "decision", "CRUX", "replace_lost_stop", "canceled", client_order_id="c2")
     audit.record(t, "reconcile", "", "reconcile", "market data reconnect",
                  detail="reconciled: OrderUpdate=1")
+    audit.record(t, "reconcile", "ECHO", "place_stop", "missing_stop", qty=7, price=9.5,
+                 client_order_id="c4", outcome="rejected")
     audit.record(t, "fill", "DYNA", "sell", "exit", qty=3, price=50.0, client_order_id="c3")
     audit.listeners[0].flush()
     kinds = [(e.kind, e.symbol) for e in sink.events]
     assert kinds == [("entry_fill", "ACME"), ("exit_fill", "ACME"), ("order_rejected", "BOLT"),
-                     ("stop_lost", "CRUX"), ("reconcile", ""), ("exit_fill", "DYNA")]
+                     ("stop_lost", "CRUX"), ("reconcile", ""), ("stop_not_placed", "ECHO"),
+                     ("exit_fill", "DYNA")]
+    assert "unprotected" in sink.events[5].body
     exit_ = sink.events[1]
     assert exit_.fields["pnl"] == -20.0 and exit_.fields["reason"] == "trail"
     assert "P&L -20.00" in exit_.title
     assert "market data reconnect" in sink.events[4].title
-    assert "not closed yet" in sink.events[5].body
+    assert "not closed yet" in sink.events[6].body
 
 
 def test_monitor_stream_down_up_and_daily_summary() -> None:
