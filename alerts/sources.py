@@ -57,8 +57,9 @@ def _when(text: str) -> datetime | None:
 class AuditAlerts:
     """Audit rows -> alert events. Call it with each row (``Audit.listeners``)."""
 
-    def __init__(self, sink: AlertSink) -> None:
+    def __init__(self, sink: AlertSink, announce_start: bool = True) -> None:
         self.sink = sink
+        self.announce_start = announce_start  # off for --once (cron: a run per bar)
         self._pending_exit: dict[str, Any] | None = None
         self._rejected: set[str] = set()
 
@@ -130,7 +131,7 @@ class AuditAlerts:
                 f"order {cid} ended {reason} ({_qty(qty_f)} @ {_px(price_f)}) after the last "
                 "bar of the run: check the position at the broker", when, symbol,
                 {"client_order_id": cid}))
-        elif kind == "session" and action == "start":
+        elif kind == "session" and action == "start" and self.announce_start:
             self.sink.emit(AlertEvent("started", Category.INFO, f"session started ({reason})",
                                       "", when, "", {"mode": reason}))
 

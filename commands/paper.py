@@ -279,7 +279,7 @@ class PaperSession:
 
     def _wire_alerts(self, sink: Any) -> None:
         """Alerts read what the session records: audit rows, stream status, saved state."""
-        self.audit_alerts = AuditAlerts(sink)
+        self.audit_alerts = AuditAlerts(sink, announce_start=not self.opts.once)
         self.audit.listeners.append(self.audit_alerts)
         clock = self.store.clock
         self.monitor = SessionMonitor(
