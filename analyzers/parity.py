@@ -520,6 +520,11 @@ def _dec_text(d: dict[str, Any] | Decision | None) -> str:
     return f"{d['side'].upper()} {d['qty']:g} ({d['reason']})"
 
 
+def _z(x: float | None) -> float:
+    """``x`` rounded, without a negative zero (``-0.00`` reads as a loss)."""
+    return round(float(x or 0.0), 4) + 0.0
+
+
 def console_lines(report: ParityReport | dict[str, Any], tolerance_pct: float = 0.0
                   ) -> list[str]:
     """A plain-text summary for the terminal."""
@@ -541,8 +546,9 @@ def console_lines(report: ParityReport | dict[str, Any], tolerance_pct: float = 
                    f"cause: {first['cause']} ({first['detail']})")
         out.append("Causes: " + ", ".join(f"{k} x{v}" for k, v in r["causes"].items()))
     med = t["decision_to_fill_s_median"]
-    out.append(f"Fills compared: {t['fills_compared']}; slippage {t['slippage_dollars']:+,.2f} "
-               f"$ ({t['slippage_bps']:+.1f} bps, mean {t['slippage_cents_mean']:+.2f} c/share,"
+    out.append(f"Fills compared: {t['fills_compared']}; slippage "
+               f"{_z(t['slippage_dollars']):+,.2f} $ ({_z(t['slippage_bps']):+.1f} bps, mean "
+               f"{_z(t['slippage_cents_mean']):+.2f} c/share,"
                " + = worse live); decision to fill median "
                + ("-" if med is None else f"{med:.1f} s") + f"; unmatched {t['unmatched_fills']}")
     ex = p["explained_by_slippage"]
