@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "report": ("commands.report", "report", "Write an HTML report of one or more runs."),
     "train": ("commands.train", "train", "Train and validate an ML signal model."),
     "show-config": ("commands.show_config", "show_config", "Print the effective settings."),
+    "alert-test": ("commands.alert_test", "alert_test", "Send a test alert to alert URLs."),
+    "parity": ("commands.parity", "parity", "Compare a paper run with its backtest."),
 }
 
 

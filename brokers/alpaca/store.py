@@ -154,6 +154,8 @@ class AlpacaStore:
         self.poll_s = poll_s
         self.clock_poll_s = clock_poll_s
         self.recorder = recorder
+        #: per symbol, the REST history the indicators were warmed up with (``connect``)
+        self.warmup_bars: dict[str, list[BarRecord]] = {}
         self.max_steps = max_steps
         self.on_idle = on_idle
         self.on_step_done = on_step_done
@@ -369,6 +371,7 @@ class AlpacaStore:
             if bars:
                 self._saw_close(bars[-1].ts, self.settings.bar_seconds)
             self.indicators[sym].warm(warm)
+            self.warmup_bars[sym] = warm  # the run folder keeps them (cli.py parity)
             if warm:
                 self._last_bar_time[sym] = warm[-1].ts
                 self._last_close[sym] = warm[-1].close
