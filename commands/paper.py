@@ -148,6 +148,8 @@ class PaperResult:
     reconcile: str = ""
     streams: list[Any] = field(default_factory=list)
     backfilled: int = 0
+    #: (event kind, seconds) from a fill/cancel event's arrival to its stop's acceptance
+    stop_latency: list[tuple[str, float]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------- endpoints
@@ -445,7 +447,8 @@ class PaperSession:
         return PaperResult(self.mode, run_dir, store.status.steps, self.client.submit_count,
                            start_value, view.value, view.positions, view.stops,
                            list(self.latency.samples), self.state_path, self.audit_path, report,
-                           store.stream_statuses(), store.status.backfilled)
+                           store.stream_statuses(), store.status.backfilled,
+                           list(getattr(self.broker, "stop_latency", [])))
 
 
 def run_paper(opts: PaperOptions, note: Callable[[str], None] = lambda s: None) -> PaperResult:
