@@ -380,12 +380,20 @@ class RatchetStrategy(bt.Strategy):
                        extended=self.session_of(now) == "extended")
             return
         if adopted and book.stop is not None and _covers(book.stop, position, level):
-            # the live broker placed exactly this stop at the fill: nothing to send
-            self.audit.record(now, "decision", book.symbol, "adopt_stop",
-                              book.stop_state.binding, qty=position, price=level,
-                              client_order_id=book.stop.info.get("cid", ""),
+            # The live broker placed exactly this stop at the fill (our rule, our id): the
+            # decision is ours, already carried out; nothing to send.
+            cid = book.stop.info.get("cid", "")
+            expected = rules.client_order_id(self.cfg.strategy_id, book.symbol, now,
+                                             Purpose.STOP, seq=book.stop_seq)
+            if cid != expected:
+                logger.warning("%s: adopted stop %s; this bar would have named it %s",
+                               book.symbol, cid, expected)
+            action = "resize_stop" if book.stop.info.get("replaces") else "place_stop"
+            self.audit.record(now, "decision", book.symbol, action, book.stop_state.binding,
+                              qty=position, price=level, client_order_id=cid,
                               fixed=round(book.stop_state.fixed_stop, 4),
-                              trail=round(book.stop_state.trail_stop, 4))
+                              trail=round(book.stop_state.trail_stop, 4),
+                              placed_by="broker_at_event")
             return
         cid = self._stop_cid(book, now)
         if book.stop is not None and book.stop.alive():
