@@ -10,7 +10,12 @@ adopts that stop.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -22,14 +27,22 @@ import pytest
 
 from brokers.alpaca.client import AlpacaClient
 from brokers.alpaca.credentials import Credentials
-from brokers.alpaca.journal import Journal
+from brokers.alpaca.journal import Journal, JournalState
 from brokers.alpaca_sim.calendar import ns_to_utc
 from brokers.alpaca_sim.testing import SimServer
 from commands.paper import PaperOptions, PaperResult, run_paper
 from common.config import Settings
 from feeds.store import read_bars
 from strategies import rules
-from tests.paper.conftest import BARS, REPLAY_START, session
+from tests.paper.conftest import (
+    BARS,
+    REPLAY_START,
+    REPO,
+    SENTINEL_KEY,
+    SENTINEL_SECRET,
+    session,
+    wait_until,
+)
 from tests.paper.test_broker import Scripted, _run
 
 _OPEN = ("new", "accepted", "partially_filled", "held")
@@ -277,3 +290,100 @@ def test_dry_run_protects_nothing_at_the_broker(sim: SimServer, creds: Credentia
     assert result.orders_sent == 0 and sum(sim.posts.posts.values()) == 0  # type: ignore[attr-defined]
     audit = result.audit_path.read_text()
     assert "place_stop" in audit and "entry_fill" not in audit
+
+
+# ------------------------------------------------------------------ SIGKILL at the fill
+
+
+def _bot(sim: SimServer, root: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "APCA_API_KEY_ID": SENTINEL_KEY, "APCA_API_SECRET_KEY": SENTINEL_SECRET,
+           "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "cli.py", "paper", "--live", "--confirm-live",
+            "--base-url", sim.base_url, "--symbols", "CRUX",
+            "--state-dir", str(root / "state"), "--log-dir", str(root / "logs"),
+            "--out", str(root / "runs"), "--clock-poll", "1", "-v"]
+    log = (root / "bot-output.txt").open("a")
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _last_bar(state: Path) -> str:
+    try:
+        return str(json.loads(state.read_text()).get("last_bar", {}).get("CRUX", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def _step(sim: SimServer, state: Path, box: dict[str, Any]) -> None:
+    """One replayed minute, then wait until the bot has processed the bar that closed (or
+    was killed)."""
+    closed, killed = sim.now(), box.get("killed")
+    sim.advance(minutes=1)
+    wait_until(lambda: box.get("killed") != killed
+               or _last_bar(state) >= closed.isoformat(), timeout=10)
+
+
+@pytest.mark.parametrize("when", ["before_post", "after_post"])
+def test_sigkill_at_the_entry_fill_leaves_exactly_one_stop(sim: SimServer, tmp_path: Path,
+                                                           when: str) -> None:
+    """``cli.py paper`` is SIGKILLed as its stop for a just-filled entry reaches the server:
+    before the server takes the POST (the journal holds only the intent) and right after
+    (the stop exists, its answer never arrives). The restarted bot ends with exactly one
+    resting stop of the position's size, and no client order id was posted twice."""
+    box: dict[str, Any] = {"killed": None}
+    market = sim.market
+    submit = market.submit
+
+    def killing_submit(req: Any) -> Any:
+        ours = str(req.client_order_id).startswith("ratchet-CRUX-")
+        if ours and req.type == "stop" and box["killed"] is None:
+            box["killed"] = str(req.client_order_id)
+            if when == "before_post":
+                box["bot"].kill()
+                box["bot"].wait(timeout=10)
+                raise RuntimeError("the bot died before this request was processed")
+            order = submit(req)
+            box["bot"].kill()
+            box["bot"].wait(timeout=10)
+            return order
+        return submit(req)
+
+    market.submit = killing_submit  # type: ignore[method-assign]
+    state = tmp_path / "state" / "portfolio_state.json"
+    box["bot"] = _bot(sim, tmp_path)
+    assert wait_until(state.exists, timeout=60), (tmp_path / "bot-output.txt").read_text()
+    for _ in range(20):  # CRUX buys on the 13:42 bar; its fill is protected at once
+        _step(sim, state, box)
+        if box["killed"]:
+            break
+    assert box["killed"], (tmp_path / "bot-output.txt").read_text()[-3000:]
+    with market.lock:
+        position = market.positions["CRUX"].qty
+    started = state.stat().st_mtime_ns
+    box["bot"] = bot = _bot(sim, tmp_path)  # the restart reconciles before any trading
+    assert wait_until(lambda: state.stat().st_mtime_ns != started, timeout=60)
+
+    def one_stop() -> bool:
+        with market.lock:
+            return len([o for o in market.orders.values()
+                        if o.type == "stop" and o.status in _OPEN]) == 1
+    assert wait_until(one_stop, timeout=60), (tmp_path / "bot-output.txt").read_text()[-3000:]
+    _step(sim, state, box)
+    _step(sim, state, box)
+    bot.send_signal(signal.SIGTERM)
+    assert bot.wait(timeout=60) == 0, (tmp_path / "bot-output.txt").read_text()[-3000:]
+    posts = sim.posts  # type: ignore[attr-defined]
+    assert posts.duplicates() == {}
+    stops = [o for o in _orders(sim, "CRUX") if o.type == "stop"]
+    open_stops = [o for o in stops if o.status in _OPEN]
+    assert len(open_stops) == 1 and open_stops[0].remaining == position
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    killed = journal.get(box["killed"])
+    assert killed is not None
+    if when == "before_post":  # never reached the server; a new stop was placed instead
+        assert box["killed"] not in posts.posts
+        assert open_stops[0].client_order_id != box["killed"]
+        assert killed.state is not JournalState.ACCEPTED
+    else:  # the stop the dead process sent is found and kept; nothing new was posted
+        assert open_stops[0].client_order_id == box["killed"]
+        assert [c for c in posts.posts if "-stop" in c] == [box["killed"]]
