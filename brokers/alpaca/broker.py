@@ -207,6 +207,7 @@ class AlpacaBroker(bt.BrokerBase):
         self._next_stop_audit = time.monotonic() + stop_audit_s
         #: positions to protect in this loop (an entry filled, or our stop was lost)
         self._due: dict[str, ProtectDue] = {}
+        self._cancel_depth = 0  # > 0 while a cancel of ours waits (inside a Strategy call)
         #: bar time per symbol of the step being delivered (the Strategy's next notification)
         self._step_bars: dict[str, datetime] = {}
         #: (kind, seconds) from the event's arrival to the stop's acceptance (benchmark)
@@ -411,6 +412,12 @@ class AlpacaBroker(bt.BrokerBase):
         for tr in list(self._by_cid.values()):
             if tr.state == "sent" and tr.order.alive() and not tr.cancel_pending:
                 self._refresh(tr)
+        # no bar comes any more: the Strategy is told with the bar it is on
+        for symbol in self.settings.symbols:
+            feed = self.store.feed(symbol)
+            when = self._bar_time(feed) if feed is not None else None
+            if when is not None:
+                self._step_bars[symbol] = when
         self._protect_pending()
 
     def wait_for_market_entries(self, timeout: float) -> None:
@@ -680,10 +687,13 @@ class AlpacaBroker(bt.BrokerBase):
             if not done and symbol not in self._due:
                 self._due[symbol] = d  # an order of the symbol is in flight: next loop
 
-    def _protect(self, symbol: str, d: ProtectDue) -> bool:
+    def _protect(self, symbol: str, d: ProtectDue, qty: Decimal | None = None,
+                 place_only: bool = False) -> bool:
         """Make one resting stop cover the whole position of ``symbol`` now. False: an order
-        of the symbol is unresolved (its outcome decides; asked again next loop)."""
-        qty = self._pos_by_symbol.get(symbol, (ZERO, ZERO))[0]
+        of the symbol is unresolved (its outcome decides; asked again next loop).
+        ``qty``: the position (default: ours); ``place_only``: never resize."""
+        if qty is None:
+            qty = self._pos_by_symbol.get(symbol, (ZERO, ZERO))[0]
         if qty <= 0 or self._exit_working(symbol):
             return True  # flat, or an exit is selling the position
         stops = [t for t in self._by_cid.values() if t.symbol == symbol and t.order.alive()
@@ -696,6 +706,8 @@ class AlpacaBroker(bt.BrokerBase):
         if data is None:
             return True
         when = self._notify_bar_time(symbol, data)
+        if stops and place_only:
+            return True
         if stops:
             tr = max(stops, key=lambda t: float(t.order.created.price or 0.0))
             if Decimal(str(abs(tr.order.executed.remsize))) == qty:
@@ -986,6 +998,13 @@ class AlpacaBroker(bt.BrokerBase):
         self._audit("cancel", tr, reason)
 
     def _confirm_cancel(self, tr: Tracked, budget: float) -> None:
+        self._cancel_depth += 1  # events pumped meanwhile wait for the loop (no stop now)
+        try:
+            self._confirm_cancel_inner(tr, budget)
+        finally:
+            self._cancel_depth -= 1
+
+    def _confirm_cancel_inner(self, tr: Tracked, budget: float) -> None:
         deadline = time.monotonic() + budget
         delay = 0.01
         while True:
@@ -1166,6 +1185,28 @@ class AlpacaBroker(bt.BrokerBase):
         tr = self._by_cid.get(update.order.client_order_id)
         if tr is not None:
             tr.events += 1
+            self._protect_at_arrival(update, tr)
+
+    def _protect_at_arrival(self, ev: TradeUpdateRecord, tr: Tracked) -> None:
+        """An entry fill of an unprotected position: its stop goes out now, before the event
+        (and the ones queued before it) is even journaled, with the position Alpaca reports
+        after the fill. Only between the Strategy's turns (not while a cancel of ours waits
+        for its answer); anything else is left to ``_protect_pending``."""
+        if self._cancel_depth or not self._attached or ev.event not in ("fill",
+                                                                          "partial_fill"):
+            return
+        if tr.purpose not in ("entry", "fallback") or ev.order.side != "buy" \
+                or ev.position_qty is None or ev.position_qty <= 0 or ev.price is None:
+            return
+        handoff = tr.order.info.get("handoff")
+        if not isinstance(handoff, rules.StopHandoff):
+            return
+        d = ProtectDue(handoff, tr.order.owner, "fill", fill_price=float(ev.price),
+                       arrived=ev.arrived or time.perf_counter())
+        try:
+            self._protect(tr.symbol, d, qty=ev.position_qty, place_only=True)
+        except (BrokerError, RetryableError) as exc:  # the loop's own pass retries it
+            logger.warning("%s: stop at the fill event not placed (%s)", tr.symbol, exc)
 
     def _apply_events(self) -> None:
         while self._events:
