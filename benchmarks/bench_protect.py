@@ -14,11 +14,11 @@ A tiny runner starts each variant's own ``cli.py`` and, when the rehearsal ends,
 loopback server's order events (server truth, replayed time) and the bot's journal path.
 From them, per variant:
 
-* **fill -> stop accepted**: for every entry/fallback fill, the time from the fill's journal
-  write (the bot applies a trade update within a loop of its arrival) to the journal's
-  "accepted" of the next stop (placement or resize) of that symbol, wall-clock ms, p50/p99.
-  This checkout also reports the in-process figure from the event's arrival on the stream
-  (``PaperResult.stop_latency``), labelled so.
+* **fill -> stop accepted**: for every entry/fallback fill, from the fill at the server to
+  the server's acceptance of the next sell stop of that symbol (placement or resize), in
+  replayed time divided by the speed (= wall-clock ms), p50/p99. This checkout also reports
+  the in-process figure from the fill event's arrival on the stream to the stop's accepted
+  answer (``PaperResult.stop_latency``), labelled so.
 * **unprotected position-time**: from the server's event log, the replayed minutes during
   which a symbol held a long position without open sell stops covering it, summed over
   symbols (position-minutes), from the first event to the end of the session.
@@ -32,7 +32,6 @@ import argparse
 import io
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -146,25 +145,26 @@ def naked_minutes(events: list[dict[str, Any]]) -> tuple[float, float, int]:
     return total, longest, stretches
 
 
-def fill_to_stop_ms(state_dir: Path) -> list[float]:
-    """Per entry/fallback fill: journal fill write -> next stop 'accepted' of the symbol."""
-    db = sqlite3.connect(str(state_dir / "journal.sqlite"))
-    rows = db.execute("SELECT e.wall, e.kind, o.symbol, o.purpose FROM events e "
-                      "JOIN orders o ON o.cid = e.cid ORDER BY e.seq").fetchall()
-    db.close()
+def fill_to_stop_ms(events: list[dict[str, Any]], speed: float) -> list[float]:
+    """Per entry/fallback fill at the server: replayed time until the server next accepted a
+    sell stop of that symbol (placement or resize), as wall-clock ms (replay / speed)."""
     out, waiting = [], {}
-    for wall, kind, symbol, purpose in rows:
-        if kind == "fill" and purpose in ("entry", "fallback"):
-            waiting.setdefault(symbol, wall)
-        elif kind == "accepted" and purpose == "stop" and symbol in waiting:
-            out.append((wall - waiting.pop(symbol)) * 1000.0)
+    for e in sorted(events, key=lambda e: e["t"]):
+        o, t = e["order"], int(e["t"])
+        cid = o["client_order_id"]
+        if e["event"] in ("fill", "partial_fill") and o["side"] == "buy" and \
+                cid.rsplit("-", 1)[-1] in ("entry", "fallback"):
+            waiting.setdefault(o["symbol"], t)
+        elif o["type"] == "stop" and o["side"] == "sell" and o["status"] in _OPEN \
+                and o["symbol"] in waiting:
+            out.append((t - waiting.pop(o["symbol"])) / 1e6 / speed)
     return out
 
 
-def report(name: str, dump: Path, wall: float) -> dict[str, Any]:
+def report(name: str, dump: Path, wall: float, speed: float) -> dict[str, Any]:
     data = json.loads(dump.read_text())
     naked, longest, stretches = naked_minutes(data["events"])
-    lat = fill_to_stop_ms(Path(data["state_dir"]))
+    lat = fill_to_stop_ms(data["events"], speed)
     fills = sum(1 for e in data["events"] if e["event"] in ("fill", "partial_fill")
                 and e["order"]["side"] == "buy")
     res = {"name": name, "wall": wall, "naked": naked, "longest": longest,
@@ -175,7 +175,7 @@ def report(name: str, dump: Path, wall: float) -> dict[str, Any]:
     print(f"  unprotected position-time: {naked:.2f} replay-minutes in {stretches} stretches "
           f"(longest {longest:.2f})")
     if lat:
-        print(f"  fill (journal) -> stop accepted over {len(lat)} fills: p50 "
+        print(f"  fill -> stop accepted (server times, replay / speed) over {len(lat)} fills: p50 "
               f"{percentile(lat, 50):.1f} ms, p99 {percentile(lat, 99):.1f} ms, "
               f"max {max(lat):.1f} ms")
     if res["arrival"]:
@@ -217,7 +217,7 @@ def main() -> int:
                 out = (dump.parent / "output.txt").read_text()[-2000:]
                 print(f"{name}: no dump (exit {code})\n{out}")
                 return 2
-            results.append(report(name, dump, wall))
+            results.append(report(name, dump, wall, args.speed))
     ours = results[0]
     p99 = percentile(ours["lat"], 99) if ours["lat"] else float("inf")
     ok = p99 < TARGET_P99_MS and ours["naked"] < TARGET_NAKED_MIN
