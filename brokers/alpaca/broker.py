@@ -680,7 +680,7 @@ class AlpacaBroker(bt.BrokerBase):
         for symbol, d in sorted(due.items()):
             try:
                 done = self._protect(symbol, d)
-            except (BrokerError, RetryableError) as exc:
+            except (BrokerError, RetryableError, UnknownStateError) as exc:
                 logger.error("%s: could not protect the position now (%s); retrying", symbol,
                              exc)
                 done = False
@@ -722,6 +722,12 @@ class AlpacaBroker(bt.BrokerBase):
         if self._broker_stops.get(symbol) is not None:
             return True  # a stop found by reconciliation rests at Alpaca
         if d.kind == "lost":
+            # whoever canceled it may be closing the position too: ask Alpaca (a stop for
+            # shares no longer held would sell short when it triggers)
+            held = {p.symbol: p.qty for p in self.gateway.client.get_positions()}
+            qty = held.get(symbol, ZERO)
+            if qty <= 0:
+                return True
             price, ref = d.stop_price, self.store.last_close(symbol)
         else:
             if h.state is None:
