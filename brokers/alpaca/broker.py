@@ -134,6 +134,8 @@ class ProtectDue:
     fill_price: float = math.nan  # the first fill's price (kind "fill")
     stop_price: float = math.nan  # the lost stop's price (kind "lost")
     arrived: float = 0.0  # perf_counter when the event arrived (latency figures)
+    next_at: float = 0.0  # monotonic time of the next try (after a refused/unresolved one)
+    backoff: float = 0.25
 
 
 @dataclass
@@ -677,15 +679,21 @@ class AlpacaBroker(bt.BrokerBase):
         if not self._due or not self._attached:
             return
         due, self._due = self._due, {}
+        now = time.monotonic()
         for symbol, d in sorted(due.items()):
-            try:
-                done = self._protect(symbol, d)
-            except (BrokerError, RetryableError, UnknownStateError) as exc:
-                logger.error("%s: could not protect the position now (%s); retrying", symbol,
-                             exc)
+            if now < d.next_at:
                 done = False
+            else:
+                try:
+                    done = self._protect(symbol, d)
+                except (BrokerError, RetryableError, UnknownStateError) as exc:
+                    logger.error("%s: could not protect the position now (%s); retrying",
+                                 symbol, exc)
+                    done = False
+                if not done:  # in flight or refused: again later, with backoff
+                    d.next_at, d.backoff = now + d.backoff, min(30.0, d.backoff * 2)
             if not done and symbol not in self._due:
-                self._due[symbol] = d  # an order of the symbol is in flight: next loop
+                self._due[symbol] = d
 
     def _protect(self, symbol: str, d: ProtectDue, qty: Decimal | None = None,
                  place_only: bool = False) -> bool:
