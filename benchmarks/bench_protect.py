@@ -115,16 +115,24 @@ def start(root: Path, work: Path, speed: float, minutes: int) -> tuple[subproces
                             text=True), dump
 
 
-def naked_minutes(events: list[dict[str, Any]]) -> tuple[float, float, int]:
-    """(position-minutes without covering stops, longest stretch in minutes, stretches)."""
+def naked_minutes(events: list[dict[str, Any]]) -> tuple[float, float, int, dict[str, float]]:
+    """(position-minutes without covering stops, longest stretch in minutes, stretches,
+    minutes by what began the stretch: ``entry fill``, ``stop canceled`` (ours before a
+    SELL's exit order is sent, or someone else's), ``other``). Time while an exit sell of
+    ours is working is not counted: SPEC allows the gap between the stop's cancel and the
+    exit order, and the loopback server fills a market order sent during a bar only at the
+    next bar's open (real markets fill it at once)."""
     position: dict[str, float] = {}
     stops: dict[str, dict[str, float]] = {}
-    since: dict[str, int] = {}
+    exits: dict[str, set[str]] = {}
+    since: dict[str, tuple[int, str]] = {}
     total = longest = 0.0
     stretches = 0
+    causes: dict[str, float] = {}
     for e in sorted(events, key=lambda e: e["t"]):
         o, t = e["order"], int(e["t"])
         sym = o["symbol"]
+        purpose = o["client_order_id"].rsplit("-", 1)[-1].rstrip("0123456789")
         if e["event"] in ("fill", "partial_fill") and e["position_qty"] is not None:
             position[sym] = float(e["position_qty"])
         if o["type"] == "stop" and o["side"] == "sell":
@@ -133,16 +141,27 @@ def naked_minutes(events: list[dict[str, Any]]) -> tuple[float, float, int]:
                 book[o["id"]] = float(o["qty"]) - float(o["filled_qty"] or 0)
             else:
                 book.pop(o["id"], None)
-        naked = position.get(sym, 0.0) > 1e-9 and \
+        elif o["side"] == "sell" and purpose == "exit":
+            selling = exits.setdefault(sym, set())
+            if o["status"] in _OPEN:
+                selling.add(o["id"])
+            else:
+                selling.discard(o["id"])
+        naked = position.get(sym, 0.0) > 1e-9 and not exits.get(sym) and \
             sum(stops.get(sym, {}).values()) < position[sym] - 1e-9
         if naked and sym not in since:
-            since[sym] = t
+            cause = "entry fill" if o["side"] == "buy" and e["event"] in (
+                "fill", "partial_fill") else "stop canceled" if purpose == "stop" and \
+                e["event"] == "canceled" else f"other ({purpose} {e['event']})"
+            since[sym] = (t, cause)
         elif not naked and sym in since:
-            span = (t - since.pop(sym)) / 60e9
+            t0, cause = since.pop(sym)
+            span = (t - t0) / 60e9
             total += span
             longest = max(longest, span)
             stretches += 1
-    return total, longest, stretches
+            causes[cause] = causes.get(cause, 0.0) + span
+    return total, longest, stretches, causes
 
 
 def fill_to_stop_ms(events: list[dict[str, Any]], speed: float) -> list[float]:
@@ -163,17 +182,19 @@ def fill_to_stop_ms(events: list[dict[str, Any]], speed: float) -> list[float]:
 
 def report(name: str, dump: Path, wall: float, speed: float) -> dict[str, Any]:
     data = json.loads(dump.read_text())
-    naked, longest, stretches = naked_minutes(data["events"])
+    naked, longest, stretches, causes = naked_minutes(data["events"])
     lat = fill_to_stop_ms(data["events"], speed)
     fills = sum(1 for e in data["events"] if e["event"] in ("fill", "partial_fill")
                 and e["order"]["side"] == "buy")
-    res = {"name": name, "wall": wall, "naked": naked, "longest": longest,
+    res = {"name": name, "wall": wall, "naked": naked, "longest": longest, "causes": causes,
            "stretches": stretches, "lat": lat, "fills": fills,
            "arrival": [s * 1000 for k, s in data.get("stop_latency") or [] if k == "fill"]}
     print(f"{name}: rehearsal {wall:.0f} s wall, {fills} entry fills, "
           f"{len(data['events'])} server events")
     print(f"  unprotected position-time: {naked:.2f} replay-minutes in {stretches} stretches "
           f"(longest {longest:.2f})")
+    for cause, minutes in sorted(causes.items()):
+        print(f"    begun by {cause}: {minutes:.2f} replay-minutes")
     if lat:
         print(f"  fill -> stop accepted (server times, replay / speed) over {len(lat)} fills: p50 "
               f"{percentile(lat, 50):.1f} ms, p99 {percentile(lat, 99):.1f} ms, "
@@ -193,9 +214,11 @@ def main() -> int:
     parser.add_argument("--minutes", type=int, default=385,
                         help="replayed minutes (bar steps) per rehearsal")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the rehearsals' files (logs, journals, dumps) here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-protect-") as tmp:
-        tmpdir = Path(tmp)
+        tmpdir = args.keep or Path(tmp)
         variants = [("this checkout", REPO)]
         if not args.no_baseline:
             variants.append((f"baseline {args.baseline}",

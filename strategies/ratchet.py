@@ -305,6 +305,7 @@ class RatchetStrategy(bt.Strategy):
         if book.working_entry():
             self._cancel_entry(data, book, now,
                                Reason.SIGNAL if reason == Reason.SIGNAL else Reason.STOP)
+        self._adopt_broker_stop(book)  # a live broker may have protected a fill meanwhile
         if book.stop is not None and book.stop.alive():
             self.cancel(book.stop)
         book.stop = None
@@ -456,7 +457,15 @@ class RatchetStrategy(bt.Strategy):
             # The tracked stop died without filling (refused, expired, or cancelled by someone
             # else, e.g. in Alpaca's dashboard): a position must never sit unprotected.
             if order.status in (bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired,
-                                bt.Order.Canceled) and _same(order, book.stop):
+                                bt.Order.Canceled) and _same(order, book.stop) \
+                    and self._adopt_broker_stop(book):
+                # a live broker already replaced it (someone else canceled it): ours now
+                self.audit.record(now, "decision", book.symbol, "adopt_stop",
+                                  status_name(order), qty=abs(book.stop.executed.remsize),
+                                  price=book.stop.created.price,
+                                  client_order_id=book.stop.info.get("cid", ""), replaces=cid)
+            elif order.status in (bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired,
+                                  bt.Order.Canceled) and _same(order, book.stop):
                 logger.error("%s: protective stop %s is %s; re-placing it", book.symbol, cid,
                              status_name(order))
                 self.audit.record(now, "decision", book.symbol, "replace_lost_stop",

@@ -134,6 +134,7 @@ class ProtectDue:
     fill_price: float = math.nan  # the first fill's price (kind "fill")
     stop_price: float = math.nan  # the lost stop's price (kind "lost")
     arrived: float = 0.0  # perf_counter when the event arrived (latency figures)
+    taken: float = 0.0  # perf_counter when the loop took the event up (latency figures)
     next_at: float = 0.0  # monotonic time of the next try (after a refused/unresolved one)
     backoff: float = 0.25
 
@@ -209,7 +210,6 @@ class AlpacaBroker(bt.BrokerBase):
         self._next_stop_audit = time.monotonic() + stop_audit_s
         #: positions to protect in this loop (an entry filled, or our stop was lost)
         self._due: dict[str, ProtectDue] = {}
-        self._cancel_depth = 0  # > 0 while a cancel of ours waits (inside a Strategy call)
         #: bar time per symbol of the step being delivered (the Strategy's next notification)
         self._step_bars: dict[str, datetime] = {}
         #: (kind, seconds) from the event's arrival to the stop's acceptance (benchmark)
@@ -352,6 +352,7 @@ class AlpacaBroker(bt.BrokerBase):
         """Once per loop: adopt, apply trade updates, reconcile, resolve, release parked."""
         if not self._attached:
             self._attach()
+        self.store.pump_events(0.0)  # fills that just arrived get their stop before the rest
         self._apply_events()
         if self._reconcile_reasons:
             reasons, self._reconcile_reasons = self._reconcile_reasons, []
@@ -758,11 +759,14 @@ class AlpacaBroker(bt.BrokerBase):
                    qty: Decimal, price: float) -> None:
         tr = self._by_ref.get(order.ref)
         accepted = tr is not None and tr.state == "sent" and tr.alpaca_id is not None
+        now = time.perf_counter()
         if accepted:
-            self.stop_latency.append((d.kind, time.perf_counter() - d.arrived))
+            self.stop_latency.append((d.kind, now - d.arrived))
         cid = str(order.info.get("cid", ""))
-        logger.info("%s: %s %s for %s @ %.2f on the %s event (%s)", symbol, action, cid, qty,
-                    price, d.kind, "accepted" if accepted else "not accepted")
+        logger.info("%s: %s %s for %s @ %.2f on the %s event (%s; %.0f ms after its arrival, "
+                    "%.0f ms of them waiting for the loop)", symbol, action, cid, qty, price,
+                    d.kind, "accepted" if accepted else "not accepted", (now - d.arrived) * 1e3,
+                    ((d.taken or now) - d.arrived) * 1e3)
         if self.audit is not None:
             self.audit.record(self._now(), "broker", symbol, action,
                               "entry_fill" if d.kind == "fill" else "lost_stop",
@@ -1012,13 +1016,6 @@ class AlpacaBroker(bt.BrokerBase):
         self._audit("cancel", tr, reason)
 
     def _confirm_cancel(self, tr: Tracked, budget: float) -> None:
-        self._cancel_depth += 1  # events pumped meanwhile wait for the loop (no stop now)
-        try:
-            self._confirm_cancel_inner(tr, budget)
-        finally:
-            self._cancel_depth -= 1
-
-    def _confirm_cancel_inner(self, tr: Tracked, budget: float) -> None:
         deadline = time.monotonic() + budget
         delay = 0.01
         while True:
@@ -1204,10 +1201,11 @@ class AlpacaBroker(bt.BrokerBase):
     def _protect_at_arrival(self, ev: TradeUpdateRecord, tr: Tracked) -> None:
         """An entry fill of an unprotected position: its stop goes out now, before the event
         (and the ones queued before it) is even journaled, with the position Alpaca reports
-        after the fill. Only between the Strategy's turns (not while a cancel of ours waits
-        for its answer); anything else is left to ``_protect_pending``."""
-        if self._cancel_depth or not self._attached or ev.event not in ("fill",
-                                                                          "partial_fill"):
+        after the fill. Also while a cancel of the Strategy waits for its answer (a limit
+        entry's fill that wins the timeout's cancel race): the Strategy adopts the stop
+        before it acts on the position (``_protect``, ``_exit``). Resizes and re-placements
+        wait for ``_protect_pending``."""
+        if not self._attached or ev.event not in ("fill", "partial_fill"):
             return
         if tr.purpose not in ("entry", "fallback") or ev.order.side != "buy" \
                 or ev.position_qty is None or ev.position_qty <= 0 or ev.price is None:
@@ -1217,6 +1215,7 @@ class AlpacaBroker(bt.BrokerBase):
             return
         d = ProtectDue(handoff, tr.order.owner, "fill", fill_price=float(ev.price),
                        arrived=ev.arrived or time.perf_counter())
+        d.taken = time.perf_counter()
         try:
             self._protect(tr.symbol, d, qty=ev.position_qty, place_only=True)
         except (BrokerError, RetryableError) as exc:  # the loop's own pass retries it
@@ -1411,6 +1410,7 @@ class AlpacaBroker(bt.BrokerBase):
         before the bar closes; this only matters when both arrive at once (replays).
         """
         self._step_bars = {sym: bar.ts for sym, bar in bars.items() if hasattr(bar, "ts")}
+        self.store.pump_events(0.0)  # fills that just arrived get their stop before the rest
         self._apply_events()
         if self.fence_s is None:
             self._protect_pending()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import backtrader as bt
+import pandas as pd
 import pytest
 
 from brokers.alpaca.client import AlpacaClient
@@ -190,6 +191,10 @@ def test_entry_fill_is_protected_before_the_next_bar(sim: SimServer, creds: Cred
     assert posted == [first.client_order_id, again.client_order_id]
     assert again.client_order_id == "ratchet-CRUX-20251003T134600-stop2"
     assert clock.gate_timeouts == 0
+    audit = pd.read_csv(result.audit_path)
+    adopted = audit[(audit["kind"] == "decision") & (audit["symbol"] == "CRUX")]
+    assert list(adopted["action"][adopted["action"].str.contains("stop")]) == [
+        "place_stop", "adopt_stop"]  # the Strategy took both broker stops as its own
     kinds = sorted({k for k, _ in result.stop_latency})
     assert kinds == ["fill", "lost"] and all(s < 0.5 for _, s in result.stop_latency)
 
