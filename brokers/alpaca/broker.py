@@ -1223,6 +1223,9 @@ class AlpacaBroker(bt.BrokerBase):
 
     def _apply_events(self) -> None:
         while self._events:
+            # journaling each event costs an fsync: a fill that arrives meanwhile is routed
+            # (and its stop placed, ``_protect_at_arrival``) before the next one
+            self.store.pump_events(0.0)
             ev = self._events.popleft()
             kind = ev.kind
             if kind is parsing.EventKind.CANCEL_REJECTED:
