@@ -21,8 +21,9 @@ Expired, Margin, Rejected) on top of Alpaca's orders and ``trade_updates``
 * Before a step is handed to the Strategy, orders the step's bar should have filled are
   settled (``settle``): the broker waits briefly for their trade update, then reads them.
 * The protective stop goes out when the entry fills: a ``fill``/``partial_fill`` of an entry
-  or fallback that carries the Strategy's ``rules.StopHandoff`` is protected in the same
-  loop (``_protect_pending``), with the Strategy's rule and client order id; a later partial
+  or fallback that carries the Strategy's ``rules.StopHandoff`` is protected as the event is
+  routed (``_protect_at_arrival``, before it is journaled; else in the loop's
+  ``_protect_pending``), with the Strategy's rule and client order id; a later partial
   fill resizes that one stop (one PATCH); a stop canceled by someone else is re-placed on
   the cancel event. The Strategy adopts the order (``StopHandoff.placed``) on its next bar.
 * Reconciliation (``reconcile.py``) runs before any trading and after every reconnect; a
