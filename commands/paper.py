@@ -155,6 +155,8 @@ class PaperResult:
     backfilled: int = 0
     #: False when the shutdown could not reconcile with the broker (state NOT verified)
     reconciled: bool = True
+    #: (event kind, seconds) from a fill/cancel event's arrival to its stop's acceptance
+    stop_latency: list[tuple[str, float]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------- endpoints
@@ -519,7 +521,8 @@ class PaperSession:
         return PaperResult(self.mode, run_dir, store.status.steps, self.client.submit_count,
                            start_value, view.value, view.positions, view.stops,
                            list(self.latency.samples), self.state_path, self.audit_path, report,
-                           store.stream_statuses(), store.status.backfilled, reconciled)
+                           store.stream_statuses(), store.status.backfilled, reconciled,
+                           list(getattr(self.broker, "stop_latency", [])))
 
 
 def run_paper(opts: PaperOptions, note: Callable[[str], None] = lambda s: None) -> PaperResult:

@@ -46,6 +46,12 @@ def _same(order: bt.Order, tracked: bt.Order | None) -> bool:
     return tracked is not None and order.ref == tracked.ref
 
 
+def _covers(stop: bt.Order, position: float, level: float) -> bool:
+    """Does the resting ``stop`` sell exactly ``position`` at ``level``?"""
+    return (abs(abs(stop.executed.remsize) - position) < 1e-9
+            and abs(float(stop.created.price or 0.0) - level) < 1e-6)
+
+
 def status_name(order: bt.Order) -> str:
     """Lower-case status name of a Backtrader order."""
     return _STATUS.get(order.status, str(order.status))
@@ -90,6 +96,8 @@ class Book:
     warm: bool = False
     seen_len: int = 0
     fills_seen: dict[int, int] = field(default_factory=dict)
+    #: the position's stop as handed to a live broker (placed at the fill; adopted here)
+    handoff: rules.StopHandoff | None = None
 
     def working_entry(self) -> bool:
         """An entry or fallback order is still working."""
@@ -140,7 +148,12 @@ class RatchetStrategy(bt.Strategy):
         return self.books[order.data._name]
 
     def _stop_cid(self, book: Book, when: datetime) -> str:
+        h = book.handoff
+        if h is not None:  # one numbering with the stops a live broker placed for us
+            book.stop_seq = max(book.stop_seq, h.seq)
         book.stop_seq += 1
+        if h is not None:
+            h.seq = book.stop_seq
         return rules.client_order_id(self.cfg.strategy_id, book.symbol, when, Purpose.STOP,
                                      seq=book.stop_seq)
 
@@ -287,14 +300,19 @@ class RatchetStrategy(bt.Strategy):
                               cash=round(cash, 2), binding=size.binding)
             return
         cid = rules.client_order_id(self.cfg.strategy_id, book.symbol, now, Purpose.ENTRY)
+        # what a live broker needs to protect the fill the moment it happens (our own rule)
+        book.handoff = rules.StopHandoff(book.symbol, self.cfg.strategy_id, atr,
+                                         self.cfg.atr_stop_multiplier, self.cfg.trail_stop_pct,
+                                         seq=book.stop_seq)
         if self.cfg.use_limit_orders or extended:  # extended hours accept only limits
             limit = rules.round_limit_buy(price)
             order = self.buy(data=data, size=size.shares, exectype=bt.Order.Limit, price=limit,
-                             cid=cid, purpose=Purpose.ENTRY.value, extended_hours=extended)
+                             cid=cid, purpose=Purpose.ENTRY.value, extended_hours=extended,
+                             handoff=book.handoff)
         else:
             limit = None
             order = self.buy(data=data, size=size.shares, exectype=bt.Order.Market,
-                             cid=cid, purpose=Purpose.ENTRY.value)
+                             cid=cid, purpose=Purpose.ENTRY.value, handoff=book.handoff)
         book.entry, book.entry_placed, book.entry_cancel_reason = order, now, ""
         book.entry_atr = atr
         book.fallback = None
@@ -324,6 +342,7 @@ class RatchetStrategy(bt.Strategy):
         if book.working_entry():
             self._cancel_entry(data, book, now,
                                Reason.SIGNAL if reason == Reason.SIGNAL else Reason.STOP)
+        self._adopt_broker_stop(book)  # a live broker may have protected a fill meanwhile
         if book.stop is not None and book.stop.alive():
             self.cancel(book.stop)
         book.stop = None
@@ -363,6 +382,8 @@ class RatchetStrategy(bt.Strategy):
         old_level = rules.round_price(book.stop_state.level)
         new_level = rules.round_price(new_state.level)
         book.stop_state = new_state
+        if book.handoff is not None:
+            book.handoff.state = new_state
         if new_level <= old_level or book.stop is None or not book.stop.alive():
             return
         if new_level >= float(data.close[0]):
@@ -382,16 +403,35 @@ class RatchetStrategy(bt.Strategy):
         position = self.getposition(data).size
         if position <= 0 or (book.exit is not None and book.exit.alive()):
             return  # flat, or an exit is already selling the position
+        adopted = self._adopt_broker_stop(book)
         if book.stop_state is None:
             atr = book.entry_atr if math.isfinite(book.entry_atr) else float(data.atr[0])
             book.stop_state = rules.initial_stop(fill_price, atr, self.cfg.atr_stop_multiplier,
                                                  self.cfg.trail_stop_pct)
+        if book.handoff is not None:
+            book.handoff.state = book.stop_state
         level = rules.round_price(book.stop_state.level)
-        if level >= float(data.close[0]):
+        if rules.stop_through_market(level, float(data.close[0])):
             # Already through the market: a stop order would be refused (Alpaca) or fire at
             # the next open anyway (backtest). Exit at once instead.
             self._exit(data, book, now, book.stop_state.binding,
                        extended=self._session_at(data, now) == "extended")
+            return
+        if adopted and book.stop is not None and _covers(book.stop, position, level):
+            # The live broker placed exactly this stop at the fill (our rule, our id): the
+            # decision is ours, already carried out; nothing to send.
+            cid = book.stop.info.get("cid", "")
+            expected = rules.client_order_id(self.cfg.strategy_id, book.symbol, now,
+                                             Purpose.STOP, seq=book.stop_seq)
+            if cid != expected:
+                logger.warning("%s: adopted stop %s; this bar would have named it %s",
+                               book.symbol, cid, expected)
+            action = "resize_stop" if book.stop.info.get("replaces") else "place_stop"
+            self.audit.record(now, "decision", book.symbol, action, book.stop_state.binding,
+                              qty=position, price=level, client_order_id=cid,
+                              fixed=round(book.stop_state.fixed_stop, 4),
+                              trail=round(book.stop_state.trail_stop, 4),
+                              placed_by="broker_at_event")
             return
         cid = self._stop_cid(book, now)
         if book.stop is not None and book.stop.alive():
@@ -399,12 +439,28 @@ class RatchetStrategy(bt.Strategy):
             action = "resize_stop"
         else:
             book.stop = self.sell(data=data, size=position, exectype=bt.Order.Stop, price=level,
-                                  cid=cid, purpose=Purpose.STOP.value)
+                                  cid=cid, purpose=Purpose.STOP.value, handoff=book.handoff)
             action = "place_stop"
         self.audit.record(now, "decision", book.symbol, action, book.stop_state.binding,
                           qty=position, price=level, client_order_id=cid,
                           fixed=round(book.stop_state.fixed_stop, 4),
                           trail=round(book.stop_state.trail_stop, 4))
+
+    def _adopt_broker_stop(self, book: Book) -> bool:
+        """Take over the stop a live broker placed for this position at a fill or after a
+        lost stop (``StopHandoff.placed``), instead of sending a second one."""
+        h = book.handoff
+        placed = h.placed if h is not None else None
+        if h is None or not isinstance(placed, bt.Order):
+            return False
+        h.placed = None
+        if not placed.alive():
+            return False
+        book.stop = placed
+        if book.stop_state is None and h.state is not None:
+            book.stop_state = h.state
+        book.stop_seq = max(book.stop_seq, h.seq)
+        return True
 
     # ------------------------------------------------------------------ notifications
 
@@ -440,7 +496,15 @@ class RatchetStrategy(bt.Strategy):
             # The tracked stop died without filling (refused, expired, or cancelled by someone
             # else, e.g. in Alpaca's dashboard): a position must never sit unprotected.
             if order.status in (bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired,
-                                bt.Order.Canceled) and _same(order, book.stop):
+                                bt.Order.Canceled) and _same(order, book.stop) \
+                    and self._adopt_broker_stop(book):
+                # a live broker already replaced it (someone else canceled it): ours now
+                self.audit.record(now, "decision", book.symbol, "adopt_stop",
+                                  status_name(order), qty=abs(book.stop.executed.remsize),
+                                  price=book.stop.created.price,
+                                  client_order_id=book.stop.info.get("cid", ""), replaces=cid)
+            elif order.status in (bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired,
+                                  bt.Order.Canceled) and _same(order, book.stop):
                 logger.error("%s: protective stop %s is %s; re-placing it", book.symbol, cid,
                              status_name(order))
                 self.audit.record(now, "decision", book.symbol, "replace_lost_stop",
@@ -509,7 +573,7 @@ class RatchetStrategy(bt.Strategy):
             remainder = affordable
         cid = rules.client_order_id(self.cfg.strategy_id, book.symbol, now, Purpose.FALLBACK)
         book.fallback = self.buy(data=order.data, size=remainder, exectype=bt.Order.Market,
-                                 cid=cid, purpose=Purpose.FALLBACK.value)
+                                 cid=cid, purpose=Purpose.FALLBACK.value, handoff=book.handoff)
         book.entry_cancel_reason = ""
         self.audit.record(now, "decision", book.symbol, "buy", Reason.FALLBACK, qty=remainder,
                           client_order_id=cid, filled=abs(order.executed.size))
@@ -580,6 +644,7 @@ class RatchetStrategy(bt.Strategy):
         book.stop_state = None
         book.entry_atr = math.nan
         book.stop_seq = 0
+        book.handoff = None
         book.exit_reason = ""
         if book.stop is not None and book.stop.alive():
             self.cancel(book.stop)
@@ -646,6 +711,13 @@ class RatchetStrategy(bt.Strategy):
         if book.trade is None:
             book.trade = OpenTrade(datetime.now(UTC), 0, "", qty, qty * avg_price)
         book.stop = stop_order
+        if book.handoff is None:
+            book.handoff = rules.StopHandoff(book.symbol, self.cfg.strategy_id,
+                                             book.entry_atr, self.cfg.atr_stop_multiplier,
+                                             self.cfg.trail_stop_pct, seq=book.stop_seq)
+        book.handoff.state = book.stop_state
+        if stop_order is not None:  # a live broker re-places it at once if it is lost
+            stop_order.info["handoff"] = book.handoff
 
     def adopt_order(self, order: bt.Order) -> None:
         """Track a working order found at the broker at startup (``order.info`` has ``cid``
@@ -667,3 +739,5 @@ class RatchetStrategy(bt.Strategy):
             book.exit_reason = book.exit_reason or Reason.SIGNAL.value
         elif purpose == Purpose.STOP:
             book.stop = order
+            if book.handoff is not None:
+                order.info["handoff"] = book.handoff

@@ -435,6 +435,7 @@ class AlpacaStore:
             return
         if self._delivered_since_save:
             self._delivered_since_save = False
+            self.pump_events(0.0)  # a fill that came during the step: its stop first
             if self._save_state is not None:
                 self._save_state()
             if self.on_step_done is not None:

@@ -254,3 +254,51 @@ def test_ma_signal_equals_the_exact_backtrader_crossover() -> None:
     assert np.array_equal(np.nan_to_num(got, nan=9), np.nan_to_num(want, nan=9))
     f, s = sma_exact(close, 10), sma_exact(close, 30)
     assert (f == s).sum() > 100  # the case this guards really occurs in the data
+
+
+class TestStopHandoff:
+    """The Strategy's stop rule as handed to a live broker (issue 17): same numbers as
+    ``initial_stop`` + ``round_price``, one numbering of the position's stops."""
+
+    def test_initial_state_is_the_strategys_rule(self) -> None:
+        h = rules.StopHandoff("ACME", "ratchet", atr=0.5, atr_stop_multiplier=2.0,
+                              trail_pct=0.03)
+        state = h.initial_state(100.0)
+        assert state == rules.initial_stop(100.0, 0.5, 2.0, 0.03)
+        assert state.fixed_stop == 99.0 and state.level == 99.0  # fixed binds: 99 > 97
+
+    def test_trailing_binds_when_the_atr_is_wide(self) -> None:
+        h = rules.StopHandoff("ACME", "ratchet", atr=5.0, atr_stop_multiplier=2.0,
+                              trail_pct=0.03)
+        h.state = h.initial_state(100.0)
+        assert h.level() == 97.0 and h.state.binding == "trail"
+
+    def test_no_atr_means_trailing_only(self) -> None:
+        h = rules.StopHandoff("ACME", "ratchet", atr=math.nan, atr_stop_multiplier=2.0,
+                              trail_pct=0.03)
+        h.state = h.initial_state(50.0)
+        assert h.level() == 48.5 and h.state.fixed_stop == -math.inf
+
+    def test_level_is_rounded_down_to_the_tick(self) -> None:
+        h = rules.StopHandoff("ACME", "ratchet", atr=0.333, atr_stop_multiplier=2.0,
+                              trail_pct=0.03)
+        h.state = h.initial_state(101.0)  # 101 - 0.666 = 100.334 -> 100.33
+        assert h.level() == pytest.approx(100.33)
+
+    def test_level_needs_a_state(self) -> None:
+        h = rules.StopHandoff("ACME", "ratchet", 1.0, 2.0, 0.03)
+        with pytest.raises(ValueError, match="no stop state"):
+            h.level()
+
+    def test_stop_cids_continue_the_positions_numbering(self) -> None:
+        bar = datetime(2025, 10, 3, 13, 43, tzinfo=UTC)
+        h = rules.StopHandoff("acme", "ratchet", 1.0, 2.0, 0.03, seq=2)
+        assert h.stop_cid(bar) == "ratchet-ACME-20251003T134300-stop3"
+        assert h.stop_cid(bar) == "ratchet-ACME-20251003T134300-stop4"
+        assert h.seq == 4
+        assert rules.parse_client_order_id(h.stop_cid(bar))[3] is Purpose.STOP  # type: ignore[index]
+
+    @pytest.mark.parametrize(("level", "price", "through"),
+                             [(99.0, 100.0, False), (100.0, 100.0, True), (100.5, 100.0, True)])
+    def test_stop_through_market(self, level: float, price: float, through: bool) -> None:
+        assert rules.stop_through_market(level, price) is through
