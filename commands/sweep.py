@@ -80,7 +80,7 @@ def sweep(grids: tuple[str, ...], ranges: tuple[str, ...], constraints: tuple[st
     from sweeps.plan import SweepRequest, build_plan
     from sweeps.runner import Sweeper
     from sweeps.store import ResultStore
-    from sweeps.summary import TextProgress, print_outcome
+    from sweeps.summary import print_outcome
 
     setup_logging(verbose)
     console = Console()
@@ -100,26 +100,37 @@ def sweep(grids: tuple[str, ...], ranges: tuple[str, ...], constraints: tuple[st
         console.print(f"Resuming {plan.folder}: {len(store.done_keys())} backtests already "
                       "done are reused, not run again")
     where = scheduler or f"a local cluster of {workers or 'one per CPU'} worker processes"
-    with open_client(scheduler, workers, connect_timeout) as client:
-        console.print(f"Running on {where} ({len(client.scheduler_info()['workers'])} workers "
-                      "now)")
-        if not no_progress and console.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("cells"), TimeElapsedColumn(), TextColumn("ETA"),
-                          TimeRemainingColumn(), console=console, transient=True) as bar:
-                task = bar.add_task("sweep", total=None)
-                outcome = Sweeper(client, plan, store, lambda d, t: bar.update(
-                    task, completed=d, total=t)).run()
-        else:
-            progress = None if no_progress else TextProgress(console.print)
-            outcome = Sweeper(client, plan, store, progress).run()
+    if not Sweeper(None, plan, store).needs_cluster():
+        console.print("Every cell is already done: nothing to run")
+        outcome = Sweeper(None, plan, store).run()
+    else:
+        with open_client(scheduler, workers, connect_timeout) as client:
+            console.print(f"Running on {where} ({len(client.scheduler_info()['workers'])} "
+                          "workers now)")
+            outcome = _run(Sweeper, client, plan, store, console, no_progress)
     print_outcome(outcome, plan, console, top)
+
+
+def _run(sweeper: Any, client: Any, plan: Any, store: Any, console: Any,
+         no_progress: bool) -> Any:
+    """Run the sweep with a progress bar (terminal) or progress lines (logs)."""
+    from sweeps.summary import TextProgress
+
+    if no_progress or not console.is_terminal:
+        progress = None if no_progress else TextProgress(console.print)
+        return sweeper(client, plan, store, progress).run()
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("sweep", total=None)
+        return sweeper(client, plan, store,
+                       lambda d, t: bar.update(task, completed=d, total=t)).run()

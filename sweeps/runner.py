@@ -153,10 +153,12 @@ class Sweeper:
                             time.perf_counter() - t0, best, dsr, n, wf, oos_dir)
 
     def _run_tasks(self, tasks: list[CellTask], total: int, done0: int) -> None:
-        from distributed import as_completed
-
         done = done0
         self.progress(done, total)
+        if not tasks:
+            return
+        from distributed import as_completed
+
         futures = [self.submit(t) for t in tasks]
         try:
             for fut in as_completed(futures, loop=self.client.loop):
@@ -166,11 +168,23 @@ class Sweeper:
         finally:
             self.client.cancel([f for f in futures if not f.done()])
 
-    def _cells(self) -> None:
+    def cell_tasks(self) -> dict[str, CellTask]:
+        """A plain sweep's tasks by key (cells giving the same settings count once)."""
         tasks: dict[str, CellTask] = {}
         for params in self.plan.cells:
             t = self.task(params, "cell", -1, self.plan.start_ns, None)
             tasks.setdefault(t.key, t)
+        return tasks
+
+    def needs_cluster(self) -> bool:
+        """False when a finished grid/random sweep is run again: nothing to compute."""
+        if self.plan.windows or self.plan.search == "optuna":
+            return True
+        done = self.store.done_keys()
+        return any(k not in done for k in self.cell_tasks())
+
+    def _cells(self) -> None:
+        tasks = self.cell_tasks()
         todo = [t for k, t in tasks.items() if k not in self.rows]
         self.reused = len(tasks) - len(todo)
         self._run_tasks(todo, len(tasks), self.reused)

@@ -45,7 +45,8 @@ class TextProgress:
         self.echo(f"cells {done}/{total} ({pct}%) elapsed {elapsed:,.0f}s ETA {eta}")
 
 
-def top_table(results: pd.DataFrame, objective: str, n: int, phase: str = "cell") -> Any:
+def top_table(results: pd.DataFrame, objective: str, n: int, phase: str = "cell",
+              names: dict[str, str] | None = None) -> Any:
     """A rich table of the best qualified rows."""
     from rich.table import Table
 
@@ -55,7 +56,7 @@ def top_table(results: pd.DataFrame, objective: str, n: int, phase: str = "cell"
     table = Table(title=f"Top {len(rows)} cells by {OBJECTIVES[objective]}", title_justify="left")
     table.add_column("#", justify="right")
     for p in params:
-        table.add_column(p[2:], justify="right")
+        table.add_column((names or {}).get(p[2:], p[2:]), justify="right")
     for c in ("objective", "sharpe", "total return", "max DD", "trades"):
         table.add_column(c, justify="right")
     for i, (_, r) in enumerate(rows.iterrows(), 1):
@@ -65,7 +66,7 @@ def top_table(results: pd.DataFrame, objective: str, n: int, phase: str = "cell"
     return table
 
 
-def walk_forward_table(wf: dict[str, Any]) -> Any:
+def walk_forward_table(wf: dict[str, Any], names: dict[str, str] | None = None) -> Any:
     """Per window: the chosen cell, its in-sample and out-of-sample objective."""
     from rich.table import Table
 
@@ -75,7 +76,7 @@ def walk_forward_table(wf: dict[str, Any]) -> Any:
         table.add_column(c, justify="right" if c not in ("chosen",) else "left")
     for w in wf["windows"]:
         chosen = "-" if not w.get("chosen") else ", ".join(
-            f"{k}={v}" for k, v in w["chosen"].items())
+            f"{(names or {}).get(k, k)}={v}" for k, v in w["chosen"].items())
         table.add_row(str(w["window"]), f"{w['train_start'][:10]}..{w['train_end'][:10]}",
                       f"{w['test_start'][:10]}..{w['test_end'][:10]}", chosen,
                       _num(w.get("is_objective")), _num(w.get("oos_objective")),
@@ -86,6 +87,7 @@ def walk_forward_table(wf: dict[str, Any]) -> Any:
 def print_outcome(outcome: Any, plan: Any, console: Any, top: int) -> None:
     """The end-of-sweep summary."""
     res = outcome.results
+    names = {p.field: p.name for p in plan.space.params}
     cells = res[res["phase"].isin(["cell", "train"])] if not res.empty else res
     qualified = int(cells["qualified"].sum()) if not cells.empty else 0
     console.print(f"Sweep finished: {outcome.computed} backtests run, {outcome.reused} reused "
@@ -93,14 +95,14 @@ def print_outcome(outcome: Any, plan: Any, console: Any, top: int) -> None:
                   f"(>= {plan.min_trades} trades) in {outcome.seconds:,.1f}s")
     if outcome.walk_forward is None:
         if qualified:
-            console.print(top_table(res, plan.objective, top))
+            console.print(top_table(res, plan.objective, top, names=names))
         else:
             console.print(f"No cell has {plan.min_trades}+ trades and a defined "
                           f"{plan.objective}: lower --min-trades or widen the sweep")
         console.print(explain_dsr(outcome.dsr, outcome.n_trials))
     else:
         wf = outcome.walk_forward
-        console.print(walk_forward_table(wf))
+        console.print(walk_forward_table(wf, names))
         oos = wf["oos_stats"]
         console.print(f"In-sample (mean of the chosen cells): {_num(wf['is_objective_mean'])}  "
                       f"| out-of-sample (stitched): {_num(wf['oos_objective'])}, total return "
