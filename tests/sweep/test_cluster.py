@@ -13,8 +13,8 @@ import pandas as pd
 import psutil
 
 from analyzers import latest_run, load_run, load_sweep
-from sweeps.cell import CellTask, execute, load_bars
 from common.config import Settings
+from sweeps.cell import CellTask, execute, load_bars
 from tests.conftest import BUNDLED_1MIN, REPO, run_cli
 from tests.sweep.conftest import SMALL, wait_for
 
@@ -45,7 +45,8 @@ def test_sweep_on_a_cluster_survives_a_killed_worker_and_cells_equal_backtest(
     worker = _worker_process(dask_cluster["workers"][0].pid)
     proc = subprocess.Popen(
         [sys.executable, "cli.py", "sweep", "--scheduler", dask_cluster["address"], *SMALL,
-         "--grid", "fast=5,8,10", "--grid", "slow=20,30", "--min-trades", "1", "--objective", "total_return", "--out", str(out),
+         "--grid", "fast=5,8,10", "--grid", "slow=20,30", "--min-trades", "1",
+         "--objective", "total_return", "--out", str(out),
          "--name", "s", "--no-progress"],
         cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
