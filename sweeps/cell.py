@@ -191,6 +191,8 @@ class DataCachePlugin(WorkerPlugin):  # type: ignore[misc]
     def setup(self, worker: Any) -> None:
         """Called by Dask on each worker."""
         self.cache = DataCache()
+        # Import the backtest stack now, not inside the first cell (keeps ETAs honest).
+        import commands.backtest  # noqa: F401
 
 
 # -------------------------------------------------------------------------------- the task
