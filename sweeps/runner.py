@@ -178,9 +178,11 @@ class Sweeper:
 
     def needs_cluster(self) -> bool:
         """False when a finished grid/random sweep is run again: nothing to compute."""
-        if self.plan.windows or self.plan.search == "optuna":
+        if self.plan.windows:
             return True
         done = self.store.done_keys()
+        if self.plan.search == "optuna":
+            return len(done) < int(self.plan.trials or 0)
         return any(k not in done for k in self.cell_tasks())
 
     def _cells(self) -> None:

@@ -45,8 +45,14 @@ class TextProgress:
         self.echo(f"cells {done}/{total} ({pct}%) elapsed {elapsed:,.0f}s ETA {eta}")
 
 
+def _param(value: Any, percent: bool) -> str:
+    if isinstance(value, float):
+        return f"{value * 100:.4g}%" if percent else f"{value:.4g}"
+    return str(value)
+
+
 def top_table(results: pd.DataFrame, objective: str, n: int, phase: str = "cell",
-              names: dict[str, str] | None = None) -> Any:
+              names: dict[str, str] | None = None, percent: set[str] | None = None) -> Any:
     """A rich table of the best qualified rows."""
     from rich.table import Table
 
@@ -60,7 +66,7 @@ def top_table(results: pd.DataFrame, objective: str, n: int, phase: str = "cell"
     for c in ("objective", "sharpe", "total return", "max DD", "trades"):
         table.add_column(c, justify="right")
     for i, (_, r) in enumerate(rows.iterrows(), 1):
-        table.add_row(str(i), *[str(r[p]) for p in params], _num(r["objective"]),
+        table.add_row(str(i), *[_param(r[p], p[2:] in (percent or set())) for p in params], _num(r["objective"]),
                       _num(r.get("sharpe")), _pct(r.get("total_return")),
                       _pct(r.get("max_drawdown")), str(int(r.get("trade_count") or 0)))
     return table
@@ -76,7 +82,7 @@ def walk_forward_table(wf: dict[str, Any], names: dict[str, str] | None = None) 
         table.add_column(c, justify="right" if c not in ("chosen",) else "left")
     for w in wf["windows"]:
         chosen = "-" if not w.get("chosen") else ", ".join(
-            f"{(names or {}).get(k, k)}={v}" for k, v in w["chosen"].items())
+            f"{(names or {}).get(k, k)}={_param(v, False)}" for k, v in w["chosen"].items())
         table.add_row(str(w["window"]), f"{w['train_start'][:10]}..{w['train_end'][:10]}",
                       f"{w['test_start'][:10]}..{w['test_end'][:10]}", chosen,
                       _num(w.get("is_objective")), _num(w.get("oos_objective")),
@@ -88,6 +94,7 @@ def print_outcome(outcome: Any, plan: Any, console: Any, top: int) -> None:
     """The end-of-sweep summary."""
     res = outcome.results
     names = {p.field: p.name for p in plan.space.params}
+    percent = {p.field for p in plan.space.params if p.percent}
     cells = res[res["phase"].isin(["cell", "train"])] if not res.empty else res
     qualified = int(cells["qualified"].sum()) if not cells.empty else 0
     console.print(f"Sweep finished: {outcome.computed} backtests run, {outcome.reused} reused "
@@ -95,7 +102,7 @@ def print_outcome(outcome: Any, plan: Any, console: Any, top: int) -> None:
                   f"(>= {plan.min_trades} trades) in {outcome.seconds:,.1f}s")
     if outcome.walk_forward is None:
         if qualified:
-            console.print(top_table(res, plan.objective, top, names=names))
+            console.print(top_table(res, plan.objective, top, names=names, percent=percent))
         else:
             console.print(f"No cell has {plan.min_trades}+ trades and a defined "
                           f"{plan.objective}: lower --min-trades or widen the sweep")
