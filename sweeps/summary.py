@@ -65,8 +65,10 @@ def top_table(results: pd.DataFrame, objective: str, n: int, phase: str = "cell"
         table.add_column((names or {}).get(p[2:], p[2:]), justify="right")
     for c in ("objective", "sharpe", "total return", "max DD", "trades"):
         table.add_column(c, justify="right")
+    show = _pct if objective == "total_return" else _num
     for i, (_, r) in enumerate(rows.iterrows(), 1):
-        table.add_row(str(i), *[_param(r[p], p[2:] in (percent or set())) for p in params], _num(r["objective"]),
+        table.add_row(str(i), *[_param(r[p], p[2:] in (percent or set())) for p in params],
+                      show(r["objective"]),
                       _num(r.get("sharpe")), _pct(r.get("total_return")),
                       _pct(r.get("max_drawdown")), str(int(r.get("trade_count") or 0)))
     return table
