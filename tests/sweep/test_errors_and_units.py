@@ -95,3 +95,26 @@ def test_deflated_sharpe_penalises_many_trials() -> None:
     # One trial's worth of selection: reduces to the probabilistic Sharpe ratio vs 0.
     assert deflated_sharpe(0.1, [0.1], 250, 0, 3) is None
     assert math.isclose(deflated_sharpe(0.0, [0.0, 0.0], 250, 0, 3), 0.5)
+
+
+def test_worker_cache_loads_once_and_refuses_other_bars_or_code(tmp_path: Path) -> None:
+    """A worker that cannot read the data, reads other bars or runs other code says so in
+    one line naming the worker (the client's fingerprint and code version travel along)."""
+    from dataclasses import replace
+
+    from common.errors import DataError
+    from sweeps.cell import DataCache, DataSpec, code_version, fingerprint, load_bars
+    from tests.sweep.conftest import write_tiny_bars
+
+    data = write_tiny_bars(tmp_path, "2025-10-06", "2025-10-06")
+    bars = load_bars(str(data), None, "1Min", None, False)
+    spec = DataSpec(str(data), None, "1Min", None, False, fingerprint(bars), code_version())
+    cache = DataCache()
+    first = cache.get(spec, "tcp://w1")
+    assert cache.get(spec, "tcp://w1") is first and cache.loads == 1
+    with pytest.raises(DataError, match=r"worker tcp://w1 cannot read the data: .*missing"):
+        DataCache().get(replace(spec, data=str(tmp_path / "missing")), "tcp://w1")
+    with pytest.raises(DataError, match="worker tcp://w2 reads other bars"):
+        DataCache().get(replace(spec, fingerprint="0" * 32), "tcp://w2")
+    with pytest.raises(DataError, match="worker tcp://w3 runs other ratchet code"):
+        DataCache().get(replace(spec, code_version="x"), "tcp://w3")
