@@ -216,7 +216,8 @@ class Sweeper:
         self.progress(told, budget)
         in_flight: dict[str, tuple[Any, list[Any]]] = {}
         ac = as_completed(loop=self.client.loop)
-        parallel = max(2, 2 * max(1, sum(self.client.nthreads().values())))
+        parallel = 0 if told >= budget else \
+            max(2, 2 * max(1, sum(self.client.nthreads().values())))
         asks = 0
         try:
             while told < budget:

@@ -90,3 +90,12 @@ def dask_cluster(tmp_path: Path) -> Iterator[dict]:
     finally:
         for p in reversed(procs):
             stop(p)
+
+
+@pytest.fixture(scope="module")
+def local_client() -> Iterator[object]:
+    """One local cluster (a single worker process) shared by a module's in-process tests."""
+    from sweeps.cluster import open_client
+
+    with open_client(workers=1) as client:
+        yield client

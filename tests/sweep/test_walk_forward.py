@@ -11,7 +11,6 @@ import pytest
 
 from analyzers import load_run, load_sweep
 from feeds.store import read_bars, write_bars
-from sweeps.cluster import open_client
 from sweeps.plan import SweepRequest, build_plan
 from sweeps.runner import Sweeper
 from sweeps.store import ResultStore
@@ -43,7 +42,7 @@ def _perturb_after(src: Path, dst: Path, cut: pd.Timestamp) -> None:
         write_bars(dst / f.name, bars)
 
 
-def test_test_span_never_changes_the_choice(tmp_path: Path) -> None:
+def test_test_span_never_changes_the_choice(tmp_path: Path, local_client: object) -> None:
     """Perturbing the bars after window 0's training span leaves its choice and training
     results unchanged (a leak, e.g. signals computed over all bars, would change them), while
     its out-of-sample result does change."""
@@ -52,9 +51,8 @@ def test_test_span_never_changes_the_choice(tmp_path: Path) -> None:
     cut = first + pd.DateOffset(days=2)  # window 0: train 2 days, then test 1 day
     other = tmp_path / "b" / "1Min"
     _perturb_after(data, other, cut)
-    with open_client(workers=1) as client:
-        wf_a, res_a = _run(data, tmp_path / "sa", client)
-        wf_b, res_b = _run(other, tmp_path / "sb", client)
+    wf_a, res_a = _run(data, tmp_path / "sa", local_client)
+    wf_b, res_b = _run(other, tmp_path / "sb", local_client)
     w0a, w0b = wf_a["windows"][0], wf_b["windows"][0]
     assert pd.Timestamp(w0a["train_end"]) == cut
     assert w0a["chosen"] == w0b["chosen"]
@@ -86,3 +84,26 @@ def test_windows_roll_or_anchor(anchored: bool) -> None:
         assert a.test_end == b.test_start and a.train_end == a.test_start
     assert all(w.train_start == first for w in ws) == anchored
     assert ws[-1].test_end == last + 1
+
+
+def test_optuna_search_keeps_its_budget_and_resumes_from_the_store(
+        tmp_path: Path, local_client: object) -> None:
+    data = write_tiny_bars(tmp_path / "a", "2025-10-06", "2025-10-07")
+    req = SweepRequest([], ["fast=3:8", "slow=15:30"], ["slow>=3*fast"], search="optuna",
+                       trials=5, seed=7, objective="total_return", min_trades=1, data=data,
+                       out=tmp_path / "s")
+    plan, config, _ = build_plan(req, None, {})
+    store = ResultStore(plan.folder)
+    assert store.open(config) is False
+    first = Sweeper(local_client, plan, store).run()
+    res = first.results
+    assert first.computed == 5 and len(res) == 5 and res["key"].is_unique
+    assert (res.p_slow_period >= 3 * res.p_fast_period).all()
+    assert res.p_fast_period.between(3, 8).all() and res.p_slow_period.between(15, 30).all()
+    assert first.best is not None and first.best["objective"] == res.objective.max()
+    # The same sweep again: the finished trials are told to the study, nothing reruns.
+    assert store.open(config) is True
+    again = Sweeper(None, plan, store)  # as the CLI runs it: no cluster needed
+    assert again.needs_cluster() is False
+    second = again.run()
+    assert second.computed == 0 and len(second.results) == 5
