@@ -214,10 +214,11 @@ class Sweeper:
             self.reused += 1
         told = self.reused
         self.progress(told, budget)
+        if told >= budget:  # an earlier run used the whole budget
+            return
         in_flight: dict[str, tuple[Any, list[Any]]] = {}
         ac = as_completed(loop=self.client.loop)
-        parallel = 0 if told >= budget else \
-            max(2, 2 * max(1, sum(self.client.nthreads().values())))
+        parallel = max(2, 2 * max(1, sum(self.client.nthreads().values())))
         asks = 0
         try:
             while told < budget:
