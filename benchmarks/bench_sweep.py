@@ -13,9 +13,18 @@ included), variants alternated, ``--repeat`` rounds:
   time: nothing reused);
 - ``plain``: one process that loads the bars once and calls ``run_backtest(out=None)`` for
   each cell in a loop (the cheapest possible in-process sweep: the overhead baseline);
+- ``ext-1w`` / ``ext-2w``: ``python cli.py sweep --scheduler tcp://...`` on a cluster started
+  beforehand as a user starts one (``dask scheduler`` and 1 or 2 ``dask worker --nworkers 1
+  --nthreads 1``, each from its own session like separate shells or machines); the timed
+  process is the sweep command;
 - ``optstrategy-1`` / ``optstrategy-2``: backtrader's own ``cerebro.optstrategy`` over the same
   cells (``maxcpus`` 1 and 2), with ``PandasData`` feeds and ``bt.indicators``
   (``benchmarks.stock_strategy``), the way a Backtrader user sweeps.
+
+Linux autogroup: on a busy shared machine the kernel shares CPU fairly between SESSIONS,
+so the local cluster's workers (one session with the command) together get one session's
+share, and 2 local workers cannot beat 1 there; ``ext-*`` workers are separate sessions. The
+benchmark prints an autogroup probe (two CPU burners in one session vs in two sessions).
 
 Printed: median (min-max) seconds and cells/minute per variant, the 2-worker speed-up
 (target >= 1.8x), the per-cell overhead of ``sweep-1w`` against ``plain`` (target < 5%),
@@ -96,14 +105,72 @@ def child_opt(data: Path, out: Path, maxcpus: int) -> None:
                                "runs": len(results)}))
 
 
+def start_cluster(work: Path, workers: int) -> tuple[str, list[subprocess.Popen]]:
+    """``dask scheduler`` + ``workers`` x ``dask worker``, each in its own session."""
+    from distributed import Client
+
+    dask = str(Path(sys.executable).with_name("dask"))
+    sched_file = work / f"scheduler-{workers}.json"
+    sched_file.unlink(missing_ok=True)
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)]
+    for _ in range(workers):
+        procs.append(subprocess.Popen(
+            [dask, "worker", "--scheduler-file", str(sched_file), "--nworkers", "1",
+             "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    deadline = time.monotonic() + 120
+    while not (sched_file.exists() and sched_file.stat().st_size):
+        if time.monotonic() > deadline:
+            raise SystemExit("dask scheduler did not start")
+        time.sleep(0.1)
+    address = json.loads(sched_file.read_text())["address"]
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(workers, timeout=120)
+    return address, procs
+
+
+def stop_cluster(procs: list[subprocess.Popen]) -> None:
+    """Stop what ``start_cluster`` started."""
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def autogroup_probe() -> str:
+    """Seconds of a CPU burner: alone, two in one session, two in two sessions."""
+    code = ("import time;t=time.perf_counter();x=0\nfor i in range(4*10**6): x+=i*i\n"
+            "print(time.perf_counter()-t)")
+
+    def burn(n: int, sessions: bool) -> float:
+        ps = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                               start_new_session=sessions) for _ in range(n)]
+        return max(float(p.communicate()[0]) for p in ps)
+
+    return (f"autogroup probe: one burner {burn(1, False):.2f}s, two in one session "
+            f"{burn(2, False):.2f}s, two in two sessions {burn(2, True):.2f}s")
+
+
 def run_variant(name: str, data: Path, work: Path, n: int) -> dict[str, Any]:
     """One whole process; returns wall seconds and what it reported."""
     res = work / f"{name}-{n}.json"
-    if name.startswith("sweep"):
+    procs: list[subprocess.Popen] = []
+    if name.startswith(("sweep", "ext")):
         workers = name[-2]
+        where = ["--workers", workers]
+        if name.startswith("ext"):
+            address, procs = start_cluster(work, int(workers))
+            where = ["--scheduler", address]
         cmd = [sys.executable, str(REPO / "cli.py"), "sweep", "--data", str(data),
                "--grid", "fast=" + ",".join(map(str, FAST)),
-               "--grid", "slow=" + ",".join(map(str, SLOW)), "--workers", workers,
+               "--grid", "slow=" + ",".join(map(str, SLOW)), *where,
                "--min-trades", "0", "--out", str(work / "sweeps"), "--name", f"{name}-{n}",
                "--no-progress"]
     elif name == "plain":
@@ -113,13 +180,16 @@ def run_variant(name: str, data: Path, work: Path, n: int) -> dict[str, Any]:
         cmd = [sys.executable, __file__, "--child", name, "--data", str(data), "--result",
                str(res)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "COLUMNS": "200"})
-    wall = time.perf_counter() - t0
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                              env={**os.environ, "COLUMNS": "200"})
+        wall = time.perf_counter() - t0
+    finally:
+        stop_cluster(procs)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
     out: dict[str, Any] = {"wall": wall}
-    if name.startswith("sweep"):
+    if name.startswith(("sweep", "ext")):
         import pandas as pd
 
         frame = pd.read_parquet(work / "sweeps" / f"{name}-{n}" / "results.parquet")
@@ -148,7 +218,8 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=4)
     ap.add_argument("--days", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--variants", default="plain,sweep-1w,sweep-2w,optstrategy-1,optstrategy-2")
+    ap.add_argument("--variants", default="plain,sweep-1w,sweep-2w,ext-1w,ext-2w,"
+                                          "optstrategy-1,optstrategy-2")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
@@ -167,6 +238,7 @@ def main() -> None:
               f"{len(cells())} cells; load average {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} CPUs (shared machine: figures vary)")
         got: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        print(autogroup_probe(), flush=True)
         for n in range(args.repeat):
             for v in variants:
                 got[v].append(run_variant(v, data, work, n))
@@ -191,6 +263,26 @@ def main() -> None:
               f"{', '.join(f'{a / b:.2f}' for a, b in zip(l1, l2, strict=True))})")
         for r in got["sweep-2w"][-1:]:
             print(f"peak RSS per worker (2-worker run): {r['peak_rss_mb']} MB")
+    if "ext-1w" in got and "ext-2w" in got:
+        e1 = [r["loop_seconds"] for r in got["ext-1w"]]
+        e2 = [r["loop_seconds"] for r in got["ext-2w"]]
+        w1 = [r["wall"] for r in got["ext-1w"]]
+        w2 = [r["wall"] for r in got["ext-2w"]]
+        s1 = statistics.median([r["steady_cells_per_s"] for r in got["ext-1w"]])
+        s2 = statistics.median([r["steady_cells_per_s"] for r in got["ext-2w"]])
+        print(f"dask scheduler + separate workers, 2 vs 1: sweep command "
+              f"{statistics.median(w1) / statistics.median(w2):.2f}x, cell loop "
+              f"{statistics.median(e1) / statistics.median(e2):.2f}x, steady state "
+              f"{s2 / s1:.2f}x (per-round loop ratios "
+              f"{', '.join(f'{a / b:.2f}' for a, b in zip(e1, e2, strict=True))}; target >= "
+              f"{SPEEDUP_TARGET}x)")
+        print(f"peak RSS per worker (ext-2w): {got['ext-2w'][-1]['peak_rss_mb']} MB")
+    if "plain" in got and "ext-1w" in got:
+        p_loop = statistics.median([r["loop_seconds"] for r in got["plain"]])
+        s1 = statistics.median([r["steady_cells_per_s"] for r in got["ext-1w"]])
+        plain_cell = p_loop / len(cells())
+        print(f"per-cell overhead of ext-1w vs plain (steady state): "
+              f"{(1 / s1 - plain_cell) / plain_cell:+.1%} ({1 / s1:.3f}s vs {plain_cell:.3f}s)")
     if "plain" in got and "sweep-1w" in got:
         p_wall = statistics.median([r["wall"] for r in got["plain"]])
         p_loop = statistics.median([r["loop_seconds"] for r in got["plain"]])
