@@ -38,6 +38,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -70,12 +71,13 @@ def child_plain(data: Path, out: Path) -> None:
 
     datasets = load_datasets(data, None, "1Min")
     base = Settings(symbols=tuple(datasets))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trades = []
     for f, s in cells():
         result = run_backtest(base.replace(fast_period=f, slow_period=s), datasets, out=None)
         trades.append(result.stats["trade_count"])
-    out.write_text(json.dumps({"loop_seconds": time.perf_counter() - t0, "trades": trades}))
+    out.write_text(json.dumps({"loop_seconds": time.perf_counter() - t0, "trades": trades,
+                               "cpu_per_cell": (time.process_time() - c0) / len(cells())}))
 
 
 def child_opt(data: Path, out: Path, maxcpus: int) -> None:
@@ -180,15 +182,19 @@ def run_variant(name: str, data: Path, work: Path, n: int) -> dict[str, Any]:
         cmd = [sys.executable, __file__, "--child", name, "--data", str(data), "--result",
                str(res)]
     t0 = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                               env={**os.environ, "COLUMNS": "200"})
         wall = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
         stop_cluster(procs)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
-    out: dict[str, Any] = {"wall": wall}
+    # CPU of the command and its reaped children (the local cluster's workers; not ext-*).
+    out: dict[str, Any] = {"wall": wall, "command_cpu": cpu1.ru_utime + cpu1.ru_stime
+                           - cpu0.ru_utime - cpu0.ru_stime}
     if name.startswith(("sweep", "ext")):
         import pandas as pd
 
@@ -200,6 +206,7 @@ def run_variant(name: str, data: Path, work: Path, n: int) -> dict[str, Any]:
         span = (done.max() - firsts.max()).total_seconds()
         steady = (len(frame) - len(firsts)) / span if span > 0 else float("nan")
         out.update(loop_seconds=loop, rows=len(frame), steady_cells_per_s=steady,
+                   cpu_per_cell=float(frame["cpu_seconds"].median()),
                    peak_rss_mb=frame.groupby("worker")["peak_rss_mb"].max().to_dict(),
                    cell_seconds=float(frame["backtest_seconds"].median()))
     else:
@@ -212,7 +219,7 @@ def med(xs: list[float]) -> str:
     return f"{statistics.median(xs):7.2f} ({min(xs):.2f}-{max(xs):.2f})"
 
 
-def main() -> None:
+def main() -> None:  # noqa: C901 - one flat report
     """Parse arguments; run the variants alternately; print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--symbols", type=int, default=4)
@@ -283,6 +290,19 @@ def main() -> None:
         plain_cell = p_loop / len(cells())
         print(f"per-cell overhead of ext-1w vs plain (steady state): "
               f"{(1 / s1 - plain_cell) / plain_cell:+.1%} ({1 / s1:.3f}s vs {plain_cell:.3f}s)")
+    if "plain" in got:
+        plain_cpu = statistics.median([r["cpu_per_cell"] for r in got["plain"]])
+        for v in [v for v in variants if v.startswith(("sweep", "ext"))]:
+            cpu = statistics.median([r["cpu_per_cell"] for r in got[v]])
+            print(f"CPU per cell, {v} worker vs plain loop: {cpu:.3f}s vs {plain_cpu:.3f}s "
+                  f"({(cpu - plain_cpu) / plain_cpu:+.1%}; median cell, incl. the worker's own "
+                  "threads)")
+        for v in ("sweep-1w", "sweep-2w"):
+            if v in got:
+                cmd = statistics.median([r["command_cpu"] for r in got[v]])
+                base = statistics.median([r["command_cpu"] for r in got["plain"]])
+                print(f"whole-command CPU, {v} vs plain: {cmd:.1f}s vs {base:.1f}s "
+                      f"({(cmd - base) / base:+.1%}: imports, cluster start, scheduler, rows)")
     if "plain" in got and "sweep-1w" in got:
         p_wall = statistics.median([r["wall"] for r in got["plain"]])
         p_loop = statistics.median([r["loop_seconds"] for r in got["plain"]])

@@ -249,7 +249,7 @@ def daily_moments(equity: pd.DataFrame) -> dict[str, float | None]:
 
 def execute(task: CellTask, datasets: dict[str, BarArrays], where: str = "local") -> dict[str, Any]:
     """Run one task on loaded bars and return its result row (plus frames for test runs)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     view = slice_until(datasets, task.end_ns)
     empty = [s for s, a in view.items() if len(a) == 0]
     if empty:
@@ -267,6 +267,7 @@ def execute(task: CellTask, datasets: dict[str, BarArrays], where: str = "local"
         "settings": json.dumps(task.settings.to_dict(), sort_keys=True),
         "worker": where, "pid": os.getpid(),
         "seconds": round(time.perf_counter() - t0, 4),
+        "cpu_seconds": round(time.process_time() - c0, 4),  # whole process, all threads
         "backtest_seconds": round(out.seconds, 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "computed_at": datetime.now(UTC).isoformat(),
