@@ -2,7 +2,7 @@
 
     from analyzers import load_run, load_sweep
     run = load_run("runs/<run id>")
-    sweep = load_sweep("sweeps/<sweep id>")
+    sweep = load_sweep("runs/sweeps/<sweep id>")
 """
 
 from analyzers.runfolder import Run, latest_run, load_run

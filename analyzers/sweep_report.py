@@ -1,7 +1,7 @@
 """The HTML report of a sweep folder: heatmaps, top cells, walk-forward IS vs OOS.
 
     from analyzers.sweep_report import write_sweep_report
-    write_sweep_report("sweeps/sweep-1a2b3c4d5e")    # -> sweeps/.../report.html
+    write_sweep_report("runs/sweeps/sweep-1a2b3c4d5e")    # -> .../report.html
 
 Heatmaps show, for each pair of varied settings, the BEST objective over the other settings
 (qualified cells only; blank: no qualified cell). Self-contained like the run report.

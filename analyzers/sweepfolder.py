@@ -1,7 +1,7 @@
 """Sweep folders: the results of ``cli.py sweep``, loaded in one line.
 
     from analyzers import load_sweep
-    sweep = load_sweep("sweeps/sweep-1a2b3c4d5e")
+    sweep = load_sweep("runs/sweeps/sweep-1a2b3c4d5e")
     sweep.results.sort_values("objective", ascending=False).head()
 
 Layout (docs/CONTRACTS.md, "Sweep folder"): ``config.json`` (the sweep's definition),
@@ -86,7 +86,7 @@ def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
     if not is_sweep_folder(path):
         raise DataError(f"{path} is not a sweep folder (no config.json with kind=sweep): sweeps "
-                        "are written under --out, default sweeps/")
+                        "are written under --out, default runs/sweeps/")
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     results_path = path / "results.parquet"
     results = pd.read_parquet(results_path) if results_path.exists() else read_cells(path)

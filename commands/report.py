@@ -24,7 +24,7 @@ def report(runs: tuple[Path, ...], output: Path | None, title: str | None,
     """Write an HTML report of one or more run folders (several: compared side by side).
 
     RUN is a run folder (runs/<run id>) or an output folder such as runs/, which stands for
-    its newest run. A sweep folder (sweeps/<sweep>) gets the sweep report: heatmaps of the
+    its newest run. A sweep folder (runs/sweeps/<sweep>) gets the sweep report: heatmaps of the
     objective, the top cells and, for walk-forward, in-sample vs out-of-sample.
     The file is self-contained (charts embedded) and opens offline.
     """

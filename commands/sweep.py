@@ -55,8 +55,9 @@ logger = logging.getLogger(__name__)
 @click.option("--volume-participation", type=float, default=None,
               help="Most of a bar's volume one order may fill, fraction.")
 @click.option("--drop-bad-rows", is_flag=True, help="Skip invalid bar rows with a warning.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("sweeps"),
-              show_default=True, help="Folder the sweep folder is written under.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs/sweeps"), show_default=True,
+              help="Folder the sweep folder is written under.")
 @click.option("--name", default=None, help="Sweep folder name [sweep-<hash of the sweep>: the "
                                            "same command resumes the same folder].")
 @click.option("--top", type=int, default=10, show_default=True, help="Rows in the top table.")

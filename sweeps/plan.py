@@ -49,7 +49,7 @@ class SweepRequest:
     start: str | None = None
     end: str | None = None
     drop_bad_rows: bool = False
-    out: Path = Path("sweeps")
+    out: Path = Path("runs/sweeps")
     name: str | None = None
 
 

@@ -15,6 +15,7 @@ from sweeps.plan import SweepRequest, build_plan
 from sweeps.runner import Sweeper
 from sweeps.store import ResultStore
 from sweeps.walkforward import make_windows, parse_walk_forward
+from tests.conftest import run_cli
 from tests.sweep.conftest import write_tiny_bars
 
 
@@ -71,6 +72,12 @@ def test_test_span_never_changes_the_choice(tmp_path: Path, local_client: object
     assert len(wf_a["windows"]) == 2 and sweep.walk_forward["oos_stats"] == oos.stats
     assert oos.stats["start_value"] == 100_000.0
     assert oos.equity["timestamp"].is_monotonic_increasing
+    # `cli.py report SWEEP_DIR`: heatmaps, top cells, in-sample vs out-of-sample.
+    proc = run_cli("report", str(sweep.path))
+    assert proc.returncode == 0, proc.stderr
+    page = (sweep.path / "report.html").read_text()
+    assert "Objective over pairs of settings" in page and page.count("data:image/png") >= 2
+    assert "in-sample vs out-of-sample" in page and "Top cells" in page
 
 
 @pytest.mark.parametrize("anchored", [False, True])
