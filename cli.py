@@ -28,7 +28,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("commands.data", "data", "Download, import and inspect bar data."),
     "report": ("commands.report", "report", "Write an HTML report of one or more runs."),
     "train": ("commands.train", "train", "Train and validate an ML signal model."),
-    "show-config": ("commands.show_config", "show_config", "Print the effective settings."),
+    "runs": ("commands.runs", "runs", "List past runs, newest first."),
+    "show-config": ("commands.show_config", "show_config",
+                    "Print the settings a run would use, with their sources."),
 }
 
 

@@ -738,7 +738,7 @@ for _param in paper.params:  # the shared strategy flags, worded for paper
     if _param.name == "symbols" and isinstance(_param, click.Option):
         _param.help = ("Comma-separated symbols [20 liquid US stocks; with --sim: every "
                        "symbol in --sim-data].")
-    elif _param.name == "bar_interval" and isinstance(_param, click.Option):
+    elif _param.name == "interval" and isinstance(_param, click.Option):
         _param.type = _PaperInterval([i for i in INTERVAL_SECONDS if i != "1Day"])
         _param.help = "Bar interval, 1Min..1Hour (Alpaca streams minute bars) [1Min]."
 
