@@ -42,14 +42,6 @@ def _fmt(ts: pd.Timestamp | None, daily: bool = False) -> str:
     return ts.tz_convert("America/New_York").strftime("%Y-%m-%d %H:%M")
 
 
-def _stdout_console() -> Console:
-    console = Console()
-    if not console.is_terminal:
-        # Piped output: no wrapping at 80 columns.
-        console = Console(width=200, no_color=True)
-    return console
-
-
 @contextmanager
 def _progress(quiet: bool, label: str) -> Iterator[Progress]:
     """A rich progress bar on stderr, silent when not a terminal or under --quiet."""
@@ -342,7 +334,8 @@ def info_cmd(directory: Path | None, symbols: Sequence[str], timeframe: Sequence
                 "-" if i.outside is None else f"{i.outside:,}", i.feed or "-", str(i.parts),
             ])
         width = out_width()
-        lines = [f"Bar store {root} (times are New York time; largest gap: bars @ start)"]
+        lines = fit(f"Bar store {root} (times are New York time; largest gap: bars @ start)",
+                    width, "  ")
         lines += table_lines(headers, rows, width, right=(4, 5, 6, 7, 8, 10, 12), key_cols=2)
         if top:
             for i in infos:
