@@ -76,7 +76,7 @@ def test_rerun_fetches_nothing_and_extension_fetches_only_the_rest(
     more = _dl(sim_clean, tmp_path, end="2025-10-31")
     assert more.returncode == 0, more.stderr
     # Only Oct 13-31 (15 sessions) is new; nothing before it was fetched again.
-    assert f"ACME 1Min: +{15 * 390} bars (2025-10-13 13:30" in more.stdout
+    assert f"ACME 1Min: +{15 * 390} bars (2025-10-13 09:30" in more.stdout  # New York
     assert {p: p.stat().st_mtime_ns for p in files} == files
     _assert_complete(tmp_path, ("ACME", "BOLT"))
 
@@ -115,7 +115,7 @@ def test_server_failure_midway_keeps_finished_windows_and_rerun_resumes(
     sim.faults.clear()  # type: ignore[attr-defined]
     proc = _dl(sim, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "ACME 1Min: +5070 bars (2025-10-15 13:30" in proc.stdout  # 13 sessions left
+    assert "ACME 1Min: +5070 bars (2025-10-15 09:30" in proc.stdout  # 13 sessions left
     _assert_complete(tmp_path, ("ACME", "BOLT"))
 
 
