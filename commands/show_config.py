@@ -24,8 +24,6 @@ logger = logging.getLogger(__name__)
 
 
 def _toml(value: Any) -> str:
-    if value is None:
-        return '""  # none'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -33,7 +31,7 @@ def _toml(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(json.dumps(v) for v in value) + "]"
     if isinstance(value, float):
-        return f"{value:g}" if value.is_integer() is False else f"{value:.1f}"
+        return repr(value)  # 2.0, 0.55, 1e-05: valid TOML floats
     return str(value)
 
 
@@ -43,7 +41,8 @@ def config_lines(values: dict[str, Any], sources: dict[str, str],
     units = {p.name: p.unit for p in PARAMS}
     out: list[str] = []
     for name, value in values.items():
-        setting = f"{name} = {_toml(value)}"
+        # an unset optional setting is a comment: TOML has no null
+        setting = f"{name} = {_toml(value)}" if value is not None else f"# {name} = (not set)"
         note = "; ".join(x for x in (units.get(name, ""), f"from {sources.get(name, '?')}") if x)
         line = f"{setting:<28}  # {note}"
         if width is not None and len(line) > width:
