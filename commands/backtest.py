@@ -277,9 +277,11 @@ def summary_lines(result: BacktestResult, width: int | None) -> list[str]:
         lines += fit(f"Open at the end (not counted as trades): {held}", width, "  ")
     if result.run_dir is not None:
         # The path on a line of its own: it never wraps mid-name and copies whole.
+        load = f"  run = load_run({str(result.run_dir)!r})"
+        if width is not None and len(load) > width:
+            load = "  run = load_run('<the run folder above>')"
         lines += ["Run folder:", f"  {result.run_dir}",
-                  "In Python: from analyzers import load_run",
-                  f"  run = load_run({str(result.run_dir)!r})"]
+                  "In Python: from analyzers import load_run", load]
     return lines
 
 

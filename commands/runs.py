@@ -55,7 +55,7 @@ def _when(created: str | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (all runs).")
 def runs(out: Path, limit: int, as_json: bool) -> None:
     """List past runs, newest first: name, date (New York time), symbols, return, trades."""
-    from commands.output import echo_lines, out_width, table_lines
+    from commands.output import echo_lines, fit, out_width, table_lines
 
     rows = list_runs(out)
     if as_json:
@@ -72,6 +72,6 @@ def runs(out: Path, limit: int, as_json: bool) -> None:
                       "?" if ret is None else f"{ret * 100:+.2f}%",
                       "?" if r["trade_count"] is None else str(r["trade_count"])])
     lines = table_lines(["run", "name", "date (NY)", "symbols", "return", "trades"], table,
-                        out_width(), right=(4, 5))
+                        out_width(), right=(4, 5), key_cols=2)
     more = f" (newest {limit} of {len(rows)}; -n to see more)" if len(rows) > limit else ""
-    echo_lines([f"Runs under {out}{more}:", *lines])
+    echo_lines([*fit(f"Runs under {out}{more}:", out_width(), "  "), *lines])

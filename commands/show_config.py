@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from commands.backtest import plan_backtest, strategy_options
+from commands.output import fit
 from common.config import PARAMS, public_settings
 from common.errors import DataError
 from common.logs import setup_logging
@@ -46,7 +47,7 @@ def config_lines(values: dict[str, Any], sources: dict[str, str],
         note = "; ".join(x for x in (units.get(name, ""), f"from {sources.get(name, '?')}") if x)
         line = f"{setting:<28}  # {note}"
         if width is not None and len(line) > width:
-            out.append(f"# {name}: {note}")
+            out.extend(fit(f"# {name}: {note}", width, "#   "))
             out.append(setting)
         else:
             out.append(line)
@@ -99,5 +100,5 @@ def show_config(data: Path | None, cash: float | None, commission: float | None,
         click.echo(json.dumps({"settings": values, "sources": sources}, indent=2))
         return
     width = out_width()
-    echo_lines([f"# Settings for {where}", "# (defaults < config file < RATCHET_* environment "
-                "< flags)", *config_lines(values, sources, width)])
+    echo_lines([*fit(f"# Settings for {where}", width, "#   "), "# (defaults < config file < "
+                "RATCHET_* environment < flags)", *config_lines(values, sources, width)])

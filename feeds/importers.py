@@ -152,6 +152,12 @@ def check_tz(name: str) -> str:
     return name
 
 
+#: File names that are words, not tickers (``data.csv`` is not the symbol DATA).
+_GENERIC_NAMES = frozenset({"data", "bars", "bar", "price", "quote", "quotes", "ohlc",
+                            "ohlcv", "daily", "day", "min", "minute", "hour", "hist", "file",
+                            "test", "out", "input", "stock", "table", "trade", "all"})
+
+
 def symbol_from_filename(path: Path) -> str | None:
     """A ticker read from a file name, only when the name says it plainly: the whole name
     (``AAPL.csv``, ``aapl.csv``) or its one upper-case word of 1-5 letters
@@ -161,7 +167,8 @@ def symbol_from_filename(path: Path) -> str | None:
     for suffix in (".gz", ".csv", ".txt"):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
-    if is_valid_symbol(stem.upper()) and stem.isalpha() and len(stem) <= 5:
+    if is_valid_symbol(stem.upper()) and stem.isalpha() and len(stem) <= 5 \
+            and stem.lower() not in _GENERIC_NAMES:
         return stem.upper()
     words = [w for w in re.split(r"[-_ .]", stem)
              if w.isalpha() and w.isupper() and 1 <= len(w) <= 5]
