@@ -66,7 +66,7 @@ def runs(out: Path, limit: int, as_json: bool) -> None:
     table = []
     for r in rows[:limit]:
         syms = r["symbols"]
-        sym_text = ",".join(syms[:3]) + (f" +{len(syms) - 3}" if len(syms) > 3 else "")
+        sym_text = ",".join(syms[:2]) + (f" +{len(syms) - 2}" if len(syms) > 2 else "")
         ret = r["total_return"]
         table.append([r["id"], r["name"] or "-", _when(r["created"]), sym_text,
                       "?" if ret is None else f"{ret * 100:+.2f}%",
