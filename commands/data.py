@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -235,6 +236,7 @@ def import_cmd(files: Sequence[Path], symbol: str | None, timeframe: str | None,
                mapping: Sequence[str], sep: str | None, stamp: str | None, adjusted: bool,
                drop_bad_rows: bool, out: Path, replace: bool, merge: bool, verbose: int) -> None:
     """Import CSV bar files (Yahoo, Backtrader generic CSV, Alpaca dumps) into the store."""
+    from commands.output import echo_lines, fit, out_width
     from feeds.download import parse_timeframe
     from feeds.importers import ImportOptions, check_tz, import_file
 
@@ -265,12 +267,15 @@ def import_cmd(files: Sequence[Path], symbol: str | None, timeframe: str | None,
             continue
         daily = r.timeframe == "1Day"
         dropped = f", {r.dropped} bad rows dropped" if r.dropped else ""
-        click.echo(f"{r.source} -> {r.target}: {r.symbol} {r.timeframe} ({r.layout}), "
-                   f"{r.bars} bars {_fmt(r.first, daily)} .. {_fmt(r.last, daily)}"
-                   f"{'' if daily else ' New York time'}, naive times read as {r.tz}"
-                   f"{dropped}")
+        width = out_width()
+        echo_lines([*fit(f"{r.source} -> {r.target}", width, "  "),
+                    *fit(f"  {r.symbol} {r.timeframe} ({r.layout}), {r.bars} bars "
+                         f"{_fmt(r.first, daily)} .. {_fmt(r.last, daily)}"
+                         f"{'' if daily else ' New York'}", width, "    "),
+                    *fit(f"  naive times read as {r.tz}{dropped}", width, "    ")])
         for note in r.notes:
-            click.echo(f"note: {r.symbol}: {note}", err=True)
+            for line in fit(f"note: {r.symbol}: {note}", out_width(sys.stderr), "  "):
+                click.echo(line, err=True)
     if failures:
         if len(files) == 1:
             raise failures[0]
