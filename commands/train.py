@@ -125,10 +125,13 @@ def _table(title: str, columns: tuple[str, ...]) -> Any:
     from rich import box
     from rich.table import Table
 
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    # one space between columns so the tables fit 80 columns; a narrower terminal folds a
+    # value onto the next line rather than cutting it ("2,9…")
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+              padding=(0, 0, 0, 1))
     for col in columns:
         t.add_column(col, justify="left" if col.startswith("test span") else "right",
-                     no_wrap=True)
+                     overflow="fold")
     return t
 
 
