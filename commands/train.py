@@ -130,8 +130,9 @@ def _table(title: str, columns: tuple[str, ...]) -> Any:
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
               padding=(0, 0, 0, 1))
     for col in columns:
-        t.add_column(col, justify="left" if col.startswith("test span") else "right",
-                     overflow="fold")
+        span = col.startswith("test span")
+        t.add_column(col, justify="left" if span else "right", overflow="fold",
+                     no_wrap=span, min_width=23 if span else None)
     return t
 
 
