@@ -17,7 +17,6 @@ import click
 
 from brokers.alpaca_sim.bars import BarBook
 from brokers.alpaca_sim.market import MarketOptions
-from brokers.alpaca_sim.serialization import ts
 from brokers.alpaca_sim.server import ServerOptions, SimApp, parse_start
 from common.errors import ConfigError
 from common.logs import REDACTOR, setup_logging
@@ -91,6 +90,15 @@ async def _serve(app: SimApp, port: int, data_dir: Path) -> None:
         click.echo("alpaca-sim stopped")
 
 
+def _ny(t_ns: int) -> str:
+    """A replay time (ns UTC) as New York wall time, the zone the CLI shows."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    when = datetime.fromtimestamp(t_ns / 1e9, UTC).astimezone(ZoneInfo("America/New_York"))
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
 def _banner(app: SimApp, port: int, data_dir: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     mode = "stepped (POST /_sim/advance)" if app.clock.stepped else f"{app.clock.speed:g}x"
@@ -104,7 +112,7 @@ def _banner(app: SimApp, port: int, data_dir: Path) -> None:
         *fit(f"alpaca-sim: {len(app.book.symbols)} symbols "
              f"({', '.join(app.book.symbols[:8])}{'...' if len(app.book.symbols) > 8 else ''})"
              f" from {app.book.source}", width, "  "),
-        f"  replay from {ts(app.market.created_at)} at {mode}",
+        f"  replay from {_ny(app.market.created_at)} New York time at {mode}",
         f"  trading + market-data REST: {base}",
         f"  market-data stream:         ws://127.0.0.1:{port}/v2/iex",
         f"  trading stream:             ws://127.0.0.1:{port}/stream",
