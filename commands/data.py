@@ -152,24 +152,28 @@ def download_cmd(symbols: Sequence[str], start: str, end: str | None, timeframe:
                 f"{exc} [{done['chunks']} of {done['total']} windows saved]"
             ) from None
 
+    from commands.output import echo_lines, fit, out_width
+
+    width = out_width()
     daily = tf.name == "1Day"
+    lines: list[str] = []
     for sym, r in result.symbols.items():
         if sym in result.unknown:
             continue
         if r.bars:
-            click.echo(f"{sym} {tf.name}: +{r.bars} bars ({_fmt(r.first, daily)} .. "
-                       f"{_fmt(r.last, daily)}{'' if daily else ' New York'}) in "
-                       f"{r.windows} window(s)")
+            lines += fit(f"{sym} {tf.name}: +{r.bars} bars ({_fmt(r.first, daily)} .. "
+                         f"{_fmt(r.last, daily)}{'' if daily else ' New York'}) in "
+                         f"{r.windows} window(s)", width, "  ")
         elif r.windows:
-            click.echo(f"{sym} {tf.name}: no new bars in {r.windows} window(s)")
+            lines.append(f"{sym} {tf.name}: no new bars in {r.windows} window(s)")
         else:
-            click.echo(f"{sym} {tf.name}: up to date")
-    click.echo(
+            lines.append(f"{sym} {tf.name}: up to date")
+    lines += fit(
         f"{result.bars} bars in {result.requests} request(s)"
         + (f", {result.throttled} rate-limited, waited {result.waited:.1f}s"
            if result.throttled or result.waited >= 1 else "")
-        + f" -> {Path(out) / tf.name}"
-    )
+        + f" -> {Path(out) / tf.name}", width, "  ")
+    echo_lines(lines)
     if result.unknown:
         names = ", ".join(sorted(result.unknown))
         detail = "; ".join(f"{s}: {m}" for s, m in sorted(result.unknown.items()) if m != "no bars")
