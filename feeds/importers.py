@@ -566,9 +566,12 @@ def parse_csv(path: Path, options: ImportOptions) -> ParsedCsv:
         resampled = inferred
     symbol = (options.symbol or symbol_from_filename(path) or "").upper()
     if not symbol or not is_valid_symbol(symbol):
+        words = [w.upper() for w in re.split(r"[-_ .]", path.stem)
+                 if w.isalpha() and len(w) <= 5 and w.lower() not in _GENERIC_NAMES]
+        hint = " or ".join(f"--symbol {w}" for w in words[:3]) if words else "--symbol XYZ"
         raise ConfigError(f"cannot tell the symbol of {path.name} from its name (only a "
                           "name like AAPL.csv or SPY_1min.csv says it plainly): pass "
-                          "--symbol, e.g. --symbol SPY")
+                          f"--symbol, e.g. {hint}")
     return ParsedCsv(path, layout, symbol, timeframe, "from offsets" if aware else tz, frame,
                      rows.dropped, is_reversed, resampled, notes)
 
