@@ -232,7 +232,8 @@ def _ny(text: Any) -> str:
         return "?"
     ts = pd.Timestamp(text)
     ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
-    return ts.tz_convert(NY_TZ).strftime("%Y-%m-%d %H:%M")
+    ts = ts.tz_convert(NY_TZ)
+    return ts.strftime("%Y-%m-%d" if (ts.hour, ts.minute) == (0, 0) else "%Y-%m-%d %H:%M")
 
 
 def summary_lines(result: BacktestResult, width: int | None) -> list[str]:
