@@ -22,7 +22,13 @@ from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, PercentFormatter
+from matplotlib.ticker import (
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+    PercentFormatter,
+)
 
 from analyzers.report_assets import theme
 
@@ -171,6 +177,7 @@ def equity_chart(equity: pd.DataFrame, axis: TimeAxis) -> str | None:
     ax.plot(x, equity["value"], color=theme.STRATEGY, lw=1.7, label="Strategy")
     if wide_range(equity):
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_minor_formatter(NullFormatter())
     ax.yaxis.set_major_formatter(FuncFormatter(_money))
     fig.legend(loc="outside upper right", ncols=2)
