@@ -155,14 +155,18 @@ def check_tz(name: str) -> str:
 #: File names that are words, not tickers (``data.csv`` is not the symbol DATA).
 _GENERIC_NAMES = frozenset({"data", "bars", "bar", "price", "quote", "quotes", "ohlc",
                             "ohlcv", "daily", "day", "min", "minute", "hour", "hist", "file",
-                            "test", "out", "input", "stock", "table", "trade", "all"})
+                            "test", "out", "input", "stock", "table", "trade", "all", "iday",
+                            "week", "month", "year", "tick", "ticks", "vol", "volume", "adj",
+                            "raw", "csv", "txt"})
 
 
 def symbol_from_filename(path: Path) -> str | None:
     """A ticker read from a file name, only when the name says it plainly: the whole name
-    (``AAPL.csv``, ``aapl.csv``) or its one upper-case word of 1-5 letters
+    (``AAPL.csv``, ``aapl.csv``), its only word of 1-5 letters that is not a common word
+    (``orcl-2000-yahoofinance.csv``, ``AMZN_DAY.csv``), or else its one upper-case such word
     (``SPY_Minute_2021.csv``, ``yahoofinance-AAPL-2004.csv``). Anything else
-    (``nt-spy-minute-2011.csv``, ``2006-day-001.txt``) is None: the user names it."""
+    (``nt-spy-minute-2011.csv``: NT or SPY? ``2006-day-001.txt``: no word) is None: the
+    user names it with --symbol."""
     stem = path.name
     for suffix in (".gz", ".csv", ".txt"):
         if stem.lower().endswith(suffix):
@@ -171,8 +175,11 @@ def symbol_from_filename(path: Path) -> str | None:
             and stem.lower() not in _GENERIC_NAMES:
         return stem.upper()
     words = [w for w in re.split(r"[-_ .]", stem)
-             if w.isalpha() and w.isupper() and 1 <= len(w) <= 5]
-    return words[0] if len(words) == 1 else None
+             if w.isalpha() and 1 <= len(w) <= 5 and w.lower() not in _GENERIC_NAMES]
+    if len(words) == 1:  # orcl-2000-yahoofinance.csv, AMZN_DAY.csv
+        return words[0].upper()
+    upper = [w for w in words if w.isupper()]
+    return upper[0] if len(upper) == 1 else None  # nt-spy-minute: NT or SPY? ask
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -363,6 +370,16 @@ class _Rows:
         self.numbers = {k: v[mask] for k, v in self.numbers.items()}
 
 
+def _read_csv(path: Path, sep: str, has_header: bool, options: ImportOptions) -> pd.DataFrame:
+    return pd.read_csv(
+        path, sep=sep, header=0 if has_header else None, index_col=False,
+        names=list(options.columns) if options.columns else None,
+        dtype=str, skip_blank_lines=False, keep_default_na=False,
+        skipinitialspace=True, compression="infer", encoding="utf-8-sig",
+        on_bad_lines="error", engine="c",
+    )
+
+
 def _read_frame(path: Path, options: ImportOptions) -> tuple[pd.DataFrame, np.ndarray]:
     """The CSV as strings, blank lines removed, with the file line number of each row."""
     if not path.is_file():
@@ -378,13 +395,11 @@ def _read_frame(path: Path, options: ImportOptions) -> tuple[pd.DataFrame, np.nd
             "end if its times label the END of each bar (NinjaTrader exports do)"
         )
     try:
-        df = pd.read_csv(
-            path, sep=sep, header=0 if has_header else None, index_col=False,
-            names=list(options.columns) if options.columns else None,
-            dtype=str, skip_blank_lines=False, keep_default_na=False,
-            skipinitialspace=True, compression="infer", encoding="utf-8-sig",
-            on_bad_lines="error", engine="c",
-        )
+        with warnings.catch_warnings():
+            # a header/data width mismatch shows up below as a bad row naming its line, not
+            # as pandas' ParserWarning on the console
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            df = _read_csv(path, sep, has_header, options)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
         detail = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
         raise DataError(f"{path} is not a readable CSV ({detail}): check the file") from None

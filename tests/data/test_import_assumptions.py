@@ -80,6 +80,7 @@ def test_the_file_itself_decides_day_or_month_first(tmp_path: Path, rows: list[s
 @pytest.mark.parametrize(("name", "symbol"), [
     ("AAPL.csv", "AAPL"), ("aapl.csv", "AAPL"), ("SPY_Minute_2021.csv", "SPY"),
     ("yahoofinance-AAPL-2004.csv", "AAPL"), ("TUV_bars.csv", "TUV"),
+    ("orcl-2000-yahoofinance.csv", "ORCL"), ("AMZN_DAY.csv", "AMZN"),
     ("nt-spy-minute-2011.csv", None), ("2006-day-001.txt", None), ("data.csv", None),
 ])
 def test_symbol_only_from_a_plain_file_name(name: str, symbol: str | None) -> None:
