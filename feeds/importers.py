@@ -156,8 +156,8 @@ def check_tz(name: str) -> str:
 _GENERIC_NAMES = frozenset({"data", "bars", "bar", "price", "quote", "quotes", "ohlc",
                             "ohlcv", "daily", "day", "min", "minute", "hour", "hist", "file",
                             "test", "out", "input", "stock", "table", "trade", "all", "iday",
-                            "week", "month", "year", "tick", "ticks", "vol", "volume", "adj",
-                            "raw", "csv", "txt"})
+                            "week", "month", "year", "tick", "ticks", "volume",
+                            "csv", "txt"})
 
 
 def symbol_from_filename(path: Path) -> str | None:
