@@ -47,7 +47,9 @@ def test_json_config_and_ratchet_table(tmp_path: Path) -> None:
         ("max_positionz = 3", "unknown setting 'max_positionz'"),
         ("max_positions = 'many'", "bad value 'many' for max_positions"),
         ("fast_period = 40", "need 0 < fast < slow"),
-        ("risk_per_trade_pct = 2", r"--risk takes percent"),
+        ("risk_per_trade_pct = 2", r"risk_pct: 200 must be in \(0, 20\] \(percent"),
+        ("risk_pct = 0.5\nrisk_pct = 50", "not valid TOML"),
+        ("risk_pct = 50", r"risk_pct: 50 must be in \(0, 20\]"),
         ("this is = not toml =", "not valid TOML/JSON"),
     ],
 )
