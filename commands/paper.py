@@ -774,11 +774,10 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
           clock_poll: float | None, config_file: Path | None, alert_urls: tuple[str, ...],
           alert_level: str | None, alert_stream_down: float, **flags: Any) -> None:
     """Run the strategy on Alpaca: a DRY RUN unless --live."""
+    from alerts.config import alert_settings
     from commands.output import console as make_console
     from commands.output import echo_lines as echo
     from commands.output import fit, out_width
-
-    from alerts.config import alert_settings
 
     console = make_console()
     width = out_width()

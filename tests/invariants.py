@@ -70,6 +70,20 @@ class CheckReport:
 # ------------------------------------------------------------------------------ helpers
 
 
+
+def _internal_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """config.json's settings (public names and units) under ``Settings`` attribute names
+    and units (fractions), which the checks below use."""
+    from common.config import PUBLIC
+
+    out = dict(saved)
+    for key, value in saved.items():
+        param = PUBLIC.get(key)
+        if param is not None:
+            scaled = param.scale != 1.0 and value is not None
+            out[param.field] = value / param.scale if scaled else value
+    return out
+
 def floor_tick(price: float) -> float:
     """Alpaca's tick, rounded down: cents at or above $1, 4 decimals below."""
     if price >= 1.0:
@@ -283,7 +297,7 @@ def _orders(frame: pd.DataFrame) -> list[Order]:
 def check_run(run_dir: Path, bars: dict[str, pd.DataFrame]) -> CheckReport:
     """Check one backtest run folder against the SPEC; returns the report."""
     run = load_run(run_dir)
-    cfg = run.config["settings"]
+    cfg = _internal_settings(run.config["settings"])
     rep = CheckReport()
     end = _when(run.config.get("end"), end=True)
     start = _when(run.config.get("start"))
