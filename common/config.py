@@ -262,6 +262,26 @@ def public_settings(settings: Settings) -> dict[str, Any]:
     return {p.name: p.to_public(getattr(settings, p.field)) for p in PARAMS}
 
 
+def settings_from_saved(saved: Mapping[str, Any], source: str = "config.json") -> Settings:
+    """``Settings`` from a run folder's ``config.json`` ``settings``: public names and units
+    (``risk_pct: 2``), or the attribute names and fractions of run folders written before
+    the public names (``risk_per_trade_pct: 0.02``). Unknown keys are ignored."""
+    old_layout = "risk_per_trade_pct" in saved
+    values: dict[str, Any] = {}
+    for key, value in saved.items():
+        if old_layout and key in FIELD_NAMES:
+            values[key] = coerce(key, value, source)
+        elif key in PUBLIC:
+            param = PUBLIC[key]
+            value = coerce(param.field, value, source)
+            scaled = param.scale != 1.0 and isinstance(value, int | float) \
+                and not isinstance(value, bool)
+            values[param.field] = value / param.scale if scaled else value
+        elif key in FIELD_NAMES:
+            values[key] = coerce(key, value, source)
+    return Settings(**values)
+
+
 def _field_type(name: str) -> Any:
     hints = typing.get_type_hints(Settings)
     return hints[name]

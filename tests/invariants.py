@@ -24,6 +24,7 @@ It imports nothing from ``strategies`` or ``feeds``: the rules are re-derived he
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -72,17 +73,12 @@ class CheckReport:
 
 
 def _internal_settings(saved: dict[str, Any]) -> dict[str, Any]:
-    """config.json's settings (public names and units) under ``Settings`` attribute names
-    and units (fractions), which the checks below use."""
-    from common.config import PUBLIC
+    """config.json's settings under ``Settings`` attribute names and units (fractions),
+    which the checks below use."""
+    from common.config import settings_from_saved
 
-    out = dict(saved)
-    for key, value in saved.items():
-        param = PUBLIC.get(key)
-        if param is not None:
-            scaled = param.scale != 1.0 and value is not None
-            out[param.field] = value / param.scale if scaled else value
-    return out
+    return dataclasses.asdict(settings_from_saved(saved))
+
 
 def floor_tick(price: float) -> float:
     """Alpaca's tick, rounded down: cents at or above $1, 4 decimals below."""
