@@ -7,19 +7,19 @@ command parses flags into ``Settings``, shows progress and prints the summary.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import backtrader as bt
 import click
 import numpy as np
-import pandas as pd
 
 from analyzers.audit import Audit
-from analyzers.recorder import RunRecorder, trades_frame, write_run_folder
+from analyzers.recorder import RunRecorder, run_stats, trades_frame, write_run_folder
 from analyzers.runfolder import make_run_dir
 from brokers.backtest import make_backtest_broker
 from common.config import INTERVAL_SECONDS, Settings, load_settings
@@ -40,6 +40,9 @@ from strategies.ratchet import RatchetStrategy
 from strategies.rules import atr_wilder
 from strategies.signals import Signal, make_signal
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BARS = BUNDLED_BARS
@@ -47,16 +50,24 @@ DEFAULT_BARS = BUNDLED_BARS
 
 @dataclass
 class BacktestResult:
-    """What a backtest produced."""
+    """What a backtest produced. ``trades`` (a DataFrame) is built on first use, so a run
+    that does not ask for it never imports pandas."""
 
     run_dir: Path | None
     stats: dict[str, Any]
-    trades: pd.DataFrame
     strategy: RatchetStrategy
     audit: Audit
     recorder: RunRecorder
     seconds: float
     bars: int
+    _trades: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def trades(self) -> pd.DataFrame:
+        """Closed trades (``analyzers.recorder.TRADE_COLUMNS``)."""
+        if self._trades is None:
+            self._trades = trades_frame(self.strategy.closed_trades)
+        return self._trades
 
 
 def native_interval(path: Path, arrays: BarArrays | None = None) -> str | None:
@@ -102,6 +113,8 @@ def default_data_dir(interval: str) -> Path:
 def _parse_when(text: str | None, end: bool = False) -> pd.Timestamp | None:
     if text is None:
         return None
+    import pandas as pd
+
     try:
         ts = pd.Timestamp(text)
     except (ValueError, TypeError):
@@ -144,8 +157,11 @@ def prepare_lines(
     arrays: BarArrays, signal: Signal, atr_period: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``signal`` and ``atr`` lines of one symbol, in one vectorised pass each."""
-    frame = arrays.to_frame()
-    sig = signal.compute(frame)["signal"].to_numpy(np.float64)
+    from_close = getattr(signal, "compute_close", None)
+    if from_close is not None:  # the MA signal needs the closes only: no DataFrame
+        sig = np.asarray(from_close(arrays.close)[0], dtype=np.float64)
+    else:
+        sig = signal.compute(arrays.to_frame())["signal"].to_numpy(np.float64)
     atr = atr_wilder(arrays.high, arrays.low, arrays.close, atr_period)
     return sig, atr
 
@@ -187,7 +203,6 @@ def run_backtest(
     strategy = cerebro.run()[0]
     recorder: RunRecorder = strategy.analyzers.recorder
     elapsed = time.perf_counter() - t0
-    trades = trades_frame(strategy.closed_trades)
     open_positions = {
         d._name: float(strategy.getposition(d).size)
         for d in strategy.datas if strategy.getposition(d).size
@@ -201,11 +216,8 @@ def run_backtest(
         run_dir = make_run_dir(Path(out), "backtest")
         stats = write_run_folder(run_dir, recorder, strategy.closed_trades, audit, settings, meta)
     else:
-        from analyzers.stats import compute_stats
-
-        stats = compute_stats(recorder.equity_frame(), trades_frame(strategy.closed_trades),
-                              settings.cash)
-    return BacktestResult(run_dir, stats, trades, strategy, audit, recorder, elapsed, total_bars)
+        stats = run_stats(recorder, strategy.closed_trades, settings.cash)
+    return BacktestResult(run_dir, stats, strategy, audit, recorder, elapsed, total_bars)
 
 
 # ------------------------------------------------------------------------------- the command
@@ -247,9 +259,12 @@ def print_summary(result: BacktestResult, console: Any) -> None:
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
-    if not result.trades.empty:
-        by = result.trades.groupby("exit_reason")["pnl"].agg(["count", "sum"])
-        reasons = ", ".join(f"{r}: {int(c)} ({v:+,.2f})" for r, (c, v) in by.iterrows())
+    closed = result.strategy.closed_trades
+    if closed:
+        by: dict[str, list[float]] = {}
+        for t in closed:
+            by.setdefault(str(t["exit_reason"]), []).append(float(t["pnl"]))
+        reasons = ", ".join(f"{r}: {len(v)} ({math.fsum(v):+,.2f})" for r, v in sorted(by.items()))
         console.print(f"Exit reasons: {reasons}")
     if s.get("open_positions"):
         console.print(f"Open at the end (not in trades): {s['open_positions']}")
