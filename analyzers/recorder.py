@@ -297,6 +297,7 @@ _TRADE_KINDS = {
     "symbol": "str", "entry_time": "time", "exit_time": "time", "entry_price": "float",
     "exit_price": "float", "qty": "float", "pnl": "float", "return_pct": "float",
     "exit_reason": "str", "bars_held": "int", "entry_order_id": "str", "exit_order_id": "str",
+    "exit_reasons": "str",
 }
 
 

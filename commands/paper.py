@@ -148,6 +148,8 @@ class PaperResult:
     reconcile: str = ""
     streams: list[Any] = field(default_factory=list)
     backfilled: int = 0
+    #: False when the shutdown could not reconcile with the broker (state NOT verified)
+    reconciled: bool = True
 
 
 # ------------------------------------------------------------------------------- endpoints
@@ -393,6 +395,7 @@ class PaperSession:
 
     def _finish(self, strategy: Any, start_value: float, report: str) -> PaperResult:
         opts, store = self.opts, self.store
+        reconciled = True
         if opts.live:
             self.broker.closing = True  # no new entries or fallbacks from here on
             store.pump_events(0.0)  # trade updates that arrived during the last step
@@ -411,6 +414,10 @@ class PaperSession:
                 report = self.broker.reconcile_now("shutdown").summary()
             except Exception as exc:  # noqa: BLE001 - a failed read at exit changes nothing
                 logger.error("final reconciliation failed: %s", exc)
+                # Never show the startup's "state matches the broker" for a failed check.
+                report = (f"NOT reconciled at shutdown: {exc} (positions, orders and stops "
+                          "at the broker are unknown; check them before the next run)")
+                reconciled = False
             self._notify_strategy(strategy)
             for order in self.broker.undelivered():
                 cid = order.info.get("cid", "")
@@ -445,7 +452,7 @@ class PaperSession:
         return PaperResult(self.mode, run_dir, store.status.steps, self.client.submit_count,
                            start_value, view.value, view.positions, view.stops,
                            list(self.latency.samples), self.state_path, self.audit_path, report,
-                           store.stream_statuses(), store.status.backfilled)
+                           store.stream_statuses(), store.status.backfilled, reconciled)
 
 
 def run_paper(opts: PaperOptions, note: Callable[[str], None] = lambda s: None) -> PaperResult:
@@ -721,6 +728,8 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
         if sim_server is not None:
             sim_server.stop()
     _print_summary(console, result, live)
+    if not result.reconciled:
+        raise UnknownStateError(result.reconcile)
 
 
 class _PaperInterval(click.Choice):

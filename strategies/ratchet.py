@@ -22,6 +22,7 @@ import backtrader as bt
 
 from analyzers.audit import Audit
 from common.config import Settings
+from feeds import sessions
 from strategies import rules
 from strategies.rules import Purpose, Reason, StopState
 
@@ -65,6 +66,9 @@ class OpenTrade:
     exit_time: datetime | None = None
     exit_cid: str = ""
     exit_reason: str = ""
+    #: shares sold per exit reason, in the order the reasons first sold (a stop may sell part
+    #: of a position and a SELL signal the rest)
+    exit_by_reason: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,8 +104,13 @@ class RatchetStrategy(bt.Strategy):
     """SPEC's strategy.
 
     Params: ``settings`` (Settings), ``audit`` (Audit), ``market_open`` (callable(bar_time) ->
-    bool, None = always open), ``session`` (callable(bar_time) -> ``"regular"``,
-    ``"extended"`` or ``"closed"``; None = every bar is regular-hours, as in a backtest).
+    bool; None = the feed's ``session`` line decides, see ``feeds.sessions``, or always
+    open without one), ``session`` (callable(bar_time) -> ``"regular"``, ``"extended"`` or
+    ``"closed"``; None = the feed's ``session`` line, or every bar regular without one).
+
+    Each symbol is decided on its own bars from its own warm-up on: ``prenext`` (some feed
+    has no bar yet) runs the same loop as ``next``, and a feed without a new bar in a step
+    (not started yet, ended, or a gap) is skipped in that step.
     """
 
     params = (
@@ -165,6 +174,15 @@ class RatchetStrategy(bt.Strategy):
             (data, self.books[data._name], data.lines.datetime, data.lines.signal)
             for data in self.datas
         ]
+        # The backtest feed carries a precomputed session code per bar (feeds.sessions).
+        self._session_lines = {
+            data._name: getattr(data.lines, "session", None) for data in self.datas
+        }
+
+    def prenext(self) -> None:
+        # Some feed has no bar yet (a later listing, a symbol whose history is still empty):
+        # the others are decided all the same, each from its own warm-up.
+        self.next()
 
     def next(self) -> None:
         self.bar_count += 1
@@ -180,17 +198,36 @@ class RatchetStrategy(bt.Strategy):
             self._on_bar(data, book)
 
     def session_of(self, when: datetime) -> str:
-        """``regular``, ``extended`` or ``closed`` for a bar time."""
+        """``regular``, ``extended`` or ``closed`` for a bar time (the ``session`` param)."""
         return self._session(when) if self._session is not None else "regular"
+
+    def _session_at(self, data: bt.DataBase, now: datetime) -> str:
+        """Session of ``data``'s current bar: the ``session`` param if given, else the
+        feed's ``session`` line, else ``regular``."""
+        line = self._session_lines.get(data._name) if self._session is None else None
+        if line is None:
+            return self.session_of(now)
+        return sessions.name_of(line.array[line._idx])
+
+    def _may_open(self, data: bt.DataBase, now: datetime) -> bool:
+        """May a NEW order go out for a decision on ``data``'s current bar? The
+        ``market_open`` param if given (paper), else the feed's ``session`` line (not closed,
+        not the last bar of the session window), else yes."""
+        if self._market_open is not None:
+            return self._market_open(now)
+        line = self._session_lines.get(data._name)
+        return True if line is None else sessions.may_open(line.array[line._idx])
 
     def _on_bar(self, data: bt.DataBase, book: Book) -> None:
         now = self.bar_time(data)
         position = self.getposition(data).size
-        extended = self.session_of(now) == "extended"
+        extended = self._session_at(data, now) == "extended"
         if position > 0 and extended and self._stop_breached(data, book):
             # Alpaca's resting stops sleep outside regular hours: enforce the stop here.
             reason = book.stop_state.binding if book.stop_state else Reason.STOP.value
             self._exit(data, book, now, reason, extended=True)
+            if book.stop_state is not None:  # the trail still counts this bar's high
+                book.stop_state = book.stop_state.advance(float(data.high[0]))
         elif position > 0:
             self._ratchet(data, book, now)
         entry_working = book.entry is not None and book.entry.alive()
@@ -217,8 +254,8 @@ class RatchetStrategy(bt.Strategy):
         return float(data.low[0]) <= rules.round_price(book.stop_state.level)
 
     def _on_buy(self, data: bt.DataBase, book: Book, now: datetime) -> None:
-        market_open = self._market_open(now) if self._market_open is not None else True
-        extended = self.session_of(now) == "extended"
+        market_open = self._may_open(data, now)
+        extended = self._session_at(data, now) == "extended"
         if extended and not self.cfg.extended_hours:
             market_open = False
         guard = rules.check_entry(
@@ -277,7 +314,7 @@ class RatchetStrategy(bt.Strategy):
             self.audit.record(now, "decision", book.symbol, "skip_sell", Reason.DUPLICATE_ORDER)
             return
         self._exit(data, book, now, Reason.SIGNAL.value,
-                   extended=self.session_of(now) == "extended")
+                   extended=self._session_at(data, now) == "extended")
 
     def _exit(self, data: bt.DataBase, book: Book, now: datetime, reason: str,
               extended: bool) -> None:
@@ -294,7 +331,7 @@ class RatchetStrategy(bt.Strategy):
         close = float(data.close[0])
         if extended:
             book.exit = self.sell(data=data, size=position, exectype=bt.Order.Limit,
-                                  price=rules.round_limit_buy(close), cid=cid,
+                                  price=rules.round_limit_sell(close), cid=cid,
                                   purpose=Purpose.EXIT.value, extended_hours=True)
         else:
             book.exit = self.sell(data=data, size=position, exectype=bt.Order.Market, cid=cid,
@@ -332,7 +369,7 @@ class RatchetStrategy(bt.Strategy):
             # The raised stop is already through the market (the bar fell more than the trail
             # from its high): it is hit. Alpaca refuses such a stop, so sell now.
             self._exit(data, book, now, new_state.binding,
-                       extended=self.session_of(now) == "extended")
+                       extended=self._session_at(data, now) == "extended")
             return
         cid = self._stop_cid(book, now)
         book.stop = self.broker.replace_stop_order(book.stop, new_level, cid)
@@ -354,7 +391,7 @@ class RatchetStrategy(bt.Strategy):
             # Already through the market: a stop order would be refused (Alpaca) or fire at
             # the next open anyway (backtest). Exit at once instead.
             self._exit(data, book, now, book.stop_state.binding,
-                       extended=self.session_of(now) == "extended")
+                       extended=self._session_at(data, now) == "extended")
             return
         cid = self._stop_cid(book, now)
         if book.stop is not None and book.stop.alive():
@@ -380,8 +417,10 @@ class RatchetStrategy(bt.Strategy):
         new_fills = self._new_fills(order, book)
         for dt_num, size, price in new_fills:
             fill_time = bt.num2date(dt_num).replace(tzinfo=UTC) if dt_num else now
+            extra = {} if size > 0 else {"exit_reason": self._exit_reason(book, purpose)}
             self.audit.record(fill_time, "fill", book.symbol, "buy" if size > 0 else "sell",
-                              purpose, qty=abs(size), price=price, client_order_id=cid)
+                              purpose, qty=abs(size), price=price, client_order_id=cid,
+                              **extra)
             self._apply_fill(order, book, fill_time, size, price, purpose)
         if order.status in (bt.Order.Submitted, bt.Order.Partial, bt.Order.Completed) or \
                 (order.status == bt.Order.Accepted and not new_fills):
@@ -438,7 +477,7 @@ class RatchetStrategy(bt.Strategy):
                               note="no market fallback in extended hours")
             book.entry_cancel_reason = ""
             return
-        market_open = self._market_open(now) if self._market_open is not None else True
+        market_open = self._may_open(order.data, now)
         if not market_open:
             # A market order now would wait for the next open and fill on its gap.
             self.audit.record(now, "decision", book.symbol, "skip_buy", Reason.MARKET_CLOSED,
@@ -450,12 +489,40 @@ class RatchetStrategy(bt.Strategy):
             remainder = math.floor(remainder + 1e-9)
         if remainder <= 0:
             return
+        # The cash was promised at the limit price; the market order pays whatever the market
+        # asks now. Size it to what the cash affords at the last close, so the broker does not
+        # refuse it for margin and the entry does not vanish silently.
+        price = float(order.data.close[0])
+        cash = self.broker.getcash() - self._reserved_cash()
+        affordable = rules.affordable_qty(cash, price, self.cfg.commission,
+                                          self.cfg.fractional_shares)
+        if affordable < remainder:
+            logger.info("%s: fallback cut from %s to %s shares (cash %.2f at %.4f)",
+                        book.symbol, remainder, affordable, cash, price)
+            if affordable <= 0:
+                self.audit.record(now, "decision", book.symbol, "skip_buy", Reason.SIZE_ZERO,
+                                  qty=remainder, price=price,
+                                  client_order_id=order.info.get("cid", ""),
+                                  cash=round(cash, 2), note="fallback: cash affords no share")
+                book.entry_cancel_reason = ""
+                return
+            remainder = affordable
         cid = rules.client_order_id(self.cfg.strategy_id, book.symbol, now, Purpose.FALLBACK)
         book.fallback = self.buy(data=order.data, size=remainder, exectype=bt.Order.Market,
                                  cid=cid, purpose=Purpose.FALLBACK.value)
         book.entry_cancel_reason = ""
         self.audit.record(now, "decision", book.symbol, "buy", Reason.FALLBACK, qty=remainder,
                           client_order_id=cid, filled=abs(order.executed.size))
+
+    @staticmethod
+    def _exit_reason(book: Book, purpose: str) -> str:
+        """Why a sell fill happened: ``stop``/``trail`` (whichever stop was binding) for the
+        resting stop, else the reason of the exit order (``signal``, or the stop enforced
+        by the strategy)."""
+        if purpose == Purpose.STOP:
+            return rules.stop_exit_reason(book.stop_state) if book.stop_state \
+                else Reason.STOP.value
+        return book.exit_reason or Reason.SIGNAL.value
 
     def _apply_fill(self, order: bt.Order, book: Book, when: datetime, size: float,
                     price: float, purpose: str) -> None:
@@ -477,11 +544,10 @@ class RatchetStrategy(bt.Strategy):
         trade.commission += comm
         trade.exit_time = when
         trade.exit_cid = order.info.get("cid", "")
-        if purpose == Purpose.STOP:
-            trade.exit_reason = rules.stop_exit_reason(book.stop_state) if book.stop_state \
-                else Reason.STOP.value
-        else:
-            trade.exit_reason = book.exit_reason or Reason.SIGNAL.value
+        reason = self._exit_reason(book, purpose)
+        trade.exit_by_reason[reason] = trade.exit_by_reason.get(reason, 0.0) - size
+        # The trade's reason: the one that sold the most shares (the first one on a tie).
+        trade.exit_reason = max(trade.exit_by_reason, key=lambda r: trade.exit_by_reason[r])
         if self.getposition(data).size <= 0:
             self._close_trade(data, book)
 
@@ -502,6 +568,7 @@ class RatchetStrategy(bt.Strategy):
             "pnl": pnl,
             "return_pct": pnl / t.entry_value if t.entry_value else math.nan,
             "exit_reason": t.exit_reason,
+            "exit_reasons": ",".join(f"{r}:{q:g}" for r, q in t.exit_by_reason.items()),
             "bars_held": max(0, len(data) - t.entry_bar),
             "entry_order_id": t.entry_cid,
             "exit_order_id": t.exit_cid,

@@ -65,7 +65,7 @@ from brokers.alpaca.streams import (
     TradeUpdatesProtocol,
 )
 from common.config import Settings
-from common.errors import BrokerError, RetryableError
+from common.errors import BrokerError, DataError, RetryableError
 from strategies.signals import Signal
 
 logger = logging.getLogger(__name__)
@@ -347,6 +347,14 @@ class AlpacaStore:
         start = now - timedelta(days=self.warmup_days)
         end = self._complete_before(now)
         history = self.client.get_bars(self.symbols, start, end, self.settings.bar_interval)
+        empty = [s for s in self.symbols
+                 if not any(b.ts <= end and self._keep(b) for b in history.get(s, []))]
+        if empty:
+            # A typo (APPL) or a delisted symbol would otherwise sit in warm-up all day.
+            raise DataError(
+                f"no bars for {', '.join(empty)} from Alpaca ({self.client.data_url}) in the "
+                f"{self.warmup_days:g} days before {end:%Y-%m-%d %H:%M} UTC: check the "
+                f"symbol{'s' if len(empty) > 1 else ''} (or give more --warmup-days)")
         last_delivered = last_delivered or {}
         for sym in self.symbols:
             bars = [b for b in history.get(sym, []) if b.ts <= end and self._keep(b)]
@@ -369,9 +377,6 @@ class AlpacaStore:
                 self.assembler.add(bar, time.perf_counter(), source="backfill")
             logger.info("%s: %d warm-up bars%s", sym, len(warm),
                         f", {len(replay)} to replay" if replay else "")
-        if any(len(self.indicators[s]._bars) == 0 for s in self.symbols):
-            logger.warning("no history for %s: the Strategy waits for warm-up (insufficient_data)",
-                           [s for s in self.symbols if not self.indicators[s]._bars])
         self._steps.extend(self.assembler.release(upto=end))
         self.status.state = "delayed" if self._steps else "live"
         if self.max_steps == 1 and not self._steps:

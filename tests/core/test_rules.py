@@ -113,6 +113,41 @@ class TestStops:
         assert rules.round_price(0.123456) == pytest.approx(0.1234)
 
 
+class TestPriceRounding:
+    """Alpaca's ticks: cents at or above $1, 4 decimals below (issue 10.3)."""
+
+    @pytest.mark.parametrize(
+        ("price", "limit"),
+        [
+            (1.416667, 1.41),  # regression: NVDA 1999-05-21, the old nearest-cent gave 1.42
+            (100.0, 100.0),  # on the tick: unchanged
+            (99.999, 99.99),
+            (12.345, 12.34),
+            (0.29, 0.29),  # 0.29 / 0.01 is 28.999999999999996 in floats: still 0.29
+            (1.0, 1.0),  # $1 exactly: cents
+            (0.99999, 0.9999),  # below $1: 4 decimals, down
+            (0.123456, 0.1234),
+            (0.00015, 0.0001),
+        ],
+    )
+    def test_buy_limit_is_rounded_down_to_the_tick(self, price: float, limit: float) -> None:
+        got = rules.round_limit_buy(price)
+        assert got == limit  # exact: the price sent to Alpaca has no float noise
+        assert got <= price and price - got < rules.tick_size(price)
+
+    @pytest.mark.parametrize(
+        ("level", "stop"),
+        [(97.019, 97.01), (98.0, 98.0), (100.88, 100.88), (0.98765, 0.9876), (1.0049, 1.0)],
+    )
+    def test_sell_stop_is_rounded_down_never_above_its_level(self, level: float,
+                                                               stop: float) -> None:
+        assert rules.round_price(level) == stop and rules.round_price(level) <= level
+
+    def test_extended_hours_sell_limit_is_rounded_down(self) -> None:
+        assert rules.round_limit_sell(97.509) == 97.5 and rules.round_limit_sell(0.51239) == \
+            0.5123
+
+
 class TestGuards:
     @pytest.mark.parametrize(
         ("kwargs", "reason"),
