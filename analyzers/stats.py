@@ -10,9 +10,10 @@ import logging
 import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 import numpy as np
+
+from common.nytime import ny_dates
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,28 +21,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TRADING_DAYS = 252
-NY = ZoneInfo("America/New_York")
 _NS_PER_S = 1_000_000_000
-_NS_PER_HOUR = 3600 * _NS_PER_S
-_NS_PER_DAY = 86_400 * _NS_PER_S
 
 
 def _finite(x: float | None) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
-
-
-def ny_dates(ts_ns: np.ndarray) -> np.ndarray:
-    """New York calendar date (days since 1970-01-01) of each UTC epoch-nanosecond time."""
-    ts = np.asarray(ts_ns, dtype=np.int64)
-    if ts.shape[0] == 0:
-        return ts.copy()
-    # The UTC offset changes only on whole UTC hours: look it up once per hour present.
-    hours, inverse = np.unique(ts // _NS_PER_HOUR, return_inverse=True)
-    offsets = np.array([
-        int(datetime.fromtimestamp(int(h) * 3600, NY).utcoffset().total_seconds())  # type: ignore[union-attr]
-        for h in hours.tolist()
-    ], dtype=np.int64) * _NS_PER_S
-    return (ts + offsets[inverse.reshape(-1)]) // _NS_PER_DAY
 
 
 def daily_last(ts_ns: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from analyzers.audit import Audit
 from analyzers.recorder import RunRecorder, run_stats, trades_frame, write_run_folder
 from analyzers.runfolder import make_run_dir
 from brokers.backtest import make_backtest_broker
+from common.arrow import micros
 from common.config import INTERVAL_SECONDS, Settings, load_settings
 from common.errors import ConfigError, DataError
 from common.logs import setup_logging
@@ -141,27 +143,33 @@ def default_data_dir(interval: str) -> Path:
     return exact if exact.is_dir() else DEFAULT_BARS / "1Min"
 
 
-def _parse_when(text: str | None, end: bool = False) -> pd.Timestamp | None:
+def _parse_when(text: str | None, end: bool = False) -> datetime | None:
+    """A ``--start``/``--end`` value as an aware UTC datetime (naive = UTC); a bare date as
+    ``--end`` means the whole day."""
     if text is None:
         return None
-    import pandas as pd
-
     try:
-        ts = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        raise ConfigError(f"bad date {text!r}: use YYYY-MM-DD or an ISO timestamp") from None
-    if ts.tzinfo is None:
-        ts = ts.tz_localize("UTC")
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        import pandas as pd  # other spellings pandas understands
+
+        try:
+            when = pd.Timestamp(text).to_pydatetime()
+        except (ValueError, TypeError):
+            raise ConfigError(f"bad date {text!r}: use YYYY-MM-DD or an ISO timestamp") \
+                from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
     if end and len(text.strip()) <= 10:  # a bare date means the whole day
-        ts = ts + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
-    return ts.tz_convert("UTC")
+        when = when + timedelta(days=1) - timedelta(microseconds=1)
+    return when.astimezone(UTC)
 
 
 def load_datasets(
     data: Path,
     symbols: tuple[str, ...] | None,
     interval: str,
-    end: pd.Timestamp | None = None,
+    end: datetime | None = None,
     drop_bad: bool = False,
 ) -> dict[str, BarArrays]:
     """Read (and if needed resample) every symbol's bars up to ``end``."""
@@ -197,11 +205,17 @@ def prepare_lines(
     return sig, atr
 
 
+def _ns(when: datetime) -> int:
+    """Epoch nanoseconds of a datetime or pandas Timestamp (naive = UTC)."""
+    value = getattr(when, "value", None)  # pd.Timestamp: exact nanoseconds
+    return int(value) if value is not None else micros(when) * 1000
+
+
 def run_backtest(
     settings: Settings,
     datasets: dict[str, BarArrays],
     out: Path | None = Path("runs"),
-    start: pd.Timestamp | None = None,
+    start: datetime | None = None,
     signal: Signal | None = None,
     progress: Callable[[int], None] | None = None,
     meta: dict[str, Any] | None = None,
@@ -219,7 +233,7 @@ def run_backtest(
     signal = signal or make_signal(settings)
     cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True)
     cerebro.setbroker(make_backtest_broker(settings, session))
-    start_ns = None if start is None else int(start.value)
+    start_ns = None if start is None else _ns(start)
     total_bars = 0
     for sym, arrays in datasets.items():
         codes = session_codes(arrays.ts, settings.bar_seconds, settings.extended_hours) \

@@ -326,6 +326,10 @@ def validate_columns(
 def _to_ns(when: datetime | str | pd.Timestamp | None) -> int | None:
     if when is None:
         return None
+    if isinstance(when, datetime) and not hasattr(when, "value"):  # not a pd.Timestamp
+        from common.arrow import micros
+
+        return micros(when) * 1000  # naive = UTC
     import pandas as pd
 
     ts = pd.Timestamp(when)
