@@ -14,8 +14,9 @@ The rules (SPEC, as ratchet implements them; the same choices where SPEC leaves 
   slow[0]`` (``bt.indicators.CrossOver`` differs after exact ties, so ``SpecCross`` below);
 - sizing: floor(equity x 2% / (2 x ATR(14) at the decision bar)), capped at 10% of equity
   and by cash minus what working entries already promised; at most 5 positions + entries;
-- entry: a buy limit at the decision bar's close (to the cent); if it has not filled by the
-  next bar it is cancelled and the rest bought at market (the fallback);
+- entry: a buy limit at the decision bar's close (rounded down to the cent); if it has not
+  filled by the next bar it is cancelled and the rest bought at market (the fallback, cut
+  to what the cash affords at the close); no new entry or fallback on a session's last bar;
 - protective stop: max(fill - 2 x ATR at the decision bar, highest high x 0.97), rounded
   down to the cent, only ever raised, re-placed (cancel + new stop order) at the end of a
   bar whose high raised it; a stop already at or above the close exits at market instead;
@@ -33,26 +34,32 @@ import csv
 import math
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import backtrader as bt
 import pandas as pd
 
 # Backtrader day numbers: 1 second.
 SECOND = 1.0 / 86400.0
+NY = ZoneInfo("America/New_York")
 TRADE_FIELDS = ("symbol", "entry_time", "exit_time", "qty", "entry_price", "exit_price",
                 "exit_reason")
 
 
-def round_stop(price: float) -> float:
-    """A sell stop rounded DOWN to the cent (a hundredth of a cent below $1)."""
-    tick = 0.01 if price >= 1.0 else 0.0001
-    return math.floor(price / tick + 1e-9) * tick
+def round_down(price: float) -> float:
+    """A price rounded DOWN to the cent (to 1/100 cent below $1): stops and buy limits."""
+    if price >= 1.0:
+        return math.floor(price * 100 + 1e-7) / 100
+    return math.floor(price * 10_000 + 1e-7) / 10_000
 
 
-def round_limit(price: float) -> float:
-    """A buy limit at the close, to the cent (a hundredth of a cent below $1)."""
-    return round(price, 2) if price >= 1.0 else round(price, 4)
+def last_bar(d: bt.DataBase) -> bool:
+    """Does this 1-minute bar end at the 16:00 New York close? No new order then (it would
+    only work in the next session). Regular sessions only: no half days here."""
+    end = bt.num2date(d.datetime[0] + 60 * SECOND).replace(tzinfo=UTC).astimezone(NY)
+    return (end.hour, end.minute) >= (16, 0)
 
 
 class SpecCross(bt.Indicator):
@@ -113,10 +120,10 @@ class Ratchet(bt.Strategy):
             b = self.books[d]
             pos = self.getposition(d).size
             if pos > 0 and b.fixed is not None:
-                old = round_stop(b.level)
+                old = round_down(b.level)
                 b.high = max(b.high, d.high[0])
                 b.level = max(b.level, b.fixed, b.high * (1.0 - p.trail))
-                new = round_stop(b.level)
+                new = round_down(b.level)
                 active = b.stop_due or (b.stop is not None and b.stop.alive())
                 if new > old and active:
                     if new >= d.close[0]:
@@ -127,8 +134,12 @@ class Ratchet(bt.Strategy):
             if b.entry is not None and b.entry.alive() and \
                     (d.datetime[0] - b.entry_dt) / SECOND >= max(p.timeout, p.bar_seconds) - 1e-3:
                 self.cancel(b.entry)
-                if not signal < 0:  # a SELL on this bar would cancel the fallback at once
+                # no fallback on the session's last bar, nor when a SELL on this bar would
+                # cancel it at once
+                if not signal < 0 and not last_bar(d):
                     self.send_fallback(d, b)
+                else:
+                    b.entry = None
             if signal > 0:
                 self.on_buy(d, b)
             elif signal < 0:
@@ -141,17 +152,15 @@ class Ratchet(bt.Strategy):
         if self.getposition(d).size != 0 or b.working_entry() or \
                 (b.exit is not None and b.exit.alive()):
             return
+        if last_bar(d):
+            return
         busy = sum(1 for x in self.datas if self.getposition(x).size != 0
                    or self.books[x].working_entry())
         if busy >= p.max_positions:
             return
         price, atr = d.close[0], self.atr[d][0]
         equity = self.broker.getvalue()
-        cash = self.broker.getcash()
-        for x in self.books.values():  # cash already promised to working entries
-            for o in (x.entry, x.fallback):
-                if o is not None and o.alive():
-                    cash -= abs(o.executed.remsize) * (o.created.price or o.data.close[0])
+        cash = self.broker.getcash() - self.promised()
         if not (price > 0 and atr > 0 and equity > 0 and math.isfinite(cash)):
             return
         shares = equity * p.risk / (p.atr_mult * atr)
@@ -163,12 +172,21 @@ class Ratchet(bt.Strategy):
             return
         if p.limit_orders:
             b.entry = self.buy(data=d, size=shares, exectype=bt.Order.Limit,
-                               price=round_limit(price))
+                               price=round_down(price))
         else:
             b.entry = self.buy(data=d, size=shares)
         b.entry_dt = d.datetime[0]
         b.atr = atr
         b.fallback = None
+
+    def promised(self) -> float:
+        """Cash already promised to working entries."""
+        total = 0.0
+        for x in self.books.values():
+            for o in (x.entry, x.fallback):
+                if o is not None and o.alive():
+                    total += abs(o.executed.remsize) * (o.created.price or o.data.close[0])
+        return total
 
     def on_sell(self, d: bt.DataBase, b: Book) -> None:
         for o in (b.entry, b.fallback):
@@ -180,6 +198,17 @@ class Ratchet(bt.Strategy):
     def send_fallback(self, d: bt.DataBase, b: Book) -> None:
         rest = math.floor(abs(b.entry.size) - abs(b.entry.executed.size) + 1e-9)
         b.entry = None
+        if rest <= 0:
+            return
+        cash = self.broker.getcash() - self.promised()
+        price = d.close[0]
+        # the market order pays the market's price: no more than the cash affords at the close
+        if cash > 0 and price > 0:
+            rest = min(rest, float(math.floor(cash / price + 1e-9)))
+            if rest * price > cash + 1e-6:
+                rest -= 1.0
+        else:
+            rest = 0.0
         if rest > 0:
             b.fallback = self.buy(data=d, size=rest)
 
@@ -201,7 +230,7 @@ class Ratchet(bt.Strategy):
         if b.stop is not None and b.stop.alive():
             self.cancel(b.stop)  # placed on an earlier bar: Backtrader can cancel it
         b.stop = self.sell(data=d, size=pos, exectype=bt.Order.Stop,
-                           price=round_stop(b.level))
+                           price=round_down(b.level))
 
     # ------------------------------------------------------------------ orders
 
@@ -253,7 +282,7 @@ class Ratchet(bt.Strategy):
             b.fixed = fill_price - self.p.atr_mult * atr if atr > 0 else -math.inf
             b.high = fill_price
             b.level = max(b.fixed, fill_price * (1.0 - self.p.trail))
-        if round_stop(b.level) >= d.close[0]:
+        if round_down(b.level) >= d.close[0]:
             self.exit_now(d, b, b.binding(self.p.trail))  # already through the market
         else:
             b.stop_due = True  # placed (or resized) after this bar's decisions
