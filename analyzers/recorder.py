@@ -88,7 +88,7 @@ class RunRecorder(bt.Analyzer):
 
     def notify_order(self, order: bt.Order) -> None:
         rec = self.orders.get(order.ref)
-        data = order.data
+        data = order.p.data  # .p: Order attributes go through a slow __getattr__
         # A bar time (Backtrader day number, converted when written) or, before any bar,
         # the wall clock.
         when: float | datetime = data.datetime[0] if len(data) else datetime.now(UTC)
@@ -97,12 +97,12 @@ class RunRecorder(bt.Analyzer):
                 "client_order_id": order.info.get("cid", "") or f"bt-{order.ref}",
                 "symbol": data._name,
                 "side": "buy" if order.isbuy() else "sell",
-                "type": _TYPES.get(order.exectype, str(order.exectype)),
+                "type": _TYPES.get(order.p.exectype, str(order.p.exectype)),
                 "purpose": order.info.get("purpose", ""),
                 "qty": abs(float(order.size)),
-                "limit_price": float(order.created.price) if order.exectype == bt.Order.Limit
+                "limit_price": float(order.created.price) if order.p.exectype == bt.Order.Limit
                 and order.created.price else math.nan,
-                "stop_price": float(order.created.price) if order.exectype == bt.Order.Stop
+                "stop_price": float(order.created.price) if order.p.exectype == bt.Order.Stop
                 and order.created.price else math.nan,
                 "created_time": when,
                 "history": [],

@@ -100,8 +100,9 @@ class SimBroker(bt.brokers.BackBroker):
             elif not order.active():
                 pending.append(order)
             else:
-                if order.exectype == stop and order.ordtype == order.Sell:
-                    low = order.data.lines.low
+                params = order.p  # Order params are read through a slow __getattr__
+                if params.exectype == stop and order.ordtype == order.Sell:
+                    low = params.data.lines.low
                     if low.array[low._idx] > order.created.price:
                         pending.append(order)  # not touched on this bar
                         continue

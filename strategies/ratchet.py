@@ -155,7 +155,7 @@ class RatchetStrategy(bt.Strategy):
         return self._utc(line.array[line._idx])
 
     def _book(self, order: bt.Order) -> Book:
-        return self.books[order.data._name]
+        return self.books[order.p.data._name]  # .p: Order attributes go through __getattr__
 
     def _stop_cid(self, book: Book, when: datetime) -> str:
         book.stop_seq += 1
@@ -205,6 +205,14 @@ class RatchetStrategy(bt.Strategy):
         }
         self._positions = self.broker.positions \
             if isinstance(self.broker, bt.brokers.BackBroker) else None
+
+    def _getminperstatus(self) -> int:
+        # Backtrader recomputes max(minimum period - len) over every feed on every step, but
+        # reads only its sign (< 0 next, 0 nextstart, > 0 prenext). Lengths only grow, so
+        # once it is negative it stays negative: stop recomputing it.
+        if self._minperstatus < 0:
+            return self._minperstatus
+        return int(super()._getminperstatus())
 
     def prenext(self) -> None:
         # Some feed has no bar yet (a later listing, a symbol whose history is still empty):
@@ -459,7 +467,7 @@ class RatchetStrategy(bt.Strategy):
         book = self._book(order)
         purpose = order.info.get("purpose", "")
         cid = order.info.get("cid", "")
-        data = order.data
+        data = order.p.data
         now = self._now(data) if len(data) else datetime.now(UTC)
         new_fills = self._new_fills(order, book)
         for dt_num, size, price in new_fills:
