@@ -292,7 +292,8 @@ def write_parquet(path: Path, frame: pd.DataFrame | pa.Table) -> None:
 
 
 TRADE_COLUMNS = ["symbol", "entry_time", "exit_time", "entry_price", "exit_price", "qty", "pnl",
-                 "return_pct", "exit_reason", "bars_held", "entry_order_id", "exit_order_id"]
+                 "return_pct", "exit_reason", "bars_held", "entry_order_id", "exit_order_id",
+                 "exit_reasons"]
 _TRADE_KINDS = {
     "symbol": "str", "entry_time": "time", "exit_time": "time", "entry_price": "float",
     "exit_price": "float", "qty": "float", "pnl": "float", "return_pct": "float",
