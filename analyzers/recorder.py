@@ -27,6 +27,7 @@ from analyzers.stats import compute_stats_arrays
 from common import arrow
 from common.atomic import atomic_path, write_json_atomic
 from common.config import Settings
+from common.nytime import unique_inverse
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -247,7 +248,7 @@ def benchmark_values(bars: dict[str, tuple[np.ndarray, np.ndarray]], equity_us: 
     if not bars or equity_us.shape[0] == 0:
         return np.full(equity_us.shape[0], start_value)
     names = sorted(bars)
-    times = np.unique(np.concatenate([bt_nums_to_us(bars[s][0]) for s in names]))
+    times = unique_inverse(np.concatenate([bt_nums_to_us(bars[s][0]) for s in names]))[0]
     # One column per symbol, rows contiguous: summed along each row as pandas sums a wide
     # frame's rows, so the figures are the same to the last bit.
     wide = np.full((times.shape[0], len(names)), np.nan)

@@ -27,6 +27,7 @@ from common.arrow import micros
 from common.config import INTERVAL_SECONDS, Settings, load_settings
 from common.errors import ConfigError, DataError
 from common.logs import setup_logging
+from common.nytime import unique_inverse
 from common.paths import BUNDLED_BARS
 from feeds.btfeed import make_feed
 from feeds.sessions import codes_from_callable, session_codes, tradeable
@@ -440,7 +441,7 @@ def backtest(data: Path | None, start: str | None, end: str | None, cash: float 
     datasets = load_datasets(data_dir, settings.symbols if explicit else None,
                              settings.bar_interval, end_ts, drop_bad_rows)
     settings = settings.replace(symbols=tuple(datasets))
-    steps = len(np.unique(np.concatenate([a.ts for a in datasets.values()])))
+    steps = len(unique_inverse(np.concatenate([a.ts for a in datasets.values()]))[0])
     console.print(f"Backtesting {', '.join(datasets)} ({settings.bar_interval}) from {data_dir}"
                   f" - signal {settings.signal}, risk {settings.risk_per_trade_pct:.2%}")
     meta = {"data": str(data_dir), "start": start, "end": end}

@@ -61,9 +61,20 @@ def strings(values: Sequence[str], large: bool = False) -> pa.Array:
 
 
 def coded_strings(codes: np.ndarray, names: Sequence[str]) -> pa.Array:
-    """``string`` array whose row i is ``names[codes[i]]`` (built from a dictionary)."""
-    idx = _fixed(np.asarray(codes, dtype=np.int32), np.dtype(np.int32), pa.int32())
-    return pa.DictionaryArray.from_arrays(idx, strings(list(names))).cast(pa.string())
+    """``string`` array whose row i is ``names[codes[i]]``.
+
+    Built here rather than by decoding a dictionary array, which imports pyarrow.compute
+    (~0.05 s) for this one column.
+    """
+    enc = [n.encode() for n in names]
+    codes = np.asarray(codes, dtype=np.intp)
+    lengths = np.array([len(e) for e in enc], dtype=np.int32)
+    offsets = np.zeros(codes.shape[0] + 1, dtype=np.int32)
+    if codes.shape[0]:
+        np.cumsum(lengths[codes], out=offsets[1:])
+    data = b"".join([enc[c] for c in codes.tolist()])
+    return pa.Array.from_buffers(pa.string(), codes.shape[0],
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def table(columns: dict[str, pa.Array]) -> pa.Table:
