@@ -188,7 +188,8 @@ def load_datasets(
             frame = resample_bars(read_bars(path, end=end, drop_bad=drop_bad), interval)
             arrays = arrays_from_frame(sym, frame)
         if len(arrays) == 0:
-            raise DataError(f"{path}: no bars up to {end} (check --start/--end)")
+            raise DataError(f"{sym}: no bars in {path}" if end is None else
+                            f"{sym}: no bars up to {end} in {path} (check --start/--end)")
         out[sym] = arrays
     return out
 

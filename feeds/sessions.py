@@ -7,17 +7,18 @@ One rule for backtest and paper (README, "Market hours in the backtest"):
   computed, as the paper path drops them from its history and its stream
   (``brokers.alpaca.store.AlpacaStore._keep``); with ``extended_hours`` the extended session
   (04:00-20:00 New York on trading days) is kept as well;
-* a bar may produce a NEW order only if it ends before the close of its session window (an
-  order decided on the last bar would only work in the next session), as
-  ``brokers.alpaca.clock.MarketClock.market_open`` decides in paper;
+* a bar may produce a NEW order only if it ends before the close of its session (an order
+  decided on the last bar would only work in the next session), as paper decides
+  (``AlpacaStore.order_gate``: the calendar, then Alpaca's clock at the bar's close): a
+  regular-hours bar before the regular close, an extended-hours bar before 20:00;
 * fills: the backtest broker fills an order only on a regular-hours bar, except an
   extended-hours limit order, which may also fill on an extended-hours bar; stops sleep
   outside regular hours (``brokers.backtest.SimBroker``).
 
 The code of a bar is ``CLOSED``, ``REGULAR`` or ``EXTENDED``, plus the flag ``LAST`` when the
-bar ends at or after the close of the window it is traded in. Daily bars are ``REGULAR``.
-The backtest feed carries the codes as its ``session`` line, so the Strategy and the broker
-read one number per bar instead of asking the calendar.
+bar ends at or after the close of its session (regular close, or 20:00 for extended hours).
+Daily bars are ``REGULAR``. The backtest feed carries the codes as its ``session`` line, so
+the Strategy and the broker read one number per bar instead of asking the calendar.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ def session_codes(ts_ns: np.ndarray, bar_seconds: int, extended_hours: bool = Fa
                   ) -> np.ndarray:
     """Session code (int8) of every bar start in ``ts_ns`` (int64 UTC nanoseconds).
 
+    ``extended_hours`` does not change the codes (which bars are kept is ``tradeable``'s
+    business); it is accepted so callers state the mode they run in.
+
     ``bar_seconds >= 86400`` (daily bars): every bar is ``REGULAR``, never ``LAST``.
     """
     n = len(ts_ns)
@@ -142,8 +146,11 @@ def session_codes(ts_ns: np.ndarray, bar_seconds: int, extended_hours: bool = Fa
     regular = has & (ts >= o) & (ts < c)
     extended = has & ~regular & (ts >= xo) & (ts < xc)
     codes = np.where(regular, REGULAR, np.where(extended, EXTENDED, CLOSED)).astype(np.int8)
-    window_close = xc if extended_hours else c
-    last = (codes != CLOSED) & (ts + bar_seconds * _NS_PER_S >= window_close)
+    # A regular-hours bar is the last one when it reaches the regular close (what comes next
+    # is the extended session, where only extended-hours limits may go out: paper's clock
+    # says closed); an extended-hours bar when it reaches 20:00.
+    end = ts + bar_seconds * _NS_PER_S
+    last = (regular & (end >= c)) | (extended & (end >= xc))
     codes[last] |= LAST
     return codes
 

@@ -130,22 +130,24 @@ def session_flags(ts: pd.DatetimeIndex, bar_seconds: int, extended: bool
     pos = sched.index.get_indexer(days)
     has = pos >= 0
     p = np.where(has, pos, 0)
-    opens = sched["open"].dt.tz_convert("UTC").to_numpy()[p] if len(sched) else None
-    if opens is None:
+    if not len(sched):
         z = np.zeros(n, bool)
         return z, z, z
-    closes = sched["close"].dt.tz_convert("UTC").to_numpy()[p]
-    t = ts.tz_convert("UTC").tz_localize(None).to_numpy()
-    opens = opens.astype("datetime64[ns]")  # noqa: RUF100
-    closes = closes.astype("datetime64[ns]")
+
+    def naive_utc(col: str) -> np.ndarray:
+        return pd.DatetimeIndex(sched[col]).tz_convert("UTC").tz_localize(None) \
+            .as_unit("ns").to_numpy()[p]
+
+    opens, closes = naive_utc("open"), naive_utc("close")
+    t = ts.tz_convert("UTC").tz_localize(None).as_unit("ns").to_numpy()
     day_ny = pd.DatetimeIndex(days)
     xo = (day_ny + pd.Timedelta(hours=4)).tz_localize(NY).tz_convert("UTC").tz_localize(None)
     xc = (day_ny + pd.Timedelta(hours=20)).tz_localize(NY).tz_convert("UTC").tz_localize(None)
-    xo, xc = xo.to_numpy(), xc.to_numpy()
+    xo, xc = xo.as_unit("ns").to_numpy(), xc.as_unit("ns").to_numpy()
     regular = has & (t >= opens) & (t < closes)
     ext = has & ~regular & (t >= xo) & (t < xc)
     end = t + np.timedelta64(bar_seconds, "s")
-    last = np.where(extended, end >= xc, end >= closes) & (regular | ext)
+    last = (regular & (end >= closes)) | (ext & (end >= xc))
     return regular, ext, last
 
 

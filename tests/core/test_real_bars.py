@@ -61,6 +61,8 @@ def test_a_symbol_without_bars_in_the_session_is_refused(tmp_path: Path) -> None
     night = flat_bars(60, start="2025-10-02 03:00")
     with pytest.raises(DataError, match=r"^NITE: no bars in regular trading hours"):
         run(tmp_path, {"ACME": flat_bars(60), "NITE": night}, {40: 1.0})
+    with pytest.raises(DataError, match=r"^NONE: no bars in .*NONE\.parquet$"):
+        run(tmp_path / "empty", {"ACME": flat_bars(60), "NONE": flat_bars(0)}, {40: 1.0})
 
 
 def test_no_new_entry_on_the_last_bar_of_the_session(tmp_path: Path) -> None:
@@ -70,6 +72,13 @@ def test_no_new_entry_on_the_last_bar_of_the_session(tmp_path: Path) -> None:
     _, r = run(tmp_path, {"ACME": flat_bars(390)}, {389: 1.0})  # 09:30..15:59 New York
     assert r.orders.empty
     assert list(actions(r, "skip_buy").reason) == ["market_closed"]
+    # With extended hours the 15:59 bar is still the regular session's last (paper: Alpaca's
+    # clock says closed at 16:00); the 16:00 bar may send an extended-hours limit.
+    _, rx = run(tmp_path / "x", {"ACME": flat_bars(392)}, {389: 1.0, 390: 1.0},
+                extended_hours=True)
+    assert list(actions(rx, "skip_buy").reason) == ["market_closed"]
+    assert list(rx.orders.client_order_id) == ["ratchet-ACME-20251001T200000-entry"]
+    assert rx.orders.type.iloc[0] == "limit"
 
 
 def test_extended_hours_bars_are_dropped_and_never_traded_by_default(tmp_path: Path) -> None:

@@ -85,3 +85,40 @@ def test_shutdown_that_cannot_reconcile_says_so(sim: SimServer, creds: Credentia
     assert result.reconciled is False
     assert result.reconcile.startswith("NOT reconciled at shutdown")
     assert "unknown" in result.reconcile and "matches" not in result.reconcile
+
+
+def test_paper_and_backtest_drop_the_same_out_of_session_bars(
+        creds: Credentials, tmp_path: Path) -> None:
+    """Issue 10.2: one session rule for both paths. CRUX gets after-hours and pre-market bars
+    20% above its regular prices right before the replayed session; both paths drop them
+    (they would move the SMAs and the ATR), so the paper session decides exactly as the
+    backtest of the same bar file, the 13:42 crossover included."""
+    from commands.backtest import load_datasets, run_backtest
+
+    folder = tmp_path / "bars" / "1Min"
+    crux = read_bars(BARS / "1Min" / "CRUX.parquet")
+    ext_idx = pd.date_range("2025-10-02 20:00", "2025-10-03 13:29", freq="1min", tz="UTC")
+    ext_idx = ext_idx[(ext_idx < pd.Timestamp("2025-10-03 00:00", tz="UTC"))
+                      | (ext_idx >= pd.Timestamp("2025-10-03 08:00", tz="UTC"))]
+    src = crux.iloc[: len(ext_idx)].reset_index(drop=True)
+    extended = src.assign(timestamp=ext_idx.as_unit("us"),
+                          **{c: src[c] * 1.2 for c in ("open", "high", "low", "close")})
+    frame = pd.concat([crux, extended]).sort_values("timestamp").reset_index(drop=True)
+    write_bars(folder / "CRUX.parquet", frame)
+    server = SimServer(book=BarBook.load(folder), key=SENTINEL_KEY, secret=SENTINEL_SECRET,
+                       start=REPLAY_START, rate_limit=10**6)
+    server.start()
+    try:
+        result = session(server, creds, tmp_path / "run", 14, symbols=("CRUX",),
+                         settings=Settings(symbols=("CRUX",)))
+    finally:
+        server.stop()
+    start = pd.Timestamp(REPLAY_START)
+    datasets = load_datasets(folder, ("CRUX",), "1Min", end=start + pd.Timedelta(minutes=13))
+    expected = run_backtest(Settings(symbols=("CRUX",)), datasets, out=None, start=start)
+    bt_audit = pd.DataFrame(expected.audit.rows, columns=[
+        "time", "kind", "symbol", "action", "reason", "qty", "price", "client_order_id",
+        "detail"])
+    got = decisions(pd.read_csv(result.audit_path), since=REPLAY_START)
+    assert got == decisions(bt_audit, since=REPLAY_START)
+    assert ("2025-10-03T13:42:00+00:00", "CRUX", "buy", "signal", 30.0) in got
