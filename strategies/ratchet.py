@@ -129,6 +129,8 @@ class RatchetStrategy(bt.Strategy):
         self.closed_trades: list[dict[str, Any]] = []
         self.bar_count = 0
         self._times: dict[float, datetime] = {}
+        self._positions: dict[Any, Any] | None = None
+        self._busy_count: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -183,6 +185,35 @@ class RatchetStrategy(bt.Strategy):
             if self.books[d._name].working_entry() and self.getposition(d).size == 0
         )
 
+    def _busy(self) -> tuple[int, int]:
+        """(``open_positions()``, ``working_entries()``), counted once per step on the
+        backtest broker: its positions change only between steps, and the working entries
+        only through this Strategy's buy/sell/cancel, which drop the count."""
+        if self._positions is None:
+            return self.open_positions(), self.working_entries()
+        if self._busy_count is None:
+            positions = self._positions
+            held = working = 0
+            for data, book, _dt, _sig in self._lines:
+                if positions[data].size != 0:
+                    held += 1
+                elif book.working_entry():
+                    working += 1
+            self._busy_count = (held, working)
+        return self._busy_count
+
+    def buy(self, *args: Any, **kwargs: Any) -> bt.Order:
+        self._busy_count = None
+        return super().buy(*args, **kwargs)
+
+    def sell(self, *args: Any, **kwargs: Any) -> bt.Order:
+        self._busy_count = None
+        return super().sell(*args, **kwargs)
+
+    def cancel(self, order: bt.Order) -> None:
+        self._busy_count = None
+        super().cancel(order)
+
     # ------------------------------------------------------------------ the bar loop
 
     def start(self) -> None:
@@ -221,6 +252,7 @@ class RatchetStrategy(bt.Strategy):
 
     def next(self) -> None:
         self.bar_count += 1
+        self._busy_count = None  # fills between steps change the positions
         positions = self._positions
         getposition = self.getposition if positions is None else positions.__getitem__
         for data, book, dtbuf, sigbuf in self._lines:
@@ -313,11 +345,17 @@ class RatchetStrategy(bt.Strategy):
         extended = self._session_at(data, now) == "extended"
         if extended and not self.cfg.extended_hours:
             market_open = False
+        has_position = self.getposition(data).size != 0
+        has_working_order = book.working_any()
+        if market_open and not has_position and not has_working_order:
+            open_positions, working_entries = self._busy()
+        else:
+            open_positions = working_entries = 0  # check_entry refuses before reading them
         guard = rules.check_entry(
-            has_position=self.getposition(data).size != 0,
-            has_working_order=book.working_any(),
-            open_positions=self.open_positions(),
-            working_entries=self.working_entries(),
+            has_position=has_position,
+            has_working_order=has_working_order,
+            open_positions=open_positions,
+            working_entries=working_entries,
             max_positions=self.cfg.max_positions,
             market_open=market_open,
         )
