@@ -6,6 +6,7 @@ command parses flags into ``Settings``, shows progress and prints the summary.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -261,7 +262,16 @@ def run_backtest(
     audit = Audit()
     cerebro.addstrategy(RatchetStrategy, settings=settings, audit=audit, session=session)
     cerebro.addanalyzer(RunRecorder, _name="recorder", progress=progress)
-    strategy = cerebro.run()[0]
+    # The bar loop allocates many short-lived objects and almost no reference cycles (a
+    # 20 x 21 run leaves ~100 unreachable objects): the cyclic collector's passes over the
+    # run's growing heap cost ~5-15% of its CPU. It runs again once the run is over.
+    collect = gc.isenabled()
+    gc.disable()
+    try:
+        strategy = cerebro.run()[0]
+    finally:
+        if collect:
+            gc.enable()
     recorder: RunRecorder = strategy.analyzers.recorder
     elapsed = time.perf_counter() - t0
     open_positions = {
