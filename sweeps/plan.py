@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from common.config import Settings
 from common.errors import ConfigError
@@ -89,7 +90,9 @@ def build_plan(req: SweepRequest, config_file: Path | None,
     space = build_space(req.grids, req.ranges, req.constraints)
     windows_spec = parse_walk_forward(req.walk_forward) if req.walk_forward else None
     base, data_dir, explicit = base_settings(config_file, flags, req.data)
-    start_ts, end_ts = _parse_when(req.start), _parse_when(req.end, end=True)
+    # run_backtest takes datetimes; the sweep's window arithmetic uses pandas Timestamps
+    start_ts, end_ts = (None if w is None else pd.Timestamp(w)
+                        for w in (_parse_when(req.start), _parse_when(req.end, end=True)))
     if start_ts is not None and end_ts is not None and start_ts > end_ts:
         raise ConfigError(f"--start {req.start} is after --end {req.end}")
     data_path = data_dir.resolve() if "://" not in str(data_dir) else data_dir

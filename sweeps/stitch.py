@@ -84,7 +84,8 @@ def stitch_oos(store: ResultStore, plan: SweepPlan,
     spec = plan.spec
     config = {
         "mode": "walk-forward-oos", "run_id": "oos", "created_at": datetime.now(UTC).isoformat(),
-        "settings": public_settings(plan.base), "data": spec.data, "symbols": list(plan.base.symbols),
+        "settings": public_settings(plan.base), "data": spec.data,
+        "symbols": list(plan.base.symbols),
         "interval": plan.base.bar_interval,
         "start": windows[0]["test_start"] if windows else None,
         "end": windows[-1]["test_end"] if windows else None, "version": "0.1.0",
