@@ -96,6 +96,8 @@ class StoreStatus:
     last_bar: datetime | None = None
     steps: int = 0
     backfilled: int = 0
+    #: stream gaps detected (bars of a symbol skipped without a reconnect)
+    gaps: int = 0
     dropped: int = 0
     state: str = "starting"
     streams: list[Any] = field(default_factory=list)
@@ -180,6 +182,10 @@ class AlpacaStore:
         self._feeds: dict[str, Any] = {}
         self._steps: deque[Step] = deque()
         self._needs_backfill = False
+        #: per symbol, the newest 1-minute bar time seen on the stream (gap detection)
+        self._stream_prev: dict[str, datetime] = {}
+        #: bar times already completed from REST (each is asked for once)
+        self._completed_at: deque[datetime] = deque(maxlen=256)
         self._stop_requested = False
         self.finished = False
         self._delivered_since_save = False
@@ -348,8 +354,14 @@ class AlpacaStore:
         end = self._complete_before(now)
         history = self.client.get_bars(self.symbols, start, end, self.settings.bar_interval)
         last_delivered = last_delivered or {}
+        if self.recorder is not None:
+            self.recorder.clean_partials()
+        completed = 0
         for sym in self.symbols:
             bars = [b for b in history.get(sym, []) if b.ts <= end and self._keep(b)]
+            since = self.recorder.recorded_since(sym) if self.recorder is not None else None
+            if since is not None:  # bars a killed run never wrote, and those it missed
+                completed += self.recorder.complete(bars, since)  # type: ignore[union-attr]
             cut = seen = last_delivered.get(sym)
             if cut is not None and now - cut > self.max_backfill:
                 cut = None  # too old to act on: warm up only
@@ -372,6 +384,10 @@ class AlpacaStore:
         if any(len(self.indicators[s]._bars) == 0 for s in self.symbols):
             logger.warning("no history for %s: the Strategy waits for warm-up (insufficient_data)",
                            [s for s in self.symbols if not self.indicators[s]._bars])
+        if completed:
+            logger.warning("recorded bars completed from REST after the restart: %d bar(s)",
+                           completed)
+            self.recorder.flush()  # type: ignore[union-attr]
         self._steps.extend(self.assembler.release(upto=end))
         self.status.state = "delayed" if self._steps else "live"
         if self.max_steps == 1 and not self._steps:
@@ -438,14 +454,14 @@ class AlpacaStore:
         self.pump_events(0.0)
         self._maintain()
         if not self._steps:
-            self._steps.extend(self.assembler.release())
+            self._steps.extend(self._release())
         if not self._steps:
             self._housekeeping()
             if self.on_idle is not None:
                 self.on_idle()
             self.pump_events(self.poll_s)
             self._maintain()  # a reconnect seen just now must backfill before any release
-            self._steps.extend(self.assembler.release())
+            self._steps.extend(self._release())
             if self._stop_requested:
                 return  # stopped while idle: no new step; the next pass finishes the run
         if self._steps:
@@ -501,12 +517,65 @@ class AlpacaStore:
         self._saw_close(bar.ts, 60)  # the stream sends closed 1-minute bars
         if not self._keep(bar):
             return
+        self._check_gap(bar)
         bars = [bar] if self.aggregator is None else self.aggregator.add(bar)
         for b in bars:
             if not self.assembler.add(b, arrived):
                 self.status.dropped += 1
         if self.aggregator is not None and self.aggregator.backfill_due(bar.ts):
             self._needs_backfill = True  # the bucket cut by a reconnect is complete at REST
+
+    def _check_gap(self, bar: BarRecord) -> None:
+        """A stream bar that skips session minutes of its symbol (a short silence, shorter
+        than the watchdog, or dropped frames) triggers a REST backfill at once: without a
+        reconnect those bars would be lost for good (issue 11)."""
+        sym = bar.symbol
+        prev = self._stream_prev.get(sym) or self.assembler.last_ts.get(sym)
+        if prev is None or bar.ts <= prev:
+            self._stream_prev[sym] = max(bar.ts, prev) if prev else bar.ts
+            return
+        self._stream_prev[sym] = bar.ts
+        t, steps = prev + timedelta(minutes=1), 0
+        while t < bar.ts and steps < 1440:
+            if self.clock.in_session(t):
+                logger.warning("%s: stream bar %s follows %s: the bars between were missed; "
+                               "backfilling from REST now", sym, bar.ts.isoformat(),
+                               prev.isoformat())
+                self.status.gaps += 1
+                self._needs_backfill = True
+                if self.aggregator is not None:
+                    self.aggregator.reset()  # its bucket lost minutes: REST has it whole
+                return
+            t += timedelta(minutes=1)
+            steps += 1
+
+    def _release(self) -> list[Step]:
+        """``assembler.release()``, after asking REST for the bars of symbols a step would
+        otherwise close without (their stream bar was lost): one request per bar time."""
+        missing = self.assembler.incomplete_due()
+        todo = [(ts, syms) for ts, syms in missing if ts not in self._completed_at]
+        if todo:
+            for ts, _ in todo:
+                self._completed_at.append(ts)
+            start = min(ts for ts, _ in todo)
+            end = max(ts for ts, _ in todo) + timedelta(seconds=self.settings.bar_seconds - 1)
+            wanted = sorted({s for _, syms in todo for s in syms})
+            try:
+                history = self.client.get_bars(wanted, start, end, self.settings.bar_interval)
+            except (RetryableError, BrokerError) as exc:
+                logger.warning("could not complete step(s) from REST: %s", exc)
+                history = {}
+            added = 0
+            for bars in history.values():
+                for bar in bars:
+                    if self._keep(bar) and any(bar.ts == ts for ts, _ in todo) \
+                            and self.assembler.add(bar, time.perf_counter(), "backfill"):
+                        added += 1
+            if added:
+                logger.warning("completed %d bar(s) of %s from REST (missed on the stream)",
+                               added, ",".join(wanted))
+                self.status.backfilled += added
+        return self.assembler.release()
 
     def _on_connected(self, name: str, reconnect: bool) -> None:
         self._connected[name] = self._connected.get(name, 0) + 1

@@ -9,17 +9,19 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 import requests
 
 from tests.sim.conftest import REPO
 
 
 def test_cli_serves_and_stops() -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ALPACA_SIM_SECRET": "s1-secret"}
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "cli.py"), "alpaca-sim", "--port", "0", "--speed", "0",
-         "--key", "k1", "--secret", "s1-secret"],
+         "--key", "k1"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines: list[str] = []
@@ -62,3 +64,22 @@ def test_cli_bad_start_is_one_line() -> None:
                            "yesterday"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: --start 'yesterday' is not a time")
+
+
+def test_cli_secret_never_on_argv(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression (issue 11.8): ``--secret`` put the server's secret in argv (ps shows it).
+    It is refused; ``--secret-file`` (warned when others can read it) or the env work."""
+    from click.testing import CliRunner
+
+    from commands.sim import _secret, alpaca_sim
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-a-file\n")
+    secret_file.chmod(0o644)
+    assert _secret(secret_file, None) == "from-a-file"
+    assert "readable by other users" in caplog.text and "chmod 600" in caplog.text
+    assert "from-a-file" not in caplog.text
+    result = CliRunner().invoke(alpaca_sim, ["--secret", "s3cr3t-value"])
+    assert result.exit_code != 0
+    assert "--secret on the command line shows in ps" in str(result.exception)
+    assert "s3cr3t-value" not in str(result.exception) + result.output
