@@ -83,3 +83,56 @@ def test_cli_secret_never_on_argv(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert result.exit_code != 0
     assert "--secret on the command line shows in ps" in str(result.exception)
     assert "s3cr3t-value" not in str(result.exception) + result.output
+
+
+def _started(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "alpaca-sim", *args],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline and proc.poll() is None
+        assert proc.stdout is not None
+        found = re.search(r"REST: +(http://127\.0\.0\.1:\d+)", proc.stdout.readline())
+        if found:
+            return proc, found.group(1)
+
+
+def test_cli_state_survives_sigkill(tmp_path: Path) -> None:
+    """Issue 11.3: ``alpaca-sim --state FILE`` killed with SIGKILL and started again keeps
+    the account, its orders and positions and the replay time, like Alpaca; a broken state
+    file is one line and stays as it was."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    keys = {"APCA-API-KEY-ID": "test-key", "APCA-API-SECRET-KEY": "test-secret"}
+    state = tmp_path / "sim.json"
+    args = ["--port", "0", "--speed", "0", "--state", str(state)]
+    proc, base = _started(args, env)
+    try:
+        order = requests.post(f"{base}/v2/orders", headers=keys, timeout=10, json={
+            "symbol": "ACME", "qty": 3, "side": "buy", "type": "market",
+            "time_in_force": "day", "client_order_id": "kept-1"}).json()
+        requests.post(f"{base}/_sim/advance", json={"minutes": 2}, headers=keys, timeout=10)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    proc, base = _started(args, env)
+    try:
+        again = requests.get(f"{base}/v2/orders:by_client_order_id", headers=keys,
+                             params={"client_order_id": "kept-1"}, timeout=10).json()
+        assert (again["id"], again["status"]) == (order["id"], "filled")
+        pos = requests.get(f"{base}/v2/positions/ACME", headers=keys, timeout=10).json()
+        assert pos["qty"] == "3"
+        clock = requests.get(f"{base}/v2/clock", headers=keys, timeout=10).json()
+        assert clock["timestamp"] == "2025-10-03T09:32:00-04:00"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    from click.testing import CliRunner
+
+    from commands.sim import alpaca_sim
+
+    state.write_text("{not json")
+    result = CliRunner().invoke(alpaca_sim, ["--state", str(state), "--speed", "0"])
+    assert result.exit_code != 0 and "\n" not in str(result.exception)
+    assert "not a readable alpaca-sim state" in str(result.exception)
+    assert state.read_text() == "{not json"
