@@ -133,3 +133,34 @@ def test_recorded_bars_are_completed_after_a_kill(sim: SimServer, creds: Credent
     assert bars.timestamp.is_unique and len(bars) == len(full) + 3 + 2
     assert set(full.timestamp) <= set(bars.timestamp)
     assert not leftover.exists() and not list(folder.glob(".*.tmp"))
+
+
+def test_server_reusing_order_ids_does_not_crash_the_bot(book: BarBook, creds: Credentials,
+                                                         tmp_path: Path) -> None:
+    """Regression (issue 11.3): a loopback server restarted without state handed out the
+    order ids of its previous life again (seed 0); the bot's startup reconciliation then
+    died on ``UNIQUE constraint failed: orders.alpaca_id`` at every restart. Now the stale
+    row is quarantined (audited) and the run goes on protecting its positions."""
+    first = SimServer(book=book, key=SENTINEL_KEY, secret=SENTINEL_SECRET, start=REPLAY_START,
+                      rate_limit=10**6, seed=0).start()
+    try:
+        session(first, creds, tmp_path, 45)
+        later, port = first.now(), first.port
+        used = set(first.market.orders)
+    finally:
+        first.stop()
+    assert used
+    again = SimServer(book=book, key=SENTINEL_KEY, secret=SENTINEL_SECRET, start=later,
+                      rate_limit=10**6, seed=0, port=port).start()
+    try:
+        result = session(again, creds, tmp_path, 60)
+        reused = used & set(again.market.orders)
+        positions = {s: p.qty for s, p in again.market.positions.items() if p.qty}
+        stops = {o.symbol: o.qty for o in again.market.orders.values()
+                 if o.type == "stop" and o.is_open}
+    finally:
+        again.stop()
+    assert reused  # the scenario happened: the new server gave out old ids
+    audit = pd.read_csv(result.audit_path)
+    assert (audit["action"] == "quarantine").sum() >= 1
+    assert result.steps == 60 and stops == positions
