@@ -126,6 +126,7 @@ def soak(book: BarBook, root: Path, kills: int, restarts: int, minutes: int | No
          pace: float, life: tuple[float, float], seed: int) -> dict[str, Any]:
     """One soak (kills=0, restarts=0: the uninterrupted baseline over ``minutes``)."""
     rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
     venue = Venue(book, root / "sim-state.json")
     base = venue.server.base_url
     stop = threading.Event()
