@@ -4,6 +4,7 @@
 One command::
 
     .venv/bin/python benchmarks/bench_soak.py [--kills 50] [--restarts 5] [--pace 0.3]
+        [--min-life 4] [--max-life 14]
 
 The server (``brokers.alpaca_sim`` with ``state_path``) runs in this process, stepped one
 replayed minute every ``--pace`` wall seconds (nights skipped), so every order that reaches
@@ -188,7 +189,8 @@ def soak(book: BarBook, root: Path, kills: int, restarts: int, minutes: int | No
                 if to_ns(pd.Timestamp(START).to_pydatetime()) <= t and e <= now]
         missed += sum(1 for t in span if t not in got)
     venue.stop()
-    return {"kills": done_kills, "restarts": done_restarts, "minutes": venue.minutes,
+    text = (root / "bot-output.txt").read_text(errors="replace")
+    return {"kills": done_kills, "trading_lives": text.count("LIVE (paper account)"), "restarts": done_restarts, "minutes": venue.minutes,
             "orders": sum(venue.posts.values()),
             "duplicates": {c: n for c, n in venue.posts.items() if n > 1},
             "unprotected": venue.unprotected, "missed": missed, "same": same,
@@ -200,8 +202,10 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--restarts", type=int, default=5)
     parser.add_argument("--pace", type=float, default=0.3, help="wall s per replayed minute")
-    parser.add_argument("--min-life", type=float, default=1.5)
-    parser.add_argument("--max-life", type=float, default=5.0)
+    # a bot needs ~3-6 s (imports, warm-up, reconciliation) on a busy 2-core machine before it
+    # trades: shorter lives would only ever kill it during its startup
+    parser.add_argument("--min-life", type=float, default=4.0)
+    parser.add_argument("--max-life", type=float, default=14.0)
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
     book = BarBook.load(REPO / "data" / "bars" / "1Min", SYMBOLS)
@@ -212,7 +216,8 @@ def main() -> int:
         base = soak(book, Path(tmp) / "base", 0, 0, faulty["minutes"], args.pace,
                     (args.min_life, args.max_life), args.seed)
     for name, r in (("soak", faulty), ("baseline", base)):
-        print(f"{name}: {r['kills']} SIGKILLs of paper, {r['restarts']} server restarts, "
+        print(f"{name}: {r['kills']} SIGKILLs of paper ({r['trading_lives']} lives reached "
+              f"trading), {r['restarts']} server restarts, "
               f"{r['minutes']} replayed minutes x {len(SYMBOLS)} symbols in {r['wall']:.0f} s; "
               f"{r['orders']} orders reached the server; duplicates {len(r['duplicates'])}; "
               f"unprotected position-minutes {r['unprotected']}; missed bars {r['missed']}; "
