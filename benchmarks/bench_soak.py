@@ -190,7 +190,8 @@ def soak(book: BarBook, root: Path, kills: int, restarts: int, minutes: int | No
         missed += sum(1 for t in span if t not in got)
     venue.stop()
     text = (root / "bot-output.txt").read_text(errors="replace")
-    return {"kills": done_kills, "trading_lives": text.count("LIVE (paper account)"), "restarts": done_restarts, "minutes": venue.minutes,
+    return {"kills": done_kills, "trading_lives": text.count("LIVE (paper account)"),
+            "restarts": done_restarts, "minutes": venue.minutes,
             "orders": sum(venue.posts.values()),
             "duplicates": {c: n for c, n in venue.posts.items() if n > 1},
             "unprotected": venue.unprotected, "missed": missed, "same": same,
