@@ -538,9 +538,9 @@ class AlpacaStore:
         t, steps = prev + timedelta(minutes=1), 0
         while t < bar.ts and steps < 1440:
             if self.clock.in_session(t):
-                logger.warning("%s: stream bar %s follows %s: the bars between were missed; "
-                               "backfilling from REST now", sym, bar.ts.isoformat(),
-                               prev.isoformat())
+                # info: a thin symbol may simply not have traded (REST then has nothing)
+                logger.info("%s: stream bar %s follows %s: asking REST for the bars between",
+                            sym, bar.ts.isoformat(), prev.isoformat())
                 self.status.gaps += 1
                 self._needs_backfill = True
                 if self.aggregator is not None:
@@ -641,8 +641,8 @@ class AlpacaStore:
                 if self._keep(bar) and self.assembler.add(bar, time.perf_counter(), "backfill"):
                     added += 1
         self.status.backfilled += added
-        logger.warning("backfilled %d bars for %s .. %s", added, start.isoformat(),
-                       end.isoformat())
+        logger.log(logging.WARNING if added else logging.INFO, "backfilled %d bars for %s .. %s",
+                   added, start.isoformat(), end.isoformat())
         self._steps.extend(self.assembler.release(upto=end))
 
     def _deliver(self, step: Step) -> None:
