@@ -26,9 +26,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "paper": ("commands.paper", "paper", "Run the strategy on Alpaca paper trading."),
     "alpaca-sim": ("commands.sim", "alpaca_sim", "Run the loopback Alpaca-compatible server."),
     "data": ("commands.data", "data", "Download, import and inspect bar data."),
+    "sweep": ("commands.sweep", "sweep", "Sweep settings on Dask; walk-forward optimisation."),
     "report": ("commands.report", "report", "Write an HTML report of one or more runs."),
     "train": ("commands.train", "train", "Train and validate an ML signal model."),
     "show-config": ("commands.show_config", "show_config", "Print the effective settings."),
+    "alert-test": ("commands.alert_test", "alert_test", "Send a test alert to alert URLs."),
+    "parity": ("commands.parity", "parity", "Compare a paper run with its backtest."),
 }
 
 

@@ -37,6 +37,8 @@ class Audit:
     def __init__(self, live_path: Path | None = None,
                  redact: Callable[[str], str] | None = None) -> None:
         self.rows: list[tuple[Any, ...]] = []
+        #: called with each new row (e.g. ``alerts.sources.AuditAlerts``); must return fast
+        self.listeners: list[Callable[[tuple[Any, ...]], None]] = []
         self._redact = redact
         self._fh: IO[str] | None = None
         self._writer: Any = None
@@ -76,6 +78,11 @@ class Audit:
             self._writer.writerow(row)
             self._fh.flush()
         logger.debug("audit %s %s %s %s %s", kind, symbol, action, reason, client_order_id)
+        for listener in self.listeners:
+            try:
+                listener(row)
+            except Exception:  # noqa: BLE001 - a listener never breaks the audit trail
+                logger.exception("audit listener %r failed", listener)
 
     def write_csv(self, path: Path) -> None:
         """Write every row collected in this process to ``path`` (atomically)."""

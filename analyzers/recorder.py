@@ -43,16 +43,18 @@ class RunRecorder(bt.Analyzer):
     """Collects orders, per-step equity and the stop level of open positions.
 
     Param ``progress``: optional callable(steps_done) called every 500 steps. Times are kept
-    as Backtrader day numbers and converted once, in ``write_run_folder``.
+    as Backtrader day numbers and converted once, in ``write_run_folder``. Param ``ohlc``:
+    also keep every bar's open/high/low/volume (paper runs: ``bars.parquet``, for parity).
     """
 
-    params = (("progress", None),)
+    params = (("progress", None), ("ohlc", False))
 
     def start(self) -> None:
         self.orders: dict[int, dict[str, Any]] = {}
         self.equity: list[tuple[float, float, float, float, int]] = []
         self.stops: list[tuple[float, str, float]] = []
         self.bars: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.ohlc: dict[str, dict[str, np.ndarray]] = {}
         self._fills_seen: dict[int, int] = {}
 
     def notify_order(self, order: bt.Order) -> None:
@@ -120,6 +122,11 @@ class RunRecorder(bt.Analyzer):
             dt = np.frombuffer(data.lines.datetime.array, dtype=np.float64)[:n].copy()
             close = np.frombuffer(data.lines.close.array, dtype=np.float64)[:n].copy()
             self.bars[data._name] = (dt, close)
+            if self.p.ohlc:
+                self.ohlc[data._name] = {
+                    "t": dt, "close": close,
+                    **{k: np.frombuffer(getattr(data.lines, k).array, dtype=np.float64)[:n].copy()
+                       for k in ("open", "high", "low", "volume")}}
 
     def get_analysis(self) -> dict[str, Any]:
         return {"orders": len(self.orders), "bars": len(self.equity)}
@@ -143,6 +150,31 @@ class RunRecorder(bt.Analyzer):
         prices = prices.merge(stops, on=["t", "symbol"], how="left")
         prices.insert(0, "timestamp", bt_nums_to_utc(prices.pop("t").to_numpy()))
         return prices.sort_values(["timestamp", "symbol"], kind="stable").reset_index(drop=True)
+
+
+    def bars_frame(self, warmup: dict[str, list[Any]] | None = None) -> pd.DataFrame:
+        """Every bar the Strategy saw (``ohlc=True``), after the warm-up bars (objects with
+        ``ts open high low close volume``): ``symbol, timestamp, open, high, low, close,
+        volume, warmup`` (bool), sorted by symbol and time."""
+        parts = []
+        for sym, bars in (warmup or {}).items():
+            if bars:
+                parts.append(pd.DataFrame({
+                    "symbol": sym, "timestamp": pd.to_datetime([b.ts for b in bars], utc=True),
+                    **{k: np.array([getattr(b, k) for b in bars], np.float64)
+                       for k in ("open", "high", "low", "close", "volume")},
+                    "warmup": True}))
+        for sym, cols in self.ohlc.items():
+            parts.append(pd.DataFrame({
+                "symbol": sym, "timestamp": bt_nums_to_utc(cols["t"]),
+                **{k: cols[k] for k in ("open", "high", "low", "close", "volume")},
+                "warmup": False}))
+        cols = ["symbol", "timestamp", "open", "high", "low", "close", "volume", "warmup"]
+        if not parts:
+            return pd.DataFrame(columns=cols)
+        frame = pd.concat(parts, ignore_index=True)[cols]
+        frame["timestamp"] = frame["timestamp"].astype("datetime64[ns, UTC]")
+        return frame.sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
 
 
 def bt_nums_to_utc(nums: np.ndarray) -> pd.DatetimeIndex:
@@ -188,7 +220,8 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
 
 
 TRADE_COLUMNS = ["symbol", "entry_time", "exit_time", "entry_price", "exit_price", "qty", "pnl",
-                 "return_pct", "exit_reason", "bars_held", "entry_order_id", "exit_order_id"]
+                 "return_pct", "exit_reason", "bars_held", "entry_order_id", "exit_order_id",
+                 "exit_reasons"]
 
 
 def trades_frame(closed_trades: list[dict[str, Any]]) -> pd.DataFrame:
@@ -198,7 +231,7 @@ def trades_frame(closed_trades: list[dict[str, Any]]) -> pd.DataFrame:
         trades[c] = pd.to_datetime(trades[c], utc=True).astype("datetime64[us, UTC]")
     for c in ("entry_price", "exit_price", "qty", "pnl", "return_pct"):
         trades[c] = trades[c].astype("float64")
-    for c in ("symbol", "exit_reason", "entry_order_id", "exit_order_id"):
+    for c in ("symbol", "exit_reason", "entry_order_id", "exit_order_id", "exit_reasons"):
         trades[c] = trades[c].astype("object")
     trades["bars_held"] = trades["bars_held"].astype("int64")
     return trades

@@ -520,6 +520,15 @@ def _details_grid(run: Run) -> str:
             + "</div>")
 
 
+def parity_section(path: Path) -> str:
+    """The parity card of a run folder that has ``parity.json`` (else nothing)."""
+    if not (Path(path) / "parity.json").is_file():
+        return ""
+    from analyzers.parity import html_section
+
+    return html_section(path)
+
+
 def _run_section(run: Run, colour: str | None, max_symbols: int) -> str:
     check_run(run)
     axis = TimeAxis(run.equity["timestamp"] if not run.equity.empty else run.prices["timestamp"])
@@ -573,6 +582,7 @@ def _run_section(run: Run, colour: str | None, max_symbols: int) -> str:
         "No prices recorded."), hint))
     parts.append(_closeups(run))
     parts.append(_details_grid(run))
+    parts.append(parity_section(run.path))  # paper runs after `cli.py parity`
     parts.append(_trade_list(run.trades))
     return f'<section class="run" id="{_e(run.name)}">' + "".join(parts) + "</section>"
 

@@ -16,26 +16,51 @@ from typing import Any
 import backtrader as bt
 
 from common.config import Settings
+from feeds.sessions import EXTENDED, REGULAR, name_of
 
 logger = logging.getLogger(__name__)
 
-_STOPS = (bt.Order.Stop, bt.Order.StopLimit, bt.Order.StopTrail)
+_SESSION_CODE = {"regular": REGULAR, "extended": EXTENDED}
 
 
 class SimBroker(bt.brokers.BackBroker):
     """``BackBroker`` with ``replace_stop_order`` and the run's cash/fill settings.
 
-    ``session`` (optional callable: bar time -> ``regular``/``extended``/``closed``) makes
-    stop orders sleep outside regular hours, as they do at Alpaca.
+    Fills follow Alpaca's session rules: an order fills only on a regular-hours bar, except a
+    limit order sent with ``extended_hours``, which may also fill on an extended-hours bar;
+    stop orders (and market orders) sleep outside regular hours. The session of a bar comes
+    from the feed's ``session`` line (``feeds.sessions``), or from ``session`` (optional
+    callable: bar time -> ``regular``/``extended``/``closed``) for feeds without one; neither
+    means every bar is regular. An order fills only on a bar of its own symbol that is newer
+    than the bar it was decided on and than the bar it was last tried on: a symbol without a
+    bar in this step (a gap, or its data ended) fills nothing on its old bar.
     """
 
     session: Callable[[datetime], str] | None = None
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._tried: dict[int, float] = {}  # order ref -> bar (bt time) it was last tried on
+
     def _try_exec(self, order: bt.Order) -> None:
-        if self.session is not None and order.exectype in _STOPS:
-            when = order.data.datetime.datetime(0).replace(tzinfo=UTC)
-            if self.session(when) != "regular":
-                return
+        data = order.data
+        dtline = data.lines.datetime
+        dt = dtline.array[dtline._idx]
+        if dt <= order.created.dt or self._tried.get(order.ref) == dt:
+            return  # no new bar of this symbol since the order was made or last tried
+        self._tried[order.ref] = dt
+        line = getattr(data.lines, "session", None)
+        if line is not None:
+            code = int(line.array[line._idx]) & 3
+        elif self.session is not None:
+            code = _SESSION_CODE.get(self.session(bt.num2date(dt).replace(tzinfo=UTC)), 0)
+        else:
+            code = REGULAR
+        if code != REGULAR and not (code == EXTENDED and order.exectype == bt.Order.Limit
+                                    and order.info.get("extended_hours")):
+            logger.debug("%s: %s bar, order %s waits", data._name, name_of(code),
+                         order.info.get("cid", order.ref))
+            return
         super()._try_exec(order)
 
     def _get_value(self, datas: Any = None, lever: bool = False) -> float:

@@ -27,6 +27,7 @@ from common.errors import ConfigError, DataError
 from common.logs import setup_logging
 from common.paths import BUNDLED_BARS
 from feeds.btfeed import make_feed
+from feeds.sessions import codes_from_callable, session_codes, tradeable
 from feeds.store import (
     BarArrays,
     arrays_from_frame,
@@ -93,6 +94,36 @@ def _folder_interval(data: Path) -> str | None:
     return interval_from_spacing(typical_spacing(first))
 
 
+def store_intervals(data: Path) -> list[str]:
+    """Interval folders (``1Day``, ``1Min``...) directly under ``data`` when it is a store
+    root (``data/bars``, what ``data import/info/download`` and ``alpaca-sim`` take)."""
+    if not data.is_dir():
+        return []
+    return sorted(p.name for p in data.iterdir() if p.is_dir() and p.name in INTERVAL_SECONDS)
+
+
+def pick_store_interval(data: Path, interval: str | None) -> Path:
+    """The dataset folder to read for ``--data``: ``data`` itself, or for a store root its
+    ``--interval`` folder, else its only interval folder; several and none asked for: a
+    one-line error naming them."""
+    present = store_intervals(data)
+    if not present:
+        return data
+    if interval is not None:
+        if interval in present:
+            return data / interval
+        finer = [i for i in present if INTERVAL_SECONDS[i] < INTERVAL_SECONDS[interval]
+                 and INTERVAL_SECONDS[interval] % INTERVAL_SECONDS[i] == 0]
+        if finer:  # resampled from the finest that divides it (5Min from 1Min)
+            return data / max(finer, key=lambda i: INTERVAL_SECONDS[i])
+        raise ConfigError(f"{data} is a bar store with {', '.join(present)} bars; none makes "
+                          f"{interval} bars (use --interval {' or '.join(present)})")
+    if len(present) == 1:
+        return data / present[0]
+    raise ConfigError(f"{data} is a bar store with several intervals ({', '.join(present)}): "
+                      f"pick one with --interval, e.g. --interval {present[-1]}")
+
+
 def default_data_dir(interval: str) -> Path:
     """Bundled bars at ``interval`` if present, else the bundled 1-minute bars."""
     exact = DEFAULT_BARS / interval
@@ -135,7 +166,8 @@ def load_datasets(
             frame = resample_bars(read_bars(path, end=end, drop_bad=drop_bad), interval)
             arrays = arrays_from_frame(sym, frame)
         if len(arrays) == 0:
-            raise DataError(f"{path}: no bars up to {end} (check --start/--end)")
+            raise DataError(f"{sym}: no bars in {path}" if end is None else
+                            f"{sym}: no bars up to {end} in {path} (check --start/--end)")
         out[sym] = arrays
     return out
 
@@ -163,8 +195,10 @@ def run_backtest(
     """Run the Strategy over ``datasets`` (bars up to the end date) and write a run folder.
 
     Bars before ``start`` only warm up the indicators; trading starts at ``start``.
-    ``out=None`` writes nothing (tests, ML validation). ``session`` (bar time ->
-    ``regular``/``extended``/``closed``) lets a backtest replay extended-hours rules.
+    ``out=None`` writes nothing (tests, ML validation). Sessions come from the NYSE calendar
+    (``feeds.sessions``): bars outside regular hours (outside the extended session with
+    ``settings.extended_hours``) are dropped before the indicators, as in paper; ``session``
+    (bar time -> ``regular``/``extended``/``closed``) replaces the calendar (tests).
     """
     t0 = time.perf_counter()
     signal = signal or make_signal(settings)
@@ -173,14 +207,26 @@ def run_backtest(
     start_ns = None if start is None else int(start.value)
     total_bars = 0
     for sym, arrays in datasets.items():
+        codes = session_codes(arrays.ts, settings.bar_seconds, settings.extended_hours) \
+            if session is None else codes_from_callable(arrays.ts, session)
+        keep = tradeable(codes, settings.extended_hours)
+        if not keep.all():
+            # Outside the session: not traded, and not fed to the indicators (as in paper).
+            arrays, codes = arrays.take(keep), codes[keep]
+            if len(arrays) == 0:
+                hours = "extended or regular" if settings.extended_hours else "regular"
+                raise DataError(f"{sym}: no bars in {hours} trading hours (NYSE calendar); "
+                                "check the data's timestamps (UTC bar starts) or "
+                                "--extended-hours")
         sig, atr = prepare_lines(arrays, signal, settings.atr_period)
         if start_ns is not None:
             first = int(np.searchsorted(arrays.ts, start_ns))
             arrays, sig, atr = arrays.slice(first, len(arrays)), sig[first:], atr[first:]
+            codes = codes[first:]
         if len(arrays) == 0:
             raise DataError(f"{sym}: no bars on or after {start} (check --start/--end)")
         total_bars += len(arrays)
-        cerebro.adddata(make_feed(arrays, sig, atr))
+        cerebro.adddata(make_feed(arrays, sig, atr, codes))
     audit = Audit()
     cerebro.addstrategy(RatchetStrategy, settings=settings, audit=audit, session=session)
     cerebro.addanalyzer(RunRecorder, _name="recorder", progress=progress)
@@ -287,6 +333,10 @@ def strategy_options(func: Callable[..., Any]) -> Callable[..., Any]:
                              "[limit].")(func)
     func = click.option("--fractional/--no-fractional", "fractional_shares", default=None,
                         help="Allow fractional shares [no].")(func)
+    func = click.option("--extended-hours/--regular-hours", "extended_hours", default=None,
+                        help="Also trade the extended session (04:00-20:00 New York): limit "
+                             "orders only, the stop enforced on each bar [regular hours "
+                             "only; other bars are dropped].")(func)
     for flag, field_name, typ, helptext in reversed(STRATEGY_OPTIONS):
         func = click.option(flag, field_name, type=typ, default=None, help=helptext)(func)
     func = click.option("--risk", "risk_percent", type=float, default=None,
@@ -347,6 +397,9 @@ def backtest(data: Path | None, start: str | None, end: str | None, cash: float 
     base = Settings(symbols=("X",))  # symbols default to what the data folder holds
     settings = settings_from_flags(config_file, flags, base=base)
     data_dir = Path(data) if data is not None else default_data_dir(settings.bar_interval)
+    interval_asked = flags.get("bar_interval") is not None or \
+        settings.bar_interval != Settings.bar_interval
+    data_dir = pick_store_interval(data_dir, settings.bar_interval if interval_asked else None)
     if flags.get("bar_interval") is None and settings.bar_interval == Settings.bar_interval:
         # No interval asked for: trade the bars at the interval they are stored in.
         native = _folder_interval(data_dir)

@@ -37,7 +37,8 @@ from urllib.parse import urlparse
 import backtrader as bt
 import click
 
-from analyzers.recorder import RunRecorder, write_run_folder
+from alerts.sources import AuditAlerts, SessionMonitor, stopping_event
+from analyzers.recorder import RunRecorder, write_parquet, write_run_folder
 from analyzers.runfolder import make_run_dir
 from brokers.alpaca.bars import BarRecorder
 from brokers.alpaca.broker import AlpacaBroker
@@ -135,6 +136,10 @@ class PaperOptions:
     #: ``--rebuild-journal``: a missing, empty or corrupt journal is moved aside and rebuilt
     #: from Alpaca's orders instead of stopping the start
     rebuild_journal: bool = False
+    #: where alert events go (``alerts.AlertSink``; the caller starts and closes it); None: off
+    alerts: Any = None
+    #: a stream down this long (seconds) is an alert
+    alert_stream_down_s: float = 60.0
 
 
 @dataclass
@@ -155,6 +160,10 @@ class PaperResult:
     reconcile: str = ""
     streams: list[Any] = field(default_factory=list)
     backfilled: int = 0
+    #: False when the shutdown could not reconcile with the broker (state NOT verified)
+    reconciled: bool = True
+    #: (event kind, seconds) from a fill/cancel event's arrival to its stop's acceptance
+    stop_latency: list[tuple[str, float]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------- endpoints
@@ -291,8 +300,21 @@ class PaperSession:
             kwargs.setdefault("session", self.store.session)
         cerebro.addstrategy(opts.strategy_cls, settings=settings, audit=self.audit,
                             market_open=self.store.market_open, **kwargs)
-        cerebro.addanalyzer(RunRecorder, _name="recorder")
+        cerebro.addanalyzer(RunRecorder, _name="recorder", ohlc=True)
         self.store.set_state_saver(self.save)
+        self.monitor: SessionMonitor | None = None
+        if opts.alerts is not None:
+            self._wire_alerts(opts.alerts)
+
+    def _wire_alerts(self, sink: Any) -> None:
+        """Alerts read what the session records: audit rows, stream status, saved state."""
+        self.audit_alerts = AuditAlerts(sink, announce_start=not self.opts.once)
+        self.audit.listeners.append(self.audit_alerts)
+        clock = self.store.clock
+        self.monitor = SessionMonitor(
+            sink, self.store.stream_statuses, self.store.broker_time,
+            lambda day: (clock.session_bounds(day, extended=False) or (None, None))[1],
+            down_after=self.opts.alert_stream_down_s)
 
     def _broker(self) -> Any:
         opts = self.opts
@@ -340,11 +362,50 @@ class PaperSession:
             "streams": {s.name: s.state.value for s in store.stream_statuses()},
         }
         save_state(self.state_path, state)
+        if self.monitor is not None:
+            self.monitor.on_state(state)
         if opts.dashboard is not None:
             opts.dashboard(_Snapshot(self.mode, opts.base_url, store, view, state))
 
     def run(self, note: Callable[[str], None]) -> PaperResult:
-        """Connect, reconcile, trade until stopped, then shut down cleanly."""
+        """Connect, reconcile, trade until stopped, then shut down cleanly (and say why)."""
+        signals: list[str] = []
+
+        def noted(text: str) -> None:
+            if text.startswith("SIG"):
+                signals.append(text.split(":", 1)[0])
+            note(text)
+
+        try:
+            result = self._run(noted)
+        except BaseException as exc:
+            if self.opts.alerts is not None:
+                if self.monitor is not None:
+                    self.monitor.stop(final_check=False)
+                why = "forced (second Ctrl+C)" if isinstance(exc, KeyboardInterrupt) else \
+                    f"error: {exc}"
+                self.opts.alerts.emit(stopping_event(why, True, when=self._broker_now()))
+            raise
+        if self.opts.alerts is not None and self.monitor is not None:
+            self.monitor.check_close()  # the daily summary, if the session has closed
+            self.audit_alerts.flush()
+            why = f"{signals[0]} received" if signals else \
+                f"--max-steps {self.opts.max_steps} reached" if self.opts.max_steps and \
+                result.steps >= self.opts.max_steps else \
+                "end of the rehearsal" if self.opts.on_idle is not None else "stop requested"
+            if not self.opts.once:  # cron runs every bar: no message per run
+                self.opts.alerts.emit(stopping_event(
+                    why, False, result.steps, result.start_value, result.end_value,
+                    result.positions, result.stops, when=self._broker_now()))
+        return result
+
+    def _broker_now(self) -> datetime | None:
+        try:
+            return self.store.broker_time()
+        except Exception:  # noqa: BLE001 - only a time for the alert
+            return None
+
+    def _run(self, note: Callable[[str], None]) -> PaperResult:
         opts, store = self.opts, self.store
         self.audit.record(None, "session", "", "start", self.mode,
                           detail=f"endpoint={opts.base_url} feed={opts.feed} "
@@ -358,9 +419,12 @@ class PaperSession:
                 raise ConfigError(
                     "could not connect the Alpaca streams within 20s: check the keys, the "
                     f"endpoint ({opts.base_url}) and the network")
+            if self.monitor is not None:
+                self.monitor.start()
             if opts.live:
                 report = self.broker.startup(self.saved).summary()
             start_value = self.broker.getvalue()
+            self._start_positions = {s: p["qty"] for s, p in self.broker.view().positions.items()}
             self.save()  # the state file holds the reconciled broker state before any bar
             note(f"{'LIVE (paper account)' if opts.live else 'DRY RUN (no orders are sent)'}"
                  f": {store.clock.describe_wait()}")
@@ -369,6 +433,8 @@ class PaperSession:
             raise ConfigError(f"not trading: the broker's state is unknown ({exc})") from None
         finally:
             restore()
+            if self.monitor is not None:  # the streams close on purpose now: no outage
+                self.monitor.stop(final_check=False)
             store.hub.stop()
         return self._finish(strategy, start_value, report)
 
@@ -419,6 +485,7 @@ class PaperSession:
 
     def _finish(self, strategy: Any, start_value: float, report: str) -> PaperResult:
         opts, store = self.opts, self.store
+        reconciled = True
         if opts.live:
             self.broker.closing = True  # no new entries or fallbacks from here on
             store.pump_events(0.0)  # trade updates that arrived during the last step
@@ -437,6 +504,10 @@ class PaperSession:
                 report = self.broker.reconcile_now("shutdown").summary()
             except Exception as exc:  # noqa: BLE001 - a failed read at exit changes nothing
                 logger.error("final reconciliation failed: %s", exc)
+                # Never show the startup's "state matches the broker" for a failed check.
+                report = (f"NOT reconciled at shutdown: {exc} (positions, orders and stops "
+                          "at the broker are unknown; check them before the next run)")
+                reconciled = False
             self._notify_strategy(strategy)
             for order in self.broker.undelivered():
                 cid = order.info.get("cid", "")
@@ -461,9 +532,14 @@ class PaperSession:
                     "interval": self.settings.bar_interval, "endpoint": opts.base_url,
                     "feed": opts.feed, "start_value": start_value or self.settings.cash,
                     "open_positions": {s: p["qty"] for s, p in view.positions.items()},
-                    "steps": store.status.steps, "data": str(Path(opts.state_dir) / "bars")}
+                    "steps": store.status.steps, "data": str(Path(opts.state_dir) / "bars"),
+                    "start_positions": getattr(self, "_start_positions", {}),
+                    "restored": self.saved is not None}
             write_run_folder(run_dir, strategy.analyzers.recorder, strategy.closed_trades,
                              self.audit, self.settings, meta)
+            # the bars the Strategy saw, warm-up included: ``cli.py parity`` replays them
+            write_parquet(run_dir / "bars.parquet",
+                          strategy.analyzers.recorder.bars_frame(store.warmup_bars))
         self.audit.record(None, "session", "", "stop", self.mode,
                           detail=f"steps={store.status.steps}")
         self.audit.close()
@@ -472,7 +548,8 @@ class PaperSession:
         return PaperResult(self.mode, run_dir, store.status.steps, self.client.submit_count,
                            start_value, view.value, view.positions, view.stops,
                            list(self.latency.samples), self.state_path, self.audit_path, report,
-                           store.stream_statuses(), store.status.backfilled)
+                           store.stream_statuses(), store.status.backfilled, reconciled,
+                           list(getattr(self.broker, "stop_latency", [])))
 
 
 def run_paper(opts: PaperOptions, note: Callable[[str], None] = lambda s: None) -> PaperResult:
@@ -679,6 +756,14 @@ def _sim_context(data: Path, speed: float, start: str | None,
               help="The order journal is missing, empty or corrupt: move it aside and rebuild "
                    "it from Alpaca's open orders (without this flag such a start is refused "
                    "while the state file lists orders).")
+@click.option("--alert", "alert_urls", multiple=True, metavar="URL",
+              help="Send alerts to this Apprise URL (repeatable; also RATCHET_ALERTS or "
+                   "alerts = [...] in --config; visible in the process list: prefer those).")
+@click.option("--alert-level", type=click.Choice(["fills", "problems", "all"]), default=None,
+              help="problems: problems only; fills: fills and problems; all: also the daily "
+                   "summary and session start [all].")
+@click.option("--alert-stream-down", type=float, default=60.0, show_default=True,
+              help="Alert when a stream has been down this many seconds.")
 def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: int,
           keys_file: Path | None, base_url: str | None, data_url: str | None,
           data_stream_url: str | None, trading_stream_url: str | None, feed: str,
@@ -687,9 +772,12 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
           log_dir: Path | None,
           out: Path, warmup_days: float, max_steps: int | None, stream_silence: float | None,
           clock_poll: float | None, rebuild_journal: bool, config_file: Path | None,
+          alert_urls: tuple[str, ...], alert_level: str | None, alert_stream_down: float,
           **flags: Any) -> None:
     """Run the strategy on Alpaca: a DRY RUN unless --live."""
     from rich.console import Console
+
+    from alerts.config import alert_settings
 
     os.umask(0o077)  # state, journal, logs, audit, bars and run folders: this user only
 
@@ -702,6 +790,8 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
     log_file = Path(log_dir) / f"trading_{datetime.now(UTC):%Y-%m-%d}.log"
     setup_logging(verbose, log_file)
     settings = settings_from_flags(config_file, flags)
+    urls, level = alert_settings(config_file, alert_urls, alert_level)
+    dispatcher = _alert_dispatcher(urls, level, live, sim)  # a bad URL stops us here
     if sim and base_url:
         raise ConfigError("--sim starts its own loopback server: drop --base-url")
     # --sim without --symbols (nor a configured list): every symbol of the sim's data
@@ -749,6 +839,9 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
     board = Dashboard(console) if dashboard else None
     if board is not None:
         opts.dashboard = board
+    if dispatcher is not None:
+        console.print(f"alerts ({level}) to {', '.join(dispatcher.labels)}")
+        opts.alerts, opts.alert_stream_down_s = dispatcher.start(), alert_stream_down
     try:
         if board is not None:
             board.__enter__()
@@ -756,9 +849,23 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
     finally:
         if board is not None:
             board.__exit__(None, None, None)
+        if dispatcher is not None:
+            dispatcher.close(timeout=10.0)
         if sim_server is not None:
             sim_server.stop()
     _print_summary(console, result, live)
+    if not result.reconciled:
+        raise UnknownStateError(result.reconcile)
+
+
+def _alert_dispatcher(urls: list[str], level: str, live: bool, sim: bool) -> Any:
+    """The Apprise dispatcher for ``urls`` (None without any), not started yet."""
+    if not urls:
+        return None
+    from alerts.dispatch import AlertDispatcher
+
+    tag = "SIM" if sim else "PAPER" if live else "DRY RUN"
+    return AlertDispatcher(urls, level, prefix=f"ratchet {tag}: ")
 
 
 class _PaperInterval(click.Choice):

@@ -24,7 +24,16 @@ def report(runs: tuple[Path, ...], output: Path | None, title: str | None,
     """Write an HTML report of one or more run folders (several: compared side by side).
 
     RUN is a run folder (runs/<run id>) or an output folder such as runs/, which stands for
-    its newest run. The file is self-contained (charts embedded) and opens offline.
+    its newest run. A sweep folder (runs/sweeps/<sweep>) gets the sweep report: heatmaps of the
+    objective, the top cells and, for walk-forward, in-sample vs out-of-sample.
+    The file is self-contained (charts embedded) and opens offline.
     """
+    from analyzers.sweepfolder import is_sweep_folder
+
+    if len(runs) == 1 and is_sweep_folder(runs[0]):
+        from analyzers.sweep_report import write_sweep_report
+
+        click.echo(str(write_sweep_report(runs[0], output)))
+        return
     out = write_report(list(runs), output, title=title, max_symbols=max_symbols)
     click.echo(str(out))

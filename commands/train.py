@@ -254,7 +254,8 @@ def train(data: Path | None, symbols: str | None, start: str | None, end: str | 
     wanted = [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else None
     frames, bar_interval = load_training_bars(
         Path(data), wanted, None if start_ts is None else str(start_ts),
-        None if end_ts is None else str(end_ts), interval, drop_bad_rows)
+        None if end_ts is None else str(end_ts), interval, drop_bad_rows,
+        load_settings(config_file, {}).extended_hours)
     horizon = horizon or DEFAULT_HORIZONS.get(bar_interval, 10)
     gap = horizon if gap is None else gap
     overrides = {"ml_enter_threshold": ml_enter, "ml_exit_threshold": ml_exit,

@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "RATCHET_"
 
+#: keys a config file (and ``RATCHET_*``) may hold that are not ``Settings``: the alert URLs
+#: are secrets and must never reach ``Settings`` (it is written to every run folder)
+NOT_SETTINGS: frozenset[str] = frozenset({"alerts", "alert_level"})
+
 #: 20 liquid US stocks (SPEC default universe for paper trading).
 DEFAULT_SYMBOLS: tuple[str, ...] = (
     "AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "TSLA", "JPM", "V", "JNJ",
@@ -229,7 +233,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     # Allow the settings to sit under a [ratchet] table too.
     if set(raw) == {"ratchet"} and isinstance(raw["ratchet"], dict):
         raw = raw["ratchet"]
-    return {k: coerce(k, v, f"config file {path}") for k, v in raw.items()}
+    return {k: coerce(k, v, f"config file {path}") for k, v in raw.items()
+            if k not in NOT_SETTINGS}
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -240,7 +245,7 @@ def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         if not key.startswith(ENV_PREFIX):
             continue
         name = key[len(ENV_PREFIX) :].lower()
-        if name in ("config",):  # RATCHET_CONFIG names the file, it is not a setting
+        if name in ("config",) or name in NOT_SETTINGS:  # the file, alerts: not settings
             continue
         out[name] = coerce(name, value, f"environment variable {key}")
     return out

@@ -4,7 +4,9 @@
 is the slowest part of a stock Backtrader backtest. ``ArrayData.preload`` instead writes each
 line's whole buffer at once from the arrays read by ``feeds.store.read_arrays``. The feed also
 carries two extra lines the Strategy reads, computed once per symbol in a vectorised pass:
-``signal`` (+1 BUY, -1 SELL, 0, NaN in warm-up) and ``atr`` (Wilder's ATR).
+``signal`` (+1 BUY, -1 SELL, 0, NaN in warm-up) and ``atr`` (Wilder's ATR), plus the
+``session`` line (``feeds.sessions`` codes, precomputed from the NYSE calendar; all regular
+when not given).
 """
 
 from __future__ import annotations
@@ -31,19 +33,21 @@ def ns_to_bt(ts_ns: np.ndarray) -> np.ndarray:
 
 
 class ArrayData(bt.feeds.DataBase):
-    """Preloaded bars (+ ``signal`` and ``atr`` lines) from numpy arrays.
+    """Preloaded bars (+ ``signal``, ``atr`` and ``session`` lines) from numpy arrays.
 
     Args (Backtrader params):
         bars: the ``BarArrays`` to feed.
         signal: per-bar signal array (same length) or None (all NaN).
         atr: per-bar ATR array (same length) or None (all NaN).
+        session: per-bar ``feeds.sessions`` code (same length) or None (all regular).
     """
 
-    lines = ("signal", "atr")
+    lines = ("signal", "atr", "session")
     params = (
         ("bars", None),
         ("signal", None),
         ("atr", None),
+        ("session", None),
     )
 
     def __init__(self) -> None:
@@ -52,7 +56,8 @@ class ArrayData(bt.feeds.DataBase):
         if bars is None:
             raise ValueError("ArrayData needs bars=BarArrays")
         n = len(bars)
-        for name, extra in (("signal", self.p.signal), ("atr", self.p.atr)):
+        for name, extra in (("signal", self.p.signal), ("atr", self.p.atr),
+                            ("session", self.p.session)):
             if extra is not None and len(extra) != n:
                 raise ValueError(f"{name} has {len(extra)} values for {n} bars")
         self._n = n
@@ -76,6 +81,8 @@ class ArrayData(bt.feeds.DataBase):
             "openinterest": np.zeros(n),
             "signal": nan if self.p.signal is None else np.asarray(self.p.signal, np.float64),
             "atr": nan if self.p.atr is None else np.asarray(self.p.atr, np.float64),
+            "session": np.ones(n) if self.p.session is None
+            else np.asarray(self.p.session, np.float64),
         }
 
     def preload(self) -> None:
@@ -99,7 +106,7 @@ class ArrayData(bt.feeds.DataBase):
         self.home()
         # The line buffers hold every value now: drop our references to the source arrays
         # so a caller that no longer needs them gets the memory back.
-        self.p.bars = self.p.signal = self.p.atr = None
+        self.p.bars = self.p.signal = self.p.atr = self.p.session = None
         # Fast paths below (advance, advance_peek, __len__) read these buffers directly.
         self._tick_nullify()  # tick_* stay None: the broker reads the bar itself
         self._dtbuf = self.lines.datetime
@@ -147,11 +154,14 @@ class ArrayData(bt.feeds.DataBase):
         sig, atr = self.p.signal, self.p.atr
         lines.signal[0] = float("nan") if sig is None else float(sig[i])
         lines.atr[0] = float("nan") if atr is None else float(atr[i])
+        sess = self.p.session
+        lines.session[0] = 1.0 if sess is None else float(sess[i])
         self._pos += 1
         return True
 
 
 def make_feed(bars: BarArrays, signal: np.ndarray | None = None, atr: np.ndarray | None = None,
-              **kwargs: Any) -> ArrayData:
+              session: np.ndarray | None = None, **kwargs: Any) -> ArrayData:
     """An ``ArrayData`` named after the symbol, in UTC."""
-    return ArrayData(bars=bars, signal=signal, atr=atr, name=bars.symbol, **kwargs)
+    return ArrayData(bars=bars, signal=signal, atr=atr, session=session, name=bars.symbol,
+                     **kwargs)

@@ -86,6 +86,11 @@ class BarArrays:
             }
         )
 
+    def take(self, mask: np.ndarray) -> BarArrays:
+        """The rows where ``mask`` is true, as a new ``BarArrays`` (copies)."""
+        return BarArrays(self.symbol, self.ts[mask], self.open[mask], self.high[mask],
+                         self.low[mask], self.close[mask], self.volume[mask], self.source)
+
     def slice(self, start: int, stop: int) -> BarArrays:
         """Rows ``start:stop`` as a new ``BarArrays`` (views, no copy)."""
         return BarArrays(

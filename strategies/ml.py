@@ -478,15 +478,20 @@ def load_training_bars(
     end: str | None = None,
     interval: str | None = None,
     drop_bad: bool = False,
+    extended_hours: bool = False,
 ) -> tuple[dict[str, pd.DataFrame], str]:
-    """Bars per symbol from the bar store, resampled to ``interval`` when it is coarser."""
+    """Bars per symbol from the bar store, resampled to ``interval`` when it is coarser.
+
+    Only the bars the Strategy would see are kept (``feeds.sessions``: regular hours, or the
+    extended session with ``extended_hours``), so the model learns on the bars it trades.
+    """
     from feeds.store import read_bars, resample_bars, resolve_datasets
 
     datasets = resolve_datasets(Path(data_dir), list(symbols) if symbols else None)
     frames = {s: read_bars(p, start, end, drop_bad) for s, p in datasets.items()}
     source = infer_interval(Path(data_dir), frames)
     if interval is None or interval == source:
-        return frames, source
+        return _in_session(frames, source, extended_hours), source
     if interval not in INTERVAL_SECONDS:
         raise DataError(f"unknown interval {interval!r}: use one of {', '.join(INTERVAL_SECONDS)}")
     if INTERVAL_SECONDS[interval] < INTERVAL_SECONDS[source]:
@@ -495,7 +500,21 @@ def load_training_bars(
             "(pick a coarser --interval or finer data)"
         )
     logger.info("resampling %s bars to %s", source, interval)
-    return {s: resample_bars(f, interval) for s, f in frames.items()}, interval
+    return _in_session({s: resample_bars(f, interval) for s, f in frames.items()}, interval,
+                       extended_hours), interval
+
+
+def _in_session(frames: dict[str, pd.DataFrame], interval: str,
+                extended_hours: bool) -> dict[str, pd.DataFrame]:
+    from feeds.sessions import session_codes, tradeable
+
+    out = {}
+    for sym, frame in frames.items():
+        ts = pd.DatetimeIndex(frame["timestamp"]).as_unit("ns").asi8
+        keep = tradeable(session_codes(ts, INTERVAL_SECONDS[interval], extended_hours),
+                         extended_hours)
+        out[sym] = frame if keep.all() else frame[keep].reset_index(drop=True)
+    return out
 
 
 @dataclass

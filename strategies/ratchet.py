@@ -22,6 +22,7 @@ import backtrader as bt
 
 from analyzers.audit import Audit
 from common.config import Settings
+from feeds import sessions
 from strategies import rules
 from strategies.rules import Purpose, Reason, StopState
 
@@ -45,6 +46,12 @@ def _same(order: bt.Order, tracked: bt.Order | None) -> bool:
     return tracked is not None and order.ref == tracked.ref
 
 
+def _covers(stop: bt.Order, position: float, level: float) -> bool:
+    """Does the resting ``stop`` sell exactly ``position`` at ``level``?"""
+    return (abs(abs(stop.executed.remsize) - position) < 1e-9
+            and abs(float(stop.created.price or 0.0) - level) < 1e-6)
+
+
 def status_name(order: bt.Order) -> str:
     """Lower-case status name of a Backtrader order."""
     return _STATUS.get(order.status, str(order.status))
@@ -65,6 +72,9 @@ class OpenTrade:
     exit_time: datetime | None = None
     exit_cid: str = ""
     exit_reason: str = ""
+    #: shares sold per exit reason, in the order the reasons first sold (a stop may sell part
+    #: of a position and a SELL signal the rest)
+    exit_by_reason: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +96,8 @@ class Book:
     warm: bool = False
     seen_len: int = 0
     fills_seen: dict[int, int] = field(default_factory=dict)
+    #: the position's stop as handed to a live broker (placed at the fill; adopted here)
+    handoff: rules.StopHandoff | None = None
 
     def working_entry(self) -> bool:
         """An entry or fallback order is still working."""
@@ -100,8 +112,13 @@ class RatchetStrategy(bt.Strategy):
     """SPEC's strategy.
 
     Params: ``settings`` (Settings), ``audit`` (Audit), ``market_open`` (callable(bar_time) ->
-    bool, None = always open), ``session`` (callable(bar_time) -> ``"regular"``,
-    ``"extended"`` or ``"closed"``; None = every bar is regular-hours, as in a backtest).
+    bool; None = the feed's ``session`` line decides, see ``feeds.sessions``, or always
+    open without one), ``session`` (callable(bar_time) -> ``"regular"``, ``"extended"`` or
+    ``"closed"``; None = the feed's ``session`` line, or every bar regular without one).
+
+    Each symbol is decided on its own bars from its own warm-up on: ``prenext`` (some feed
+    has no bar yet) runs the same loop as ``next``, and a feed without a new bar in a step
+    (not started yet, ended, or a gap) is skipped in that step.
     """
 
     params = (
@@ -131,7 +148,12 @@ class RatchetStrategy(bt.Strategy):
         return self.books[order.data._name]
 
     def _stop_cid(self, book: Book, when: datetime) -> str:
+        h = book.handoff
+        if h is not None:  # one numbering with the stops a live broker placed for us
+            book.stop_seq = max(book.stop_seq, h.seq)
         book.stop_seq += 1
+        if h is not None:
+            h.seq = book.stop_seq
         return rules.client_order_id(self.cfg.strategy_id, book.symbol, when, Purpose.STOP,
                                      seq=book.stop_seq)
 
@@ -165,6 +187,15 @@ class RatchetStrategy(bt.Strategy):
             (data, self.books[data._name], data.lines.datetime, data.lines.signal)
             for data in self.datas
         ]
+        # The backtest feed carries a precomputed session code per bar (feeds.sessions).
+        self._session_lines = {
+            data._name: getattr(data.lines, "session", None) for data in self.datas
+        }
+
+    def prenext(self) -> None:
+        # Some feed has no bar yet (a later listing, a symbol whose history is still empty):
+        # the others are decided all the same, each from its own warm-up.
+        self.next()
 
     def next(self) -> None:
         self.bar_count += 1
@@ -180,17 +211,36 @@ class RatchetStrategy(bt.Strategy):
             self._on_bar(data, book)
 
     def session_of(self, when: datetime) -> str:
-        """``regular``, ``extended`` or ``closed`` for a bar time."""
+        """``regular``, ``extended`` or ``closed`` for a bar time (the ``session`` param)."""
         return self._session(when) if self._session is not None else "regular"
+
+    def _session_at(self, data: bt.DataBase, now: datetime) -> str:
+        """Session of ``data``'s current bar: the ``session`` param if given, else the
+        feed's ``session`` line, else ``regular``."""
+        line = self._session_lines.get(data._name) if self._session is None else None
+        if line is None:
+            return self.session_of(now)
+        return sessions.name_of(line.array[line._idx])
+
+    def _may_open(self, data: bt.DataBase, now: datetime) -> bool:
+        """May a NEW order go out for a decision on ``data``'s current bar? The
+        ``market_open`` param if given (paper), else the feed's ``session`` line (not closed,
+        not the last bar of the session window), else yes."""
+        if self._market_open is not None:
+            return self._market_open(now)
+        line = self._session_lines.get(data._name)
+        return True if line is None else sessions.may_open(line.array[line._idx])
 
     def _on_bar(self, data: bt.DataBase, book: Book) -> None:
         now = self.bar_time(data)
         position = self.getposition(data).size
-        extended = self.session_of(now) == "extended"
+        extended = self._session_at(data, now) == "extended"
         if position > 0 and extended and self._stop_breached(data, book):
             # Alpaca's resting stops sleep outside regular hours: enforce the stop here.
             reason = book.stop_state.binding if book.stop_state else Reason.STOP.value
             self._exit(data, book, now, reason, extended=True)
+            if book.stop_state is not None:  # the trail still counts this bar's high
+                book.stop_state = book.stop_state.advance(float(data.high[0]))
         elif position > 0:
             self._ratchet(data, book, now)
         entry_working = book.entry is not None and book.entry.alive()
@@ -217,8 +267,8 @@ class RatchetStrategy(bt.Strategy):
         return float(data.low[0]) <= rules.round_price(book.stop_state.level)
 
     def _on_buy(self, data: bt.DataBase, book: Book, now: datetime) -> None:
-        market_open = self._market_open(now) if self._market_open is not None else True
-        extended = self.session_of(now) == "extended"
+        market_open = self._may_open(data, now)
+        extended = self._session_at(data, now) == "extended"
         if extended and not self.cfg.extended_hours:
             market_open = False
         guard = rules.check_entry(
@@ -250,14 +300,19 @@ class RatchetStrategy(bt.Strategy):
                               cash=round(cash, 2), binding=size.binding)
             return
         cid = rules.client_order_id(self.cfg.strategy_id, book.symbol, now, Purpose.ENTRY)
+        # what a live broker needs to protect the fill the moment it happens (our own rule)
+        book.handoff = rules.StopHandoff(book.symbol, self.cfg.strategy_id, atr,
+                                         self.cfg.atr_stop_multiplier, self.cfg.trail_stop_pct,
+                                         seq=book.stop_seq)
         if self.cfg.use_limit_orders or extended:  # extended hours accept only limits
             limit = rules.round_limit_buy(price)
             order = self.buy(data=data, size=size.shares, exectype=bt.Order.Limit, price=limit,
-                             cid=cid, purpose=Purpose.ENTRY.value, extended_hours=extended)
+                             cid=cid, purpose=Purpose.ENTRY.value, extended_hours=extended,
+                             handoff=book.handoff)
         else:
             limit = None
             order = self.buy(data=data, size=size.shares, exectype=bt.Order.Market,
-                             cid=cid, purpose=Purpose.ENTRY.value)
+                             cid=cid, purpose=Purpose.ENTRY.value, handoff=book.handoff)
         book.entry, book.entry_placed, book.entry_cancel_reason = order, now, ""
         book.entry_atr = atr
         book.fallback = None
@@ -277,7 +332,7 @@ class RatchetStrategy(bt.Strategy):
             self.audit.record(now, "decision", book.symbol, "skip_sell", Reason.DUPLICATE_ORDER)
             return
         self._exit(data, book, now, Reason.SIGNAL.value,
-                   extended=self.session_of(now) == "extended")
+                   extended=self._session_at(data, now) == "extended")
 
     def _exit(self, data: bt.DataBase, book: Book, now: datetime, reason: str,
               extended: bool) -> None:
@@ -287,6 +342,7 @@ class RatchetStrategy(bt.Strategy):
         if book.working_entry():
             self._cancel_entry(data, book, now,
                                Reason.SIGNAL if reason == Reason.SIGNAL else Reason.STOP)
+        self._adopt_broker_stop(book)  # a live broker may have protected a fill meanwhile
         if book.stop is not None and book.stop.alive():
             self.cancel(book.stop)
         book.stop = None
@@ -294,7 +350,7 @@ class RatchetStrategy(bt.Strategy):
         close = float(data.close[0])
         if extended:
             book.exit = self.sell(data=data, size=position, exectype=bt.Order.Limit,
-                                  price=rules.round_limit_buy(close), cid=cid,
+                                  price=rules.round_limit_sell(close), cid=cid,
                                   purpose=Purpose.EXIT.value, extended_hours=True)
         else:
             book.exit = self.sell(data=data, size=position, exectype=bt.Order.Market, cid=cid,
@@ -326,13 +382,15 @@ class RatchetStrategy(bt.Strategy):
         old_level = rules.round_price(book.stop_state.level)
         new_level = rules.round_price(new_state.level)
         book.stop_state = new_state
+        if book.handoff is not None:
+            book.handoff.state = new_state
         if new_level <= old_level or book.stop is None or not book.stop.alive():
             return
         if new_level >= float(data.close[0]):
             # The raised stop is already through the market (the bar fell more than the trail
             # from its high): it is hit. Alpaca refuses such a stop, so sell now.
             self._exit(data, book, now, new_state.binding,
-                       extended=self.session_of(now) == "extended")
+                       extended=self._session_at(data, now) == "extended")
             return
         cid = self._stop_cid(book, now)
         book.stop = self.broker.replace_stop_order(book.stop, new_level, cid)
@@ -345,16 +403,35 @@ class RatchetStrategy(bt.Strategy):
         position = self.getposition(data).size
         if position <= 0 or (book.exit is not None and book.exit.alive()):
             return  # flat, or an exit is already selling the position
+        adopted = self._adopt_broker_stop(book)
         if book.stop_state is None:
             atr = book.entry_atr if math.isfinite(book.entry_atr) else float(data.atr[0])
             book.stop_state = rules.initial_stop(fill_price, atr, self.cfg.atr_stop_multiplier,
                                                  self.cfg.trail_stop_pct)
+        if book.handoff is not None:
+            book.handoff.state = book.stop_state
         level = rules.round_price(book.stop_state.level)
-        if level >= float(data.close[0]):
+        if rules.stop_through_market(level, float(data.close[0])):
             # Already through the market: a stop order would be refused (Alpaca) or fire at
             # the next open anyway (backtest). Exit at once instead.
             self._exit(data, book, now, book.stop_state.binding,
-                       extended=self.session_of(now) == "extended")
+                       extended=self._session_at(data, now) == "extended")
+            return
+        if adopted and book.stop is not None and _covers(book.stop, position, level):
+            # The live broker placed exactly this stop at the fill (our rule, our id): the
+            # decision is ours, already carried out; nothing to send.
+            cid = book.stop.info.get("cid", "")
+            expected = rules.client_order_id(self.cfg.strategy_id, book.symbol, now,
+                                             Purpose.STOP, seq=book.stop_seq)
+            if cid != expected:
+                logger.warning("%s: adopted stop %s; this bar would have named it %s",
+                               book.symbol, cid, expected)
+            action = "resize_stop" if book.stop.info.get("replaces") else "place_stop"
+            self.audit.record(now, "decision", book.symbol, action, book.stop_state.binding,
+                              qty=position, price=level, client_order_id=cid,
+                              fixed=round(book.stop_state.fixed_stop, 4),
+                              trail=round(book.stop_state.trail_stop, 4),
+                              placed_by="broker_at_event")
             return
         cid = self._stop_cid(book, now)
         if book.stop is not None and book.stop.alive():
@@ -362,12 +439,28 @@ class RatchetStrategy(bt.Strategy):
             action = "resize_stop"
         else:
             book.stop = self.sell(data=data, size=position, exectype=bt.Order.Stop, price=level,
-                                  cid=cid, purpose=Purpose.STOP.value)
+                                  cid=cid, purpose=Purpose.STOP.value, handoff=book.handoff)
             action = "place_stop"
         self.audit.record(now, "decision", book.symbol, action, book.stop_state.binding,
                           qty=position, price=level, client_order_id=cid,
                           fixed=round(book.stop_state.fixed_stop, 4),
                           trail=round(book.stop_state.trail_stop, 4))
+
+    def _adopt_broker_stop(self, book: Book) -> bool:
+        """Take over the stop a live broker placed for this position at a fill or after a
+        lost stop (``StopHandoff.placed``), instead of sending a second one."""
+        h = book.handoff
+        placed = h.placed if h is not None else None
+        if h is None or not isinstance(placed, bt.Order):
+            return False
+        h.placed = None
+        if not placed.alive():
+            return False
+        book.stop = placed
+        if book.stop_state is None and h.state is not None:
+            book.stop_state = h.state
+        book.stop_seq = max(book.stop_seq, h.seq)
+        return True
 
     # ------------------------------------------------------------------ notifications
 
@@ -380,8 +473,10 @@ class RatchetStrategy(bt.Strategy):
         new_fills = self._new_fills(order, book)
         for dt_num, size, price in new_fills:
             fill_time = bt.num2date(dt_num).replace(tzinfo=UTC) if dt_num else now
+            extra = {} if size > 0 else {"exit_reason": self._exit_reason(book, purpose)}
             self.audit.record(fill_time, "fill", book.symbol, "buy" if size > 0 else "sell",
-                              purpose, qty=abs(size), price=price, client_order_id=cid)
+                              purpose, qty=abs(size), price=price, client_order_id=cid,
+                              **extra)
             self._apply_fill(order, book, fill_time, size, price, purpose)
         if order.status in (bt.Order.Submitted, bt.Order.Partial, bt.Order.Completed) or \
                 (order.status == bt.Order.Accepted and not new_fills):
@@ -401,7 +496,15 @@ class RatchetStrategy(bt.Strategy):
             # The tracked stop died without filling (refused, expired, or cancelled by someone
             # else, e.g. in Alpaca's dashboard): a position must never sit unprotected.
             if order.status in (bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired,
-                                bt.Order.Canceled) and _same(order, book.stop):
+                                bt.Order.Canceled) and _same(order, book.stop) \
+                    and self._adopt_broker_stop(book):
+                # a live broker already replaced it (someone else canceled it): ours now
+                self.audit.record(now, "decision", book.symbol, "adopt_stop",
+                                  status_name(order), qty=abs(book.stop.executed.remsize),
+                                  price=book.stop.created.price,
+                                  client_order_id=book.stop.info.get("cid", ""), replaces=cid)
+            elif order.status in (bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired,
+                                  bt.Order.Canceled) and _same(order, book.stop):
                 logger.error("%s: protective stop %s is %s; re-placing it", book.symbol, cid,
                              status_name(order))
                 self.audit.record(now, "decision", book.symbol, "replace_lost_stop",
@@ -438,7 +541,7 @@ class RatchetStrategy(bt.Strategy):
                               note="no market fallback in extended hours")
             book.entry_cancel_reason = ""
             return
-        market_open = self._market_open(now) if self._market_open is not None else True
+        market_open = self._may_open(order.data, now)
         if not market_open:
             # A market order now would wait for the next open and fill on its gap.
             self.audit.record(now, "decision", book.symbol, "skip_buy", Reason.MARKET_CLOSED,
@@ -450,12 +553,40 @@ class RatchetStrategy(bt.Strategy):
             remainder = math.floor(remainder + 1e-9)
         if remainder <= 0:
             return
+        # The cash was promised at the limit price; the market order pays whatever the market
+        # asks now. Size it to what the cash affords at the last close, so the broker does not
+        # refuse it for margin and the entry does not vanish silently.
+        price = float(order.data.close[0])
+        cash = self.broker.getcash() - self._reserved_cash()
+        affordable = rules.affordable_qty(cash, price, self.cfg.commission,
+                                          self.cfg.fractional_shares)
+        if affordable < remainder:
+            logger.info("%s: fallback cut from %s to %s shares (cash %.2f at %.4f)",
+                        book.symbol, remainder, affordable, cash, price)
+            if affordable <= 0:
+                self.audit.record(now, "decision", book.symbol, "skip_buy", Reason.SIZE_ZERO,
+                                  qty=remainder, price=price,
+                                  client_order_id=order.info.get("cid", ""),
+                                  cash=round(cash, 2), note="fallback: cash affords no share")
+                book.entry_cancel_reason = ""
+                return
+            remainder = affordable
         cid = rules.client_order_id(self.cfg.strategy_id, book.symbol, now, Purpose.FALLBACK)
         book.fallback = self.buy(data=order.data, size=remainder, exectype=bt.Order.Market,
-                                 cid=cid, purpose=Purpose.FALLBACK.value)
+                                 cid=cid, purpose=Purpose.FALLBACK.value, handoff=book.handoff)
         book.entry_cancel_reason = ""
         self.audit.record(now, "decision", book.symbol, "buy", Reason.FALLBACK, qty=remainder,
                           client_order_id=cid, filled=abs(order.executed.size))
+
+    @staticmethod
+    def _exit_reason(book: Book, purpose: str) -> str:
+        """Why a sell fill happened: ``stop``/``trail`` (whichever stop was binding) for the
+        resting stop, else the reason of the exit order (``signal``, or the stop enforced
+        by the strategy)."""
+        if purpose == Purpose.STOP:
+            return rules.stop_exit_reason(book.stop_state) if book.stop_state \
+                else Reason.STOP.value
+        return book.exit_reason or Reason.SIGNAL.value
 
     def _apply_fill(self, order: bt.Order, book: Book, when: datetime, size: float,
                     price: float, purpose: str) -> None:
@@ -477,11 +608,10 @@ class RatchetStrategy(bt.Strategy):
         trade.commission += comm
         trade.exit_time = when
         trade.exit_cid = order.info.get("cid", "")
-        if purpose == Purpose.STOP:
-            trade.exit_reason = rules.stop_exit_reason(book.stop_state) if book.stop_state \
-                else Reason.STOP.value
-        else:
-            trade.exit_reason = book.exit_reason or Reason.SIGNAL.value
+        reason = self._exit_reason(book, purpose)
+        trade.exit_by_reason[reason] = trade.exit_by_reason.get(reason, 0.0) - size
+        # The trade's reason: the one that sold the most shares (the first one on a tie).
+        trade.exit_reason = max(trade.exit_by_reason, key=lambda r: trade.exit_by_reason[r])
         if self.getposition(data).size <= 0:
             self._close_trade(data, book)
 
@@ -502,6 +632,7 @@ class RatchetStrategy(bt.Strategy):
             "pnl": pnl,
             "return_pct": pnl / t.entry_value if t.entry_value else math.nan,
             "exit_reason": t.exit_reason,
+            "exit_reasons": ",".join(f"{r}:{q:g}" for r, q in t.exit_by_reason.items()),
             "bars_held": max(0, len(data) - t.entry_bar),
             "entry_order_id": t.entry_cid,
             "exit_order_id": t.exit_cid,
@@ -513,6 +644,7 @@ class RatchetStrategy(bt.Strategy):
         book.stop_state = None
         book.entry_atr = math.nan
         book.stop_seq = 0
+        book.handoff = None
         book.exit_reason = ""
         if book.stop is not None and book.stop.alive():
             self.cancel(book.stop)
@@ -579,6 +711,13 @@ class RatchetStrategy(bt.Strategy):
         if book.trade is None:
             book.trade = OpenTrade(datetime.now(UTC), 0, "", qty, qty * avg_price)
         book.stop = stop_order
+        if book.handoff is None:
+            book.handoff = rules.StopHandoff(book.symbol, self.cfg.strategy_id,
+                                             book.entry_atr, self.cfg.atr_stop_multiplier,
+                                             self.cfg.trail_stop_pct, seq=book.stop_seq)
+        book.handoff.state = book.stop_state
+        if stop_order is not None:  # a live broker re-places it at once if it is lost
+            stop_order.info["handoff"] = book.handoff
 
     def adopt_order(self, order: bt.Order) -> None:
         """Track a working order found at the broker at startup (``order.info`` has ``cid``
@@ -600,3 +739,5 @@ class RatchetStrategy(bt.Strategy):
             book.exit_reason = book.exit_reason or Reason.SIGNAL.value
         elif purpose == Purpose.STOP:
             book.stop = order
+            if book.handoff is not None:
+                order.info["handoff"] = book.handoff

@@ -149,6 +149,21 @@ def position_size(
     return SizeDecision(shares, binding, risk_shares, stop_distance)
 
 
+def affordable_qty(cash: float, price: float, commission: float = 0.0,
+                   fractional: bool = False) -> float:
+    """Most shares ``cash`` buys at ``price`` with the commission (a fraction of value)."""
+    if not (math.isfinite(cash) and math.isfinite(price)) or price <= 0 or cash <= 0:
+        return 0.0
+    unit = price * (1.0 + max(commission, 0.0))
+    qty = cash / unit
+    if fractional:
+        return math.floor(qty * 1e6) / 1e6
+    shares = float(math.floor(qty + 1e-9))
+    if shares * unit > cash + 1e-6:  # floor(x + eps) stepped past the cash by eps
+        shares -= 1.0
+    return max(shares, 0.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Stops
 
@@ -202,17 +217,85 @@ def stop_exit_reason(stop: StopState) -> str:
     return stop.binding
 
 
-def round_price(price: float, tick: float = 0.01) -> float:
-    """Round a stop price DOWN to the tick (a sell stop rounded down never sits above the
-    computed level); Alpaca rejects sub-penny prices above $1."""
+def stop_through_market(level: float, price: float) -> bool:
+    """A sell stop at ``level`` is already hit at ``price`` (at or below it): Alpaca refuses
+    such a stop, so the position is sold at market instead of protected by an order."""
+    return level >= price
+
+
+@dataclass
+class StopHandoff:
+    """The protective stop of one position, as the Strategy hands it to a live broker.
+
+    The Strategy makes one at the entry decision and attaches it to every order of that
+    position (``order.info["handoff"]``: entry, fallback, stop). A live broker that learns of
+    a fill or a lost stop before the Strategy does (Backtrader notifies the Strategy only with
+    its next bar) protects the position at once with the Strategy's own rule
+    (``initial_state``: fixed stop from the fill price and the decision bar's ATR, trailing
+    from the fill price; ``round_price``) and the client order id the Strategy would use
+    (``stop_cid``), and records the order in ``placed``. The Strategy then adopts that order
+    instead of sending a second stop. Plain data, no Backtrader: ``placed`` is whatever order
+    object the broker made.
+    """
+
+    symbol: str
+    strategy_id: str
+    atr: float  # the decision bar's ATR (NaN: trailing stop only)
+    atr_stop_multiplier: float
+    trail_pct: float
+    seq: int = 0  # the last stop number used for this position (either side bumps it)
+    state: StopState | None = None  # the stop state once the first fill is protected
+    placed: object | None = None  # the broker's stop order, until the Strategy adopts it
+
+    def initial_state(self, fill_price: float) -> StopState:
+        """The Strategy's stop right after the first fill (``initial_stop``)."""
+        return initial_stop(fill_price, self.atr, self.atr_stop_multiplier, self.trail_pct)
+
+    def level(self) -> float:
+        """The current stop price as an order carries it (rounded down to the tick)."""
+        if self.state is None:
+            raise ValueError(f"{self.symbol}: no stop state yet")
+        return round_price(self.state.level)
+
+    def stop_cid(self, bar_time: datetime) -> str:
+        """The next stop's client order id (numbering shared with the Strategy's own
+        stops of this position; ``bar_time`` = the bar the Strategy sees the event with)."""
+        self.seq += 1
+        return client_order_id(self.strategy_id, self.symbol, bar_time, Purpose.STOP,
+                               seq=self.seq)
+
+
+def tick_size(price: float) -> float:
+    """Alpaca's price increment: $0.01 at or above $1, $0.0001 below (sub-penny rule)."""
+    return 0.01 if price >= 1.0 else 0.0001
+
+
+def _floor_to_tick(price: float) -> float:
+    if not math.isfinite(price):
+        return price
     if price >= 1.0:
-        return math.floor(price / tick + 1e-9) * tick
-    return math.floor(price / 0.0001 + 1e-9) * 0.0001
+        return math.floor(price * 100 + 1e-7) / 100
+    return math.floor(price * 10_000 + 1e-7) / 10_000
+
+
+def round_price(price: float, tick: float = 0.01) -> float:
+    """Round a (sell) stop price DOWN to Alpaca's tick: the stop never sits above the
+    computed level, so it never fires earlier than the rule says. Cents at or above $1,
+    4 decimals below. (``tick`` is kept for callers; the tick follows the price.)"""
+    return _floor_to_tick(price)
 
 
 def round_limit_buy(price: float) -> float:
-    """Round a buy limit price to a valid tick (nearest cent above $1)."""
-    return round(price, 2) if price >= 1.0 else round(price, 4)
+    """Round a buy limit DOWN to Alpaca's tick (cents at or above $1, 4 decimals below):
+    the limit never sits above the price it was computed from, so an entry never pays
+    more than the decision bar's close."""
+    return _floor_to_tick(price)
+
+
+def round_limit_sell(price: float) -> float:
+    """Round a sell limit (the extended-hours exit at the close) DOWN to Alpaca's tick:
+    never asks more than the close, so the exit is not held back by rounding."""
+    return _floor_to_tick(price)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,12 @@ Expired, Margin, Rejected) on top of Alpaca's orders and ``trade_updates``
 * ``replace_stop_order`` moves the resting stop with one PATCH /v2/orders/{id}.
 * Before a step is handed to the Strategy, orders the step's bar should have filled are
   settled (``settle``): the broker waits briefly for their trade update, then reads them.
+* The protective stop goes out when the entry fills: a ``fill``/``partial_fill`` of an entry
+  or fallback that carries the Strategy's ``rules.StopHandoff`` is protected as the event is
+  routed (``_protect_at_arrival``, before it is journaled; else in the loop's
+  ``_protect_pending``), with the Strategy's rule and client order id; a later partial
+  fill resizes that one stop (one PATCH); a stop canceled by someone else is re-placed on
+  the cancel event. The Strategy adopts the order (``StopHandoff.placed``) on its next bar.
 * Reconciliation (``reconcile.py``) runs before any trading and after every reconnect; a
   position without a resting stop gets one at once. During the session a position that has
   been without a live stop for ``stop_grace_s`` (the Strategy re-places its own stop on the
@@ -43,7 +49,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -121,6 +127,21 @@ class Tracked:
 
 
 @dataclass
+class ProtectDue:
+    """A position that needs its stop placed, resized or re-placed now (see ``_protect``)."""
+
+    handoff: rules.StopHandoff
+    owner: Any
+    kind: str  # "fill" (an entry filled) or "lost" (our stop was canceled by someone else)
+    fill_price: float = math.nan  # the first fill's price (kind "fill")
+    stop_price: float = math.nan  # the lost stop's price (kind "lost")
+    arrived: float = 0.0  # perf_counter when the event arrived (latency figures)
+    taken: float = 0.0  # perf_counter when the loop took the event up (latency figures)
+    next_at: float = 0.0  # monotonic time of the next try (after a refused/unresolved one)
+    backoff: float = 0.25
+
+
+@dataclass
 class BrokerView:
     """A copy of the broker's state for the dashboard and the state file."""
 
@@ -190,6 +211,12 @@ class AlpacaBroker(bt.BrokerBase):
         self._unprotected_since: dict[str, float] = {}
         self._stops_placed: dict[str, int] = {}  # broker-made stops per symbol (cid seq)
         self._next_stop_audit = time.monotonic() + stop_audit_s
+        #: positions to protect in this loop (an entry filled, or our stop was lost)
+        self._due: dict[str, ProtectDue] = {}
+        #: bar time per symbol of the step being delivered (the Strategy's next notification)
+        self._step_bars: dict[str, datetime] = {}
+        #: (kind, seconds) from the event's arrival to the stop's acceptance (benchmark)
+        self.stop_latency: list[tuple[str, float]] = []
 
     # ================================================================ Backtrader interface
 
@@ -328,6 +355,7 @@ class AlpacaBroker(bt.BrokerBase):
         """Once per loop: adopt, apply trade updates, reconcile, resolve, release parked."""
         if not self._attached:
             self._attach()
+        self.store.pump_events(0.0)  # fills that just arrived get their stop before the rest
         self._apply_events()
         if self._reconcile_reasons:
             reasons, self._reconcile_reasons = self._reconcile_reasons, []
@@ -343,6 +371,8 @@ class AlpacaBroker(bt.BrokerBase):
             self._verify_in -= 1
             if not self._verify_in:
                 self._verify()
+        self._protect_pending()
+        self._step_bars = {}  # the Strategy sees this iteration's notifications with them
         self._check_stops()
         if time.monotonic() >= self._next_stop_audit:
             self._audit_stops()
@@ -388,6 +418,13 @@ class AlpacaBroker(bt.BrokerBase):
         for tr in list(self._by_cid.values()):
             if tr.state == "sent" and tr.order.alive() and not tr.cancel_pending:
                 self._refresh(tr)
+        # no bar comes any more: the Strategy is told with the bar it is on
+        for symbol in self.settings.symbols:
+            feed = self.store.feed(symbol)
+            when = self._bar_time(feed) if feed is not None else None
+            if when is not None:
+                self._step_bars[symbol] = when
+        self._protect_pending()
 
     def wait_for_market_entries(self, timeout: float) -> None:
         """``--once`` shutdown: give working MARKET entries/fallbacks up to ``timeout`` s to
@@ -642,6 +679,133 @@ class AlpacaBroker(bt.BrokerBase):
         order = self._adopt_order(strategies[0], snap)
         if hasattr(strategies[0], "adopt_order"):
             strategies[0].adopt_order(order)
+
+    def _mark_due(self, tr: Tracked, kind: str, price: float,
+                  event: TradeUpdateRecord | None) -> None:
+        """Protect ``tr``'s position in this loop: an entry of it filled (``fill``) or its
+        stop was canceled by someone else (``lost``). Only orders that carry the Strategy's
+        ``StopHandoff`` (the rule and numbering of its stops) are protected here."""
+        handoff = tr.order.info.get("handoff")
+        if not isinstance(handoff, rules.StopHandoff):
+            return  # no rule to apply: the Strategy's next bar and ``_check_stops`` cover it
+        arrived = event.arrived if event is not None and event.arrived else time.perf_counter()
+        old = self._due.get(tr.symbol)
+        if old is not None and old.kind == "fill" and kind == "fill":
+            return  # the first fill's price sets the stop; the rest only resize it
+        self._due[tr.symbol] = ProtectDue(
+            handoff, tr.order.owner, kind, fill_price=price if kind == "fill" else math.nan,
+            stop_price=price if kind == "lost" else math.nan, arrived=arrived)
+
+    def _protect_pending(self) -> None:
+        """Place, resize or re-place the stops of the positions marked by ``_mark_due``.
+
+        Runs only between the Strategy's turns (``next``, ``settle``, the shutdown), never in
+        the middle of one of its calls (a cancel it waits for, a reconciliation)."""
+        if not self._due or not self._attached:
+            return
+        due, self._due = self._due, {}
+        now = time.monotonic()
+        for symbol, d in sorted(due.items()):
+            if now < d.next_at:
+                done = False
+            else:
+                try:
+                    done = self._protect(symbol, d)
+                except (BrokerError, RetryableError, UnknownStateError) as exc:
+                    logger.error("%s: could not protect the position now (%s); retrying",
+                                 symbol, exc)
+                    done = False
+                if not done:  # in flight or refused: again later, with backoff
+                    d.next_at, d.backoff = now + d.backoff, min(30.0, d.backoff * 2)
+            if not done and symbol not in self._due:
+                self._due[symbol] = d
+
+    def _protect(self, symbol: str, d: ProtectDue, qty: Decimal | None = None,
+                 place_only: bool = False) -> bool:
+        """Make one resting stop cover the whole position of ``symbol`` now. False: an order
+        of the symbol is unresolved (its outcome decides; asked again next loop).
+        ``qty``: the position (default: ours); ``place_only``: never resize."""
+        if qty is None:
+            qty = self._pos_by_symbol.get(symbol, (ZERO, ZERO))[0]
+        if qty <= 0 or self._exit_working(symbol):
+            return True  # flat, or an exit is selling the position
+        stops = [t for t in self._by_cid.values() if t.symbol == symbol and t.order.alive()
+                 and is_stop_order(t.order) and t.state != "done"]
+        if self._ambiguous_in(symbol) or any(
+                t.state != "sent" or t.alpaca_id is None or t.replace_pending
+                or t.cancel_pending for t in stops):
+            return False  # e.g. the Strategy's own stop request is still unresolved
+        h, data = d.handoff, self.store.feed(symbol)
+        if data is None:
+            return True
+        when = self._notify_bar_time(symbol, data)
+        if stops and place_only:
+            return True
+        if stops:
+            tr = max(stops, key=lambda t: float(t.order.created.price or 0.0))
+            if Decimal(str(abs(tr.order.executed.remsize))) == qty:
+                return True  # already covers the position
+            price = float(tr.order.created.price or 0.0)
+            new = self.replace_stop_order(tr.order, price, h.stop_cid(when), size=float(qty))
+            if new is tr.order:
+                return False  # not replaced now (refused or unresolved): next loop
+            h.placed = new
+            self._protected(d, symbol, "resize_stop", new, qty, price)
+            return True
+        if self._broker_stops.get(symbol) is not None:
+            return True  # a stop found by reconciliation rests at Alpaca
+        if d.kind == "lost":
+            # whoever canceled it may be closing the position too: ask Alpaca (a stop for
+            # shares no longer held would sell short when it triggers)
+            held = {p.symbol: p.qty for p in self.gateway.client.get_positions()}
+            qty = held.get(symbol, ZERO)
+            if qty <= 0:
+                return True
+            price, ref = d.stop_price, self.store.last_close(symbol)
+        else:
+            if h.state is None:
+                h.state = h.initial_state(d.fill_price)
+            price, ref = h.level(), d.fill_price
+        if not math.isfinite(price) or (ref is not None and rules.stop_through_market(price,
+                                                                                       ref)):
+            logger.warning("%s: stop %.2f is at or above the market (%s): left to the "
+                           "Strategy's next bar", symbol, price, ref)
+            return True
+        order = self._new_order(bt.SellOrder, d.owner, data, float(qty), price, None,
+                                bt.Order.Stop, None, 0, None, None,
+                                {"cid": h.stop_cid(when), "purpose": "stop", "handoff": h})
+        if order.alive():
+            h.placed = order
+        self._protected(d, symbol, "place_stop", order, qty, price)
+        return True
+
+    def _protected(self, d: ProtectDue, symbol: str, action: str, order: bt.Order,
+                   qty: Decimal, price: float) -> None:
+        tr = self._by_ref.get(order.ref)
+        accepted = tr is not None and tr.state == "sent" and tr.alpaca_id is not None
+        now = time.perf_counter()
+        if accepted:
+            self.stop_latency.append((d.kind, now - d.arrived))
+        cid = str(order.info.get("cid", ""))
+        logger.info("%s: %s %s for %s @ %.2f on the %s event (%s; %.0f ms after its arrival, "
+                    "%.0f ms of them waiting for the loop)", symbol, action, cid, qty, price,
+                    d.kind, "accepted" if accepted else "not accepted", (now - d.arrived) * 1e3,
+                    ((d.taken or now) - d.arrived) * 1e3)
+        if self.audit is not None:
+            self.audit.record(self._now(), "broker", symbol, action,
+                              "entry_fill" if d.kind == "fill" else "lost_stop",
+                              qty=float(qty), price=price, client_order_id=cid)
+
+    def _notify_bar_time(self, symbol: str, data: Any) -> datetime:
+        """The bar the Strategy will see this event with (its stop's client order id is built
+        from it): the step being delivered now, else the bar after the newest one."""
+        when = self._step_bars.get(symbol)
+        if when is not None:
+            return when
+        last = self._bar_time(data)
+        if last is None:
+            return self._cid_time(symbol)
+        return last + timedelta(seconds=self.settings.bar_seconds)
 
     def _audit_stops(self) -> None:
         """Every ``stop_audit_s``: are the stops we track still open at Alpaca? A stop
@@ -930,6 +1094,8 @@ class AlpacaBroker(bt.BrokerBase):
                            exectype=bt.Order.Stop, simulated=not len(order.data))
         new.addinfo(cid=snap.client_order_id, purpose=old.purpose or "stop",
                     replaces=old.cid)
+        if isinstance(order.info.get("handoff"), rules.StopHandoff):
+            new.addinfo(handoff=order.info["handoff"])
         new.addcomminfo(self.getcommissioninfo(order.data))
         new.submit(self)
         tr = Tracked(new, snap.client_order_id, old.symbol, old.purpose or "stop", state="sent",
@@ -1054,9 +1220,36 @@ class AlpacaBroker(bt.BrokerBase):
         tr = self._by_cid.get(update.order.client_order_id)
         if tr is not None:
             tr.events += 1
+            self._protect_at_arrival(update, tr)
+
+    def _protect_at_arrival(self, ev: TradeUpdateRecord, tr: Tracked) -> None:
+        """An entry fill of an unprotected position: its stop goes out now, before the event
+        (and the ones queued before it) is even journaled, with the position Alpaca reports
+        after the fill. Also while a cancel of the Strategy waits for its answer (a limit
+        entry's fill that wins the timeout's cancel race): the Strategy adopts the stop
+        before it acts on the position (``_protect``, ``_exit``). Resizes and re-placements
+        wait for ``_protect_pending``."""
+        if not self._attached or ev.event not in ("fill", "partial_fill"):
+            return
+        if tr.purpose not in ("entry", "fallback") or ev.order.side != "buy" \
+                or ev.position_qty is None or ev.position_qty <= 0 or ev.price is None:
+            return
+        handoff = tr.order.info.get("handoff")
+        if not isinstance(handoff, rules.StopHandoff):
+            return
+        d = ProtectDue(handoff, tr.order.owner, "fill", fill_price=float(ev.price),
+                       arrived=ev.arrived or time.perf_counter())
+        d.taken = time.perf_counter()
+        try:
+            self._protect(tr.symbol, d, qty=ev.position_qty, place_only=True)
+        except (BrokerError, RetryableError) as exc:  # the loop's own pass retries it
+            logger.warning("%s: stop at the fill event not placed (%s)", tr.symbol, exc)
 
     def _apply_events(self) -> None:
         while self._events:
+            # journaling each event costs an fsync: a fill that arrives meanwhile is routed
+            # (and its stop placed, ``_protect_at_arrival``) before the next one
+            self.store.pump_events(0.0)
             ev = self._events.popleft()
             kind = ev.kind
             if kind is parsing.EventKind.CANCEL_REJECTED:
@@ -1102,8 +1295,18 @@ class AlpacaBroker(bt.BrokerBase):
         if fill is not None:
             signed = fill.qty if snap.side == "buy" else -fill.qty
             self._fill(tr, snap.symbol, signed, fill.price, fill.ts)
+            if tr is not None and snap.side == "buy" and tr.purpose in ("entry", "fallback"):
+                self._mark_due(tr, "fill", float(fill.price), event)
         if tr is not None:
+            lost = tr.order.alive() and is_stop_order(tr.order) and not tr.cancel_pending \
+                and snap.rule.life is Life.CANCELED
             self._life(tr, snap)
+            if lost and not tr.order.alive():
+                # canceled by someone else (dashboard, another tool): re-placed in this loop
+                logger.error("%s: stop %s was canceled at Alpaca, not by us: re-placing it",
+                             tr.symbol, tr.cid)
+                self._audit("lost_stop", tr, "canceled by someone else")
+                self._mark_due(tr, "lost", float(tr.order.created.price or math.nan), event)
 
     def _fill(self, tr: Tracked | None, symbol: str, qty: Decimal, price: Decimal,
               when: datetime) -> None:
@@ -1233,8 +1436,11 @@ class AlpacaBroker(bt.BrokerBase):
         to ``fence_s`` for a trade update, then read the order. In real time fills come long
         before the bar closes; this only matters when both arrive at once (replays).
         """
+        self._step_bars = {sym: bar.ts for sym, bar in bars.items() if hasattr(bar, "ts")}
+        self.store.pump_events(0.0)  # fills that just arrived get their stop before the rest
         self._apply_events()
         if self.fence_s is None:
+            self._protect_pending()
             return
         due = [tr for tr in self._by_cid.values()
                if tr.state == "sent" and tr.order.alive() and tr.symbol in bars
@@ -1250,6 +1456,7 @@ class AlpacaBroker(bt.BrokerBase):
                     self._refresh(tr)
         for tr in self._by_cid.values():
             tr.events_at_step = tr.events
+        self._protect_pending()
 
     # ================================================================ background work
 

@@ -322,6 +322,8 @@ class TradeUpdateRecord:
     qty: Decimal | None = None
     price: Decimal | None = None
     position_qty: Decimal | None = None
+    #: ``perf_counter`` when the frame arrived on the stream (0: unknown)
+    arrived: float = 0.0
 
     @property
     def kind(self) -> EventKind:

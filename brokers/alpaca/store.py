@@ -65,7 +65,7 @@ from brokers.alpaca.streams import (
     TradeUpdatesProtocol,
 )
 from common.config import Settings
-from common.errors import BrokerError, RetryableError
+from common.errors import BrokerError, DataError, RetryableError
 from strategies.signals import Signal
 
 logger = logging.getLogger(__name__)
@@ -156,6 +156,8 @@ class AlpacaStore:
         self.poll_s = poll_s
         self.clock_poll_s = clock_poll_s
         self.recorder = recorder
+        #: per symbol, the REST history the indicators were warmed up with (``connect``)
+        self.warmup_bars: dict[str, list[BarRecord]] = {}
         self.max_steps = max_steps
         self.on_idle = on_idle
         self.on_step_done = on_step_done
@@ -353,6 +355,14 @@ class AlpacaStore:
         start = now - timedelta(days=self.warmup_days)
         end = self._complete_before(now)
         history = self.client.get_bars(self.symbols, start, end, self.settings.bar_interval)
+        empty = [s for s in self.symbols
+                 if not any(b.ts <= end and self._keep(b) for b in history.get(s, []))]
+        if empty:
+            # A typo (APPL) or a delisted symbol would otherwise sit in warm-up all day.
+            raise DataError(
+                f"no bars for {', '.join(empty)} from Alpaca ({self.client.data_url}) in the "
+                f"{self.warmup_days:g} days before {end:%Y-%m-%d %H:%M} UTC: check the "
+                f"symbol{'s' if len(empty) > 1 else ''} (or give more --warmup-days)")
         last_delivered = last_delivered or {}
         if self.recorder is not None:
             self.recorder.clean_partials()
@@ -373,6 +383,7 @@ class AlpacaStore:
             if bars:
                 self._saw_close(bars[-1].ts, self.settings.bar_seconds)
             self.indicators[sym].warm(warm)
+            self.warmup_bars[sym] = warm  # the run folder keeps them (cli.py parity)
             if warm:
                 self._last_bar_time[sym] = warm[-1].ts
                 self._last_close[sym] = warm[-1].close
@@ -381,9 +392,6 @@ class AlpacaStore:
                 self.assembler.add(bar, time.perf_counter(), source="backfill")
             logger.info("%s: %d warm-up bars%s", sym, len(warm),
                         f", {len(replay)} to replay" if replay else "")
-        if any(len(self.indicators[s]._bars) == 0 for s in self.symbols):
-            logger.warning("no history for %s: the Strategy waits for warm-up (insufficient_data)",
-                           [s for s in self.symbols if not self.indicators[s]._bars])
         if completed:
             logger.warning("recorded bars completed from REST after the restart: %d bar(s)",
                            completed)
@@ -443,6 +451,7 @@ class AlpacaStore:
             return
         if self._delivered_since_save:
             self._delivered_since_save = False
+            self.pump_events(0.0)  # a fill that came during the step: its stop first
             if self._save_state is not None:
                 self._save_state()
             if self.on_step_done is not None:

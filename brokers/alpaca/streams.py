@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -192,7 +193,7 @@ class TradeUpdatesProtocol(StreamProtocol):
         except Exception as exc:  # one bad event must not stop the stream (alpaca-py #210)
             sink("parse_error", (self.name, f"bad trade update: {type(exc).__name__}"))
             return 0
-        sink("trade_update", update)
+        sink("trade_update", dataclasses.replace(update, arrived=arrived))
         return 1
 
 

@@ -113,6 +113,41 @@ class TestStops:
         assert rules.round_price(0.123456) == pytest.approx(0.1234)
 
 
+class TestPriceRounding:
+    """Alpaca's ticks: cents at or above $1, 4 decimals below (issue 10.3)."""
+
+    @pytest.mark.parametrize(
+        ("price", "limit"),
+        [
+            (1.416667, 1.41),  # regression: NVDA 1999-05-21, the old nearest-cent gave 1.42
+            (100.0, 100.0),  # on the tick: unchanged
+            (99.999, 99.99),
+            (12.345, 12.34),
+            (0.29, 0.29),  # 0.29 / 0.01 is 28.999999999999996 in floats: still 0.29
+            (1.0, 1.0),  # $1 exactly: cents
+            (0.99999, 0.9999),  # below $1: 4 decimals, down
+            (0.123456, 0.1234),
+            (0.00015, 0.0001),
+        ],
+    )
+    def test_buy_limit_is_rounded_down_to_the_tick(self, price: float, limit: float) -> None:
+        got = rules.round_limit_buy(price)
+        assert got == limit  # exact: the price sent to Alpaca has no float noise
+        assert got <= price and price - got < rules.tick_size(price)
+
+    @pytest.mark.parametrize(
+        ("level", "stop"),
+        [(97.019, 97.01), (98.0, 98.0), (100.88, 100.88), (0.98765, 0.9876), (1.0049, 1.0)],
+    )
+    def test_sell_stop_is_rounded_down_never_above_its_level(self, level: float,
+                                                               stop: float) -> None:
+        assert rules.round_price(level) == stop and rules.round_price(level) <= level
+
+    def test_extended_hours_sell_limit_is_rounded_down(self) -> None:
+        assert rules.round_limit_sell(97.509) == 97.5 and rules.round_limit_sell(0.51239) == \
+            0.5123
+
+
 class TestGuards:
     @pytest.mark.parametrize(
         ("kwargs", "reason"),
@@ -219,3 +254,51 @@ def test_ma_signal_equals_the_exact_backtrader_crossover() -> None:
     assert np.array_equal(np.nan_to_num(got, nan=9), np.nan_to_num(want, nan=9))
     f, s = sma_exact(close, 10), sma_exact(close, 30)
     assert (f == s).sum() > 100  # the case this guards really occurs in the data
+
+
+class TestStopHandoff:
+    """The Strategy's stop rule as handed to a live broker (issue 17): same numbers as
+    ``initial_stop`` + ``round_price``, one numbering of the position's stops."""
+
+    def test_initial_state_is_the_strategys_rule(self) -> None:
+        h = rules.StopHandoff("ACME", "ratchet", atr=0.5, atr_stop_multiplier=2.0,
+                              trail_pct=0.03)
+        state = h.initial_state(100.0)
+        assert state == rules.initial_stop(100.0, 0.5, 2.0, 0.03)
+        assert state.fixed_stop == 99.0 and state.level == 99.0  # fixed binds: 99 > 97
+
+    def test_trailing_binds_when_the_atr_is_wide(self) -> None:
+        h = rules.StopHandoff("ACME", "ratchet", atr=5.0, atr_stop_multiplier=2.0,
+                              trail_pct=0.03)
+        h.state = h.initial_state(100.0)
+        assert h.level() == 97.0 and h.state.binding == "trail"
+
+    def test_no_atr_means_trailing_only(self) -> None:
+        h = rules.StopHandoff("ACME", "ratchet", atr=math.nan, atr_stop_multiplier=2.0,
+                              trail_pct=0.03)
+        h.state = h.initial_state(50.0)
+        assert h.level() == 48.5 and h.state.fixed_stop == -math.inf
+
+    def test_level_is_rounded_down_to_the_tick(self) -> None:
+        h = rules.StopHandoff("ACME", "ratchet", atr=0.333, atr_stop_multiplier=2.0,
+                              trail_pct=0.03)
+        h.state = h.initial_state(101.0)  # 101 - 0.666 = 100.334 -> 100.33
+        assert h.level() == pytest.approx(100.33)
+
+    def test_level_needs_a_state(self) -> None:
+        h = rules.StopHandoff("ACME", "ratchet", 1.0, 2.0, 0.03)
+        with pytest.raises(ValueError, match="no stop state"):
+            h.level()
+
+    def test_stop_cids_continue_the_positions_numbering(self) -> None:
+        bar = datetime(2025, 10, 3, 13, 43, tzinfo=UTC)
+        h = rules.StopHandoff("acme", "ratchet", 1.0, 2.0, 0.03, seq=2)
+        assert h.stop_cid(bar) == "ratchet-ACME-20251003T134300-stop3"
+        assert h.stop_cid(bar) == "ratchet-ACME-20251003T134300-stop4"
+        assert h.seq == 4
+        assert rules.parse_client_order_id(h.stop_cid(bar))[3] is Purpose.STOP  # type: ignore[index]
+
+    @pytest.mark.parametrize(("level", "price", "through"),
+                             [(99.0, 100.0, False), (100.0, 100.0, True), (100.5, 100.0, True)])
+    def test_stop_through_market(self, level: float, price: float, through: bool) -> None:
+        assert rules.stop_through_market(level, price) is through

@@ -268,9 +268,12 @@ def test_extended_hours_entries_are_limits_without_fallback(tmp_path: Path) -> N
 
 
 def test_no_entries_in_extended_hours_unless_enabled(tmp_path: Path) -> None:
+    """Without extended hours, bars outside the regular session are dropped before the
+    indicators, as the paper path drops them: no decision, no order on them."""
     _, r = run(tmp_path, {"ACME": flat_bars(60)}, {45: 1.0}, session=_extended_from(40))
     assert r.orders.empty
-    assert list(actions(r, "skip_buy").reason) == ["market_closed"]
+    assert pd.to_datetime(r.audit["time"]).max() < at(40)
+    assert r.equity.timestamp.max() == at(39)
 
 
 def test_stop_raised_through_the_market_exits_at_once(tmp_path: Path) -> None:

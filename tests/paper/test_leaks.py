@@ -57,3 +57,39 @@ def test_wrong_secret_error_names_no_key(sim: SimServer, tmp_path: Path) -> None
     assert bad.returncode != 0
     assert "error:" in bad.stderr and "keys" in bad.stderr
     _assert_clean(tmp_path, bad.stdout, bad.stderr, secrets=(SENTINEL_KEY, wrong))
+
+
+def test_alert_urls_never_leak(sim: SimServer, tmp_path: Path) -> None:
+    """Alert URLs carry tokens and passwords: delivered to, never written anywhere."""
+    import threading
+
+    from tests.alerts.conftest import ALERT_TOKEN, SMTP_PASSWORD, SmtpReceiver, WebhookReceiver
+
+    env = {**os.environ, "APCA_API_KEY_ID": SENTINEL_KEY, "APCA_API_SECRET_KEY": SENTINEL_SECRET}
+    done = threading.Event()
+
+    def market() -> None:  # the stepped sim moves on until the bot has its two bars
+        while not done.wait(0.3):
+            sim.advance(minutes=1)
+
+    ticker = threading.Thread(target=market, daemon=True)
+    with WebhookReceiver() as hook, SmtpReceiver() as mail:
+        ticker.start()
+        live = subprocess.run(
+            [sys.executable, "cli.py", "paper", "--base-url", sim.base_url, "--symbols",
+             "ACME,BOLT", "--state-dir", str(tmp_path / "state"), "--log-dir",
+             str(tmp_path / "logs"), "--out", str(tmp_path / "runs"), "--max-steps", "2",
+             "-vv", "--live", "--confirm-live", "--alert", hook.url, "--alert", mail.url],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        done.set()
+        assert live.returncode == 0, live.stderr[-2000:]
+        assert hook.wait_for(1)
+    titles = " ".join(m["title"] + " " + m["message"] for m in hook.received)
+    assert "session started (live)" in titles and "--max-steps 2 reached" in titles
+    assert mail.messages
+    assert "alerts (all) to json #1, mailto #2" in live.stdout
+    files = _assert_clean(tmp_path, live.stdout, live.stderr,
+                          secrets=(SENTINEL_KEY, SENTINEL_SECRET, ALERT_TOKEN, SMTP_PASSWORD))
+    assert files >= 5
+    log = next((tmp_path / "logs").glob("trading_*.log")).read_text()
+    assert "apprise" in log  # Apprise's own records reached the debug log, redacted

@@ -1,0 +1,87 @@
+"""The stitched out-of-sample run folder of a walk-forward sweep.
+
+Each window's test run starts with the cash the previous test run ended with (positions
+still open at a window's end are valued at its last close and the next window starts flat),
+so the concatenated equity curve is one continuous account. The folder follows the run-folder
+contract: ``cli.py report SWEEP/oos`` and ``load_run`` read it like any run.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from analyzers.audit import AUDIT_COLUMNS
+from analyzers.recorder import write_parquet
+from analyzers.stats import compute_stats
+from common.atomic import atomic_path, write_json_atomic
+
+if TYPE_CHECKING:
+    from sweeps.runner import SweepPlan
+    from sweeps.store import ResultStore
+
+logger = logging.getLogger(__name__)
+
+
+def _benchmark(prices: pd.DataFrame, equity: pd.DataFrame, start_value: float) -> Any:
+    from analyzers.recorder import _benchmark as bench  # adapter: the run folder's benchmark
+
+    return bench(prices, equity, start_value)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if f is not None]
+    nonempty = [f for f in frames if not f.empty]
+    if not nonempty:
+        return frames[0] if frames else pd.DataFrame()
+    return pd.concat(nonempty, ignore_index=True)
+
+
+def stitch_oos(store: ResultStore, plan: SweepPlan,
+               windows: list[dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    """Write ``<sweep>/oos/`` from the windows' test runs; returns (folder, stats)."""
+    parts = [store.read_frames(w["test_key"]) for w in windows if w.get("test_key")]
+    cash = plan.base.cash
+    equity = _concat([p["equity"] for p in parts])
+    trades = _concat([p["trades"] for p in parts])
+    orders = _concat([p["orders"] for p in parts])
+    prices = _concat([p["prices"] for p in parts])
+    audit = [row for p in parts for row in p["audit"]]
+    out = plan.folder / "oos"
+    out.mkdir(parents=True, exist_ok=True)
+    if not equity.empty:
+        equity = equity.sort_values("timestamp", kind="stable").reset_index(drop=True)
+        equity["benchmark"] = _benchmark(prices, equity, cash)
+    stats = compute_stats(equity, trades, cash) if not equity.empty else \
+        {"trade_count": 0, "bars": 0, "total_return": 0.0, "start_value": cash,
+         "end_value": cash}
+    tested = [w for w in windows if w.get("test_key")]
+    if tested:
+        stats["open_positions"] = tested[-1].get("oos_open_positions") or {}
+    write_parquet(out / "trades.parquet", trades)
+    write_parquet(out / "orders.parquet", orders)
+    write_parquet(out / "equity.parquet", equity)
+    write_parquet(out / "prices.parquet", prices)
+    with atomic_path(out / "audit.csv") as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        import csv
+
+        writer = csv.writer(fh)
+        writer.writerow(AUDIT_COLUMNS)
+        writer.writerows(audit)
+    write_json_atomic(out / "stats.json", stats)
+    spec = plan.spec
+    config = {
+        "mode": "walk-forward-oos", "run_id": "oos", "created_at": datetime.now(UTC).isoformat(),
+        "settings": plan.base.to_dict(), "data": spec.data, "symbols": list(plan.base.symbols),
+        "interval": plan.base.bar_interval,
+        "start": windows[0]["test_start"] if windows else None,
+        "end": windows[-1]["test_end"] if windows else None, "version": "0.1.0",
+        "note": "stitched out-of-sample test spans of a walk-forward sweep; each window's "
+                "settings are in windows", "windows": windows,
+    }
+    write_json_atomic(out / "config.json", config)
+    return out, stats

@@ -1,0 +1,394 @@
+"""No naked position (issue 17): the protective stop goes out when the entry fills.
+
+Against the stepped loopback Alpaca through the real alpaca-py client. Before, the stop was
+sent by the Strategy when Backtrader handed it the fill, with its NEXT bar (and a stop lost
+to someone else's cancel was re-placed a bar later, or by the broker after one bar + 15 s):
+up to one bar naked after every entry. Now the broker protects the position on the
+``trade_updates`` event, with the Strategy's rule and client order id, and the Strategy
+adopts that stop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import backtrader as bt
+import pandas as pd
+import pytest
+
+from brokers.alpaca.client import AlpacaClient
+from brokers.alpaca.credentials import Credentials
+from brokers.alpaca.journal import Journal, JournalState
+from brokers.alpaca_sim.calendar import ns_to_utc
+from brokers.alpaca_sim.testing import SimServer
+from commands.paper import PaperOptions, PaperResult, run_paper
+from common.config import Settings
+from feeds.store import read_bars
+from strategies import rules
+from tests.paper.conftest import (
+    BARS,
+    REPLAY_START,
+    REPO,
+    SENTINEL_KEY,
+    SENTINEL_SECRET,
+    session,
+    wait_until,
+)
+from tests.paper.test_broker import Scripted, _run
+
+_OPEN = ("new", "accepted", "partially_filled", "held")
+
+
+class Clock:
+    """on_idle driver: moves the stepped sim ``step_s`` seconds at a time (a bar closes every
+    60 s and must reach the Strategy before the clock moves on); before each move ``gate``
+    may hold the clock for up to ``patience`` s of real time (the bot works meanwhile)."""
+
+    def __init__(self, sim: SimServer, minutes: int, step_s: int = 30,
+                 gate: Callable[[], bool] | None = None, patience: float = 3.0,
+                 hooks: dict[datetime, Callable[[], None]] | None = None) -> None:
+        self.sim, self.step_s, self.gate, self.patience = sim, step_s, gate, patience
+        self.end = sim.now() + timedelta(minutes=minutes)
+        self.hooks = dict(hooks or {})
+        self.store: Any = None
+        self.closes = 0
+        self._held: float | None = None
+        self._at = 0.0
+        self.gate_timeouts = 0
+
+    def __call__(self) -> None:
+        store = self.store
+        if store is None:
+            return
+        now = time.monotonic()
+        if store.status.steps < self.closes and now - self._at < 8.0:
+            return  # the last closed bar has not reached the Strategy yet
+        if self.sim.now() >= self.end:
+            store.request_stop()
+            return
+        if self.gate is not None and not self.gate():
+            self._held = self._held or now
+            if now - self._held < self.patience:
+                return
+            self.gate_timeouts += 1
+        self._held = None
+        hook = self.hooks.pop(self.sim.now(), None)
+        if hook is not None:
+            hook()
+            return  # give the bot a turn before the clock moves
+        self._at = now
+        t = self.sim.advance(seconds=self.step_s)
+        if t.second == 0:
+            self.closes += 1
+
+
+def run(sim: SimServer, creds: Credentials, root: Path, clock: Clock,
+        symbols: tuple[str, ...], **extra: Any) -> PaperResult:
+    def on_store(store: Any) -> None:
+        clock.store = store
+
+    opts = PaperOptions(
+        settings=extra.pop("settings", None) or Settings(symbols=symbols), credentials=creds,
+        live=extra.pop("live", True), base_url=sim.base_url,
+        data_stream_url=sim.data_stream_url, trading_stream_url=sim.trading_stream_url,
+        state_dir=root / "state", log_dir=root / "logs", out=root / "runs", warmup_days=5,
+        clock_poll=1.0, silence=30.0, on_idle=clock, on_store=on_store, install_signals=False,
+        requests_per_minute=60_000.0, **extra)
+    return run_paper(opts)
+
+
+def _orders(sim: SimServer, symbol: str) -> list[Any]:
+    with sim.market.lock:
+        return sorted((o for o in sim.market.orders.values() if o.symbol == symbol),
+                      key=lambda o: (o.created_at, o.client_order_id))
+
+
+def _protected(sim: SimServer) -> bool:
+    """Every long position at the sim has exactly one open sell stop of its size."""
+    with sim.market.lock:
+        for sym, pos in sim.market.positions.items():
+            stops = [o for o in sim.market.orders.values() if o.symbol == sym
+                     and o.type == "stop" and o.status in _OPEN]
+            if pos.qty > 0 and (len(stops) != 1 or abs(stops[0].remaining - pos.qty) > 1e-9):
+                return False
+    return True
+
+
+def _spec_stop(symbol: str, decision_bar: datetime, fill_price: float) -> float:
+    """SPEC's initial stop, computed here from the bar file: max(fill - 2 x ATR14 (Wilder) at
+    the decision bar, fill x 0.97), rounded down to the cent."""
+    bars = read_bars(BARS / "1Min" / f"{symbol}.parquet", end=decision_bar)
+    high, low, close = (bars[c].to_numpy() for c in ("high", "low", "close"))
+    tr = [max(h, c0) - min(lo, c0) for h, lo, c0 in zip(high[1:], low[1:], close[:-1],
+                                                         strict=True)]
+    atr = sum(tr[:14]) / 14
+    for x in tr[14:]:
+        atr = atr * (13 / 14) + x / 14
+    return math.floor(max(fill_price - 2 * atr, fill_price * 0.97) * 100 + 1e-9) / 100
+
+
+def test_entry_fill_is_protected_before_the_next_bar(sim: SimServer, creds: Credentials,
+                                                     tmp_path: Path) -> None:
+    """Regression (issue 17): after the entry filled, the position had no stop until the
+    Strategy's next bar. Now the stop rests at the sim before the bar in which the fill
+    happened closes, at SPEC's level, under the Strategy's client order id, and the Strategy
+    adopts it (no second stop). A cancel by hand is then re-placed within a second."""
+    client = AlpacaClient(creds, base_url=sim.base_url)
+    seen: dict[str, float] = {}
+
+    def cancel_first_stop() -> None:
+        stop = next(o for o in _orders(sim, "CRUX") if o.type == "stop" and o.status in _OPEN)
+        seen["cancel_wall"], seen["cancel_sim"] = time.monotonic(), sim.now().timestamp()
+        client.cancel_order(stop.id)
+
+    def gate() -> bool:
+        ok = _protected(sim)
+        if ok and "cancel_wall" in seen and "replaced_wall" not in seen:
+            seen["replaced_wall"] = time.monotonic()
+        return ok
+
+    # CRUX buys on the 13:42 bar (limit); it fills at the 13:43 open
+    hooks = {datetime(2025, 10, 3, 13, 46, tzinfo=REPLAY_START.tzinfo): cancel_first_stop}
+    clock = Clock(sim, 18, gate=gate, hooks=hooks)
+    result = run(sim, creds, tmp_path, clock, ("CRUX",))
+    orders = _orders(sim, "CRUX")
+    entry = next(o for o in orders if o.client_order_id.endswith("-entry"))
+    assert entry.status == "filled"
+    fill_t = entry.fills[0].t
+    bar_end = (fill_t // 60_000_000_000 + 1) * 60_000_000_000
+    stops = [o for o in orders if o.type == "stop"]
+    first = stops[0]
+    # at the broker before the bar holding the fill closed (and was delivered)
+    assert fill_t <= first.created_at < bar_end, (ns_to_utc(fill_t), ns_to_utc(first.created_at))
+    decided = datetime(2025, 10, 3, 13, 42, tzinfo=REPLAY_START.tzinfo)
+    assert first.stop_price == pytest.approx(_spec_stop("CRUX", decided,
+                                                        entry.filled_avg_price or 0.0))
+    assert first.qty == entry.filled_qty
+    # the id the Strategy itself would have used on the bar it sees the fill with
+    assert first.client_order_id == "ratchet-CRUX-20251003T134300-stop1"
+    # the cancel by hand: re-placed on the event, within a second, in the same replay second
+    lost = [o for o in stops if o.status == "canceled"]
+    assert len(lost) == 1
+    assert seen["replaced_wall"] - seen["cancel_wall"] < 1.0
+    again = next(o for o in stops if o.created_at > lost[0].created_at
+                 and o.replaces is None and o is not first)
+    assert again.created_at / 1e9 == pytest.approx(seen["cancel_sim"])
+    assert again.stop_price == lost[0].stop_price and again.qty == lost[0].qty
+    # exactly one stop rests; nothing was posted twice; the Strategy sent no stop of its own
+    assert len([o for o in stops if o.status in _OPEN]) == 1
+    assert sim.posts.duplicates() == {}  # type: ignore[attr-defined]
+    posted = [c for c in sim.posts.posts if "-stop" in c]  # type: ignore[attr-defined]
+    assert posted == [first.client_order_id, again.client_order_id]
+    assert again.client_order_id == "ratchet-CRUX-20251003T134600-stop2"
+    assert clock.gate_timeouts == 0
+    audit = pd.read_csv(result.audit_path)
+    adopted = audit[(audit["kind"] == "decision") & (audit["symbol"] == "CRUX")]
+    assert list(adopted["action"][adopted["action"].str.contains("stop")]) == [
+        "place_stop", "adopt_stop"]  # the Strategy took both broker stops as its own
+    kinds = sorted({k for k, _ in result.stop_latency})
+    assert kinds == ["fill", "lost"] and all(s < 0.5 for _, s in result.stop_latency)
+
+
+def _participation_sizes(parts: int, p: float) -> int:
+    # shares the sim fills per bar at participation p from the 13:31 bar on (one per bar)
+    bars = read_bars(BARS / "1Min" / "ACME.parquet", REPLAY_START + timedelta(minutes=1),
+                     REPLAY_START + timedelta(minutes=1 + parts - 1))
+    return int(sum(math.floor(p * v + 1e-9) for v in bars["volume"]))
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_partial_fills_make_one_stop_of_the_filled_size(
+        sim: SimServer, creds: Credentials, tmp_path: Path, parts: int) -> None:
+    """A 2- and a 3-part fill of one entry: one stop, placed at the first part and resized by
+    one PATCH per later part, always the filled size (old: no stop until the Strategy)."""
+    p = 0.002
+    size = _participation_sizes(parts, p)
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if step == 1:
+            sim.faults.partial_fills(p)
+            h = rules.StopHandoff("ACME", "ratchet", float(d.atr[0]), 2.0, 0.03)
+            s.orders["entry"] = s.buy(data=d, size=size, exectype=bt.Order.Market,
+                                      cid="ratchet-ACME-20251003T133000-entry",
+                                      purpose="entry", handoff=h)
+
+    box: dict[str, Scripted] = {}
+
+    def wrapped(strat: Scripted, step: int) -> None:
+        box["s"] = strat
+        script(strat, step)
+
+    # the clock waits (up to 3 s) for the position to be protected before each bar
+    clock = Clock(sim, parts + 2, step_s=60, gate=lambda: _protected(sim))
+    run(sim, creds, tmp_path, clock, ("ACME",), strategy_cls=Scripted,
+        strategy_kwargs={"script": wrapped})
+    entry = box["s"].orders["entry"]
+    assert entry.status == bt.Order.Completed and len(entry.executed.exbits) == parts
+    stops = [o for o in _orders(sim, "ACME") if o.type == "stop"]
+    open_stops = [o for o in stops if o.status in _OPEN]
+    assert len(open_stops) == 1 and open_stops[0].qty == size
+    assert [o.status for o in stops] == ["replaced"] * (parts - 1) + ["new"]
+    posts = sim.posts  # type: ignore[attr-defined]
+    assert [c for c in posts.posts if "-stop" in c] == [stops[0].client_order_id]
+    assert sum(posts.patches.values()) == parts - 1
+    # before the clock moved on, one stop always covered the whole position
+    assert clock.gate_timeouts == 0
+
+
+def test_fill_while_the_strategys_stop_is_in_flight_gives_one_stop(
+        sim: SimServer, creds: Credentials, tmp_path: Path) -> None:
+    """The Strategy's own stop request is unresolved (response lost, lookups failing) when a
+    fill of the position arrives: the broker places no second stop; once the request
+    resolves it resizes that one stop (one PATCH). Journal and server agree."""
+    stop_cid = "ratchet-ACME-20251003T133100-stop1"
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if step == 1:  # a position the broker does not protect by itself (no handoff)
+            s.buy(data=d, size=5, exectype=bt.Order.Market,
+                  cid="ratchet-ACME-20251003T133000-entry", purpose="entry")
+        elif step == 2:
+            h = rules.StopHandoff("ACME", "ratchet", float(d.atr[0]), 2.0, 0.03, seq=1)
+            s.buy(data=d, size=5, exectype=bt.Order.Market,
+                  cid="ratchet-ACME-20251003T133100-fallback", purpose="fallback", handoff=h)
+            # the stop's POST is processed, its answer lost, and the lookups fail for a while
+            sim.faults.lose_response(method="POST", path="/v2/orders", times=1)
+            sim.faults.http_error(500, method="GET", path="/v2/orders:by_client_order_id",
+                                  times=4)
+            s.orders["stop"] = s.sell(data=d, size=5, exectype=bt.Order.Stop,
+                                      price=round(d.close[0] * 0.95, 2), cid=stop_cid,
+                                      purpose="stop", handoff=h)
+
+    slow = {k: (lambda: time.sleep(0.4)) for k in range(3, 11)}  # real time for the lookups
+    _run(sim, creds, tmp_path, 12, script, slow)
+    stops = [o for o in _orders(sim, "ACME") if o.type == "stop"]
+    open_stops = [o for o in stops if o.status in _OPEN]
+    with sim.market.lock:
+        position = sim.market.positions["ACME"].qty
+    assert position == 10 and len(open_stops) == 1 and open_stops[0].qty == 10
+    posts = sim.posts  # type: ignore[attr-defined]
+    assert [c for c in posts.posts if "-stop" in c] == [stop_cid]
+    assert sum(posts.patches.values()) == 1
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    rows = [r for r in journal.orders() if r.purpose == "stop"]
+    assert [(r.cid, r.alpaca_status) for r in rows] == [
+        (stop_cid, "replaced"), (open_stops[0].client_order_id, "new")]
+    assert rows[1].replaces == stop_cid
+
+
+def test_dry_run_protects_nothing_at_the_broker(sim: SimServer, creds: Credentials,
+                                                tmp_path: Path) -> None:
+    """Dry run: the shadow book fills the entry; nothing is sent, no broker stop row."""
+    result = session(sim, creds, tmp_path, 16, live=False, symbols=("CRUX",),
+                     settings=Settings(symbols=("CRUX",)))
+    assert result.orders_sent == 0 and sum(sim.posts.posts.values()) == 0  # type: ignore[attr-defined]
+    audit = result.audit_path.read_text()
+    assert "place_stop" in audit and "entry_fill" not in audit
+
+
+# ------------------------------------------------------------------ SIGKILL at the fill
+
+
+def _bot(sim: SimServer, root: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "APCA_API_KEY_ID": SENTINEL_KEY, "APCA_API_SECRET_KEY": SENTINEL_SECRET,
+           "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "cli.py", "paper", "--live", "--confirm-live",
+            "--base-url", sim.base_url, "--symbols", "CRUX",
+            "--state-dir", str(root / "state"), "--log-dir", str(root / "logs"),
+            "--out", str(root / "runs"), "--clock-poll", "1", "-v"]
+    log = (root / "bot-output.txt").open("a")
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _last_bar(state: Path) -> str:
+    try:
+        return str(json.loads(state.read_text()).get("last_bar", {}).get("CRUX", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def _step(sim: SimServer, state: Path, box: dict[str, Any]) -> None:
+    """One replayed minute, then wait until the bot has processed the bar that closed (or
+    was killed)."""
+    closed, killed = sim.now(), box.get("killed")
+    sim.advance(minutes=1)
+    wait_until(lambda: box.get("killed") != killed
+               or _last_bar(state) >= closed.isoformat(), timeout=10)
+
+
+@pytest.mark.parametrize("when", ["before_post", "after_post"])
+def test_sigkill_at_the_entry_fill_leaves_exactly_one_stop(sim: SimServer, tmp_path: Path,
+                                                           when: str) -> None:
+    """``cli.py paper`` is SIGKILLed as its stop for a just-filled entry reaches the server:
+    before the server takes the POST (the journal holds only the intent) and right after
+    (the stop exists, its answer never arrives). The restarted bot ends with exactly one
+    resting stop of the position's size, and no client order id was posted twice."""
+    box: dict[str, Any] = {"killed": None}
+    market = sim.market
+    submit = market.submit
+
+    def killing_submit(req: Any) -> Any:
+        ours = str(req.client_order_id).startswith("ratchet-CRUX-")
+        if ours and req.type == "stop" and box["killed"] is None:
+            box["killed"] = str(req.client_order_id)
+            if when == "before_post":
+                box["bot"].kill()
+                box["bot"].wait(timeout=10)
+                raise RuntimeError("the bot died before this request was processed")
+            order = submit(req)
+            box["bot"].kill()
+            box["bot"].wait(timeout=10)
+            return order
+        return submit(req)
+
+    market.submit = killing_submit  # type: ignore[method-assign]
+    state = tmp_path / "state" / "portfolio_state.json"
+    box["bot"] = _bot(sim, tmp_path)
+    assert wait_until(state.exists, timeout=60), (tmp_path / "bot-output.txt").read_text()
+    for _ in range(20):  # CRUX buys on the 13:42 bar; its fill is protected at once
+        _step(sim, state, box)
+        if box["killed"]:
+            break
+    assert box["killed"], (tmp_path / "bot-output.txt").read_text()[-3000:]
+    with market.lock:
+        position = market.positions["CRUX"].qty
+    started = state.stat().st_mtime_ns
+    box["bot"] = bot = _bot(sim, tmp_path)  # the restart reconciles before any trading
+    assert wait_until(lambda: state.stat().st_mtime_ns != started, timeout=60)
+
+    def one_stop() -> bool:
+        with market.lock:
+            return len([o for o in market.orders.values()
+                        if o.type == "stop" and o.status in _OPEN]) == 1
+    assert wait_until(one_stop, timeout=60), (tmp_path / "bot-output.txt").read_text()[-3000:]
+    _step(sim, state, box)
+    _step(sim, state, box)
+    bot.send_signal(signal.SIGTERM)
+    assert bot.wait(timeout=60) == 0, (tmp_path / "bot-output.txt").read_text()[-3000:]
+    posts = sim.posts  # type: ignore[attr-defined]
+    assert posts.duplicates() == {}
+    stops = [o for o in _orders(sim, "CRUX") if o.type == "stop"]
+    open_stops = [o for o in stops if o.status in _OPEN]
+    assert len(open_stops) == 1 and open_stops[0].remaining == position
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    killed = journal.get(box["killed"])
+    assert killed is not None
+    if when == "before_post":  # never reached the server; a new stop was placed instead
+        assert box["killed"] not in posts.posts
+        assert open_stops[0].client_order_id != box["killed"]
+        assert killed.state is not JournalState.ACCEPTED
+    else:  # the stop the dead process sent is found and kept; nothing new was posted
+        assert open_stops[0].client_order_id == box["killed"]
+        assert [c for c in posts.posts if "-stop" in c] == [box["killed"]]
