@@ -29,7 +29,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sweep": ("commands.sweep", "sweep", "Sweep settings on Dask; walk-forward optimisation."),
     "report": ("commands.report", "report", "Write an HTML report of one or more runs."),
     "train": ("commands.train", "train", "Train and validate an ML signal model."),
-    "show-config": ("commands.show_config", "show_config", "Print the effective settings."),
+    "runs": ("commands.runs", "runs", "List past runs, newest first."),
+    "show-config": ("commands.show_config", "show_config",
+                    "Print the settings a run would use, with their sources."),
     "alert-test": ("commands.alert_test", "alert_test", "Send a test alert to alert URLs."),
     "parity": ("commands.parity", "parity", "Compare a paper run with its backtest."),
 }

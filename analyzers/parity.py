@@ -38,7 +38,7 @@ from analyzers.audit import AUDIT_COLUMNS, Audit
 from analyzers.recorder import RunRecorder
 from analyzers.runfolder import load_run
 from brokers.backtest import make_backtest_broker
-from common.config import Settings
+from common.config import Settings, settings_from_saved
 from common.errors import DataError
 from feeds.btfeed import make_feed
 from feeds.store import BarArrays
@@ -150,8 +150,7 @@ def _clean(x: Any) -> Any:
 def _settings(config: dict[str, Any]) -> Settings:
     raw = dict(config.get("settings") or {})
     raw["symbols"] = tuple(raw.get("symbols") or config.get("symbols") or ())
-    known = {f for f in Settings.__dataclass_fields__}
-    return Settings(**{k: v for k, v in raw.items() if k in known})
+    return settings_from_saved(raw)
 
 
 def run_settings(run_dir: str | Path) -> Settings:

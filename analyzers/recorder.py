@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from analyzers.audit import Audit
-from analyzers.stats import compute_stats
+from analyzers.stats import compute_stats, symbol_stats
 from common.atomic import atomic_path, write_json_atomic
-from common.config import Settings
+from common.config import Settings, public_settings
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +253,7 @@ def write_run_folder(
     trades = trades_frame(closed_trades)
     orders = _frame_orders(recorder.orders)
     stats = compute_stats(equity, trades, float(meta.get("start_value", settings.cash)))
+    stats.update(symbol_stats(trades, prices, list(settings.symbols)))
     open_positions = meta.pop("open_positions", None)
     if open_positions is not None:
         stats["open_positions"] = open_positions
@@ -262,7 +263,7 @@ def write_run_folder(
     write_parquet(run_dir / "prices.parquet", prices)
     audit.write_csv(run_dir / "audit.csv")
     write_json_atomic(run_dir / "stats.json", stats)
-    config = {"run_id": run_dir.name, "settings": settings.to_dict(),
+    config = {"run_id": run_dir.name, "settings": public_settings(settings),
               "created_at": datetime.now(UTC).isoformat(), "version": "0.1.0", **meta}
     write_json_atomic(run_dir / "config.json", config)
     return stats

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -224,7 +225,7 @@ def _time(value: Any) -> str:
     ts = to_utc([value])[0].tz_convert(NY)
     if ts.hour == 0 and ts.minute == 0:
         return ts.strftime("%Y-%m-%d")
-    return ts.strftime("%Y-%m-%d %H:%M %Z")
+    return ts.strftime("%Y-%m-%d %H:%M")  # the zone is named once, in the page header
 
 
 def format_value(kind: str, value: Any) -> str:  # noqa: C901 - a flat table of formats
@@ -276,31 +277,52 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
+def public_run_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json's settings under their public names and units (common.config.PARAMS);
+    runs written before the rename (``risk_per_trade_pct`` as a fraction ...) are mapped."""
+    from common.config import BY_FIELD, PUBLIC
+
+    out: dict[str, Any] = {}
+    for key, value in (config.get("settings", {}) or {}).items():
+        if key in PUBLIC and not (key == "max_position_pct" and _old_layout(config)):
+            out[key] = value
+        elif key in BY_FIELD:
+            out[BY_FIELD[key].name] = BY_FIELD[key].to_public(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _old_layout(config: dict[str, Any]) -> bool:
+    """A run folder written before the public setting names (fractions under _pct)."""
+    return "risk_per_trade_pct" in (config.get("settings", {}) or {})
+
+
 def _settings_chips(config: dict[str, Any]) -> list[str]:  # noqa: C901 - one chip per setting
     """Short labels of the settings that shape a run."""
-    s = config.get("settings", {}) or {}
+    s = public_run_settings(config)
     chips: list[str] = []
-    interval = config.get("interval") or s.get("bar_interval")
+    interval = config.get("interval") or s.get("interval")
     if interval:
         chips.append(f"<b>{_e(interval)}</b> bars")
     if s.get("signal") == "ml":
-        chips.append(f"<b>ML</b> signal (enter ≥ {s.get('ml_enter_threshold')}, "
-                     f"exit ≤ {s.get('ml_exit_threshold')})")
-    elif "fast_period" in s:
-        chips.append(f"<b>MA {s.get('fast_period')}/{s.get('slow_period')}</b> crossover")
-    if "risk_per_trade_pct" in s:
-        chips.append(f"<b>{s['risk_per_trade_pct'] * 100:g}%</b> risk per trade")
+        chips.append(f"<b>ML</b> signal (enter ≥ {s.get('ml_enter')}, "
+                     f"exit ≤ {s.get('ml_exit')})")
+    elif "fast" in s:
+        chips.append(f"<b>MA {s.get('fast')}/{s.get('slow')}</b> crossover")
+    if "risk_pct" in s:
+        chips.append(f"<b>{s['risk_pct']:g}%</b> risk per trade")
     if "max_position_pct" in s:
-        chips.append(f"<b>{s['max_position_pct'] * 100:g}%</b> max position")
+        chips.append(f"<b>{s['max_position_pct']:g}%</b> max position")
     if "max_positions" in s:
         chips.append(f"<b>{s['max_positions']}</b> max positions")
-    if "atr_stop_multiplier" in s:
-        chips.append(f"<b>{s['atr_stop_multiplier']:g}× ATR({s.get('atr_period', 14)})</b> stop")
-    if "trail_stop_pct" in s:
-        chips.append(f"<b>{s['trail_stop_pct'] * 100:g}%</b> trailing stop")
-    if "use_limit_orders" in s:
-        chips.append(f"<b>limit</b> entries, {s.get('limit_order_timeout', 0):g} s timeout"
-                     if s["use_limit_orders"] else "<b>market</b> entries")
+    if "atr_mult" in s:
+        chips.append(f"<b>{s['atr_mult']:g}× ATR({s.get('atr_period', 14)})</b> stop")
+    if "trail_pct" in s:
+        chips.append(f"<b>{s['trail_pct']:g}%</b> trailing stop")
+    if "limit_orders" in s:
+        chips.append(f"<b>limit</b> entries, {s.get('limit_timeout', 0):g} s timeout"
+                     if s["limit_orders"] else "<b>market</b> entries")
     if "cash" in s:
         chips.append(f"<b>${s['cash']:,.0f}</b> cash")
     if s.get("commission"):
@@ -479,9 +501,15 @@ def _closeups(run: Run) -> str:
     trades = run.trades
     if trades.empty:
         return ""
-    picks = [("Best trade", trades.loc[trades["pnl"].idxmax()])]
-    if len(trades) > 1:
-        picks.append(("Worst trade", trades.loc[trades["pnl"].idxmin()]))
+    # "Best" is a winner and "worst" a loser: a run of losers has no best trade to show.
+    picks = []
+    best, worst = trades.loc[trades["pnl"].idxmax()], trades.loc[trades["pnl"].idxmin()]
+    if best["pnl"] > 0:
+        picks.append(("Best trade", best))
+    if worst["pnl"] < 0 and (not picks or len(trades) > 1):
+        picks.append(("Worst trade", worst))
+    if not picks:
+        return ""
     cards = []
     for label, t in picks:
         title = (f"{label} · {t['symbol']} {_money(float(t['pnl']))} "
@@ -511,7 +539,7 @@ def _details_grid(run: Run) -> str:
     stats_rows = [(label, _e(format_stat(k, run.stats.get(k)))) for k, (label, _) in
                   STATS.items() if k in run.stats]
     stats_rows += [(k, _e(v)) for k, v in run.stats.items() if k not in STATS]
-    settings = run.config.get("settings", {}) or {}
+    settings = public_run_settings(run.config)
     setting_rows = [(k, _setting_text(v)) for k, v in settings.items()]
     return ('<div class="grid2">'
             + _card("All statistics", _kv_table(stats_rows), "From stats.json.")
@@ -538,10 +566,13 @@ def _run_section(run: Run, colour: str | None, max_symbols: int) -> str:
     if no_trades:
         parts.append(_empty(f"<b>No trades</b> in this run: the strategy never completed a "
                             f"round trip over {len(run.equity):,} bars.", spaced=True))
+    log_note = (" <b>Log scale</b> (the values span more than "
+                f"{charts.LOG_SCALE_RATIO:g}x): equal heights are equal percentage changes."
+                if charts.wide_range(run.equity) else "")
     parts.append(_card("Equity vs buy-and-hold", _img(charts.equity_chart(run.equity, axis),
                                                       "equity curve", "No equity rows."),
                        "Account value against an equal-weight buy-and-hold of the run's "
-                       "symbols, scaled to the same starting value."))
+                       "symbols, scaled to the same starting value." + log_note))
     parts.append(_card("Drawdown", _img(charts.drawdown_chart(run.equity, axis), "drawdown",
                                         "No equity rows."),
                        "Decline of the account value from its running peak."))
@@ -563,6 +594,11 @@ def _run_section(run: Run, colour: str | None, max_symbols: int) -> str:
                          "How the round trips ended, stacked by exit reason.")
                  + "</div>")
     symbols = most_traded(run, max_symbols)
+    open_at_end = run.stats.get("open_positions")
+    held_syms = [str(s) for s in open_at_end] if isinstance(open_at_end, dict) else []
+    priced = set(run.prices["symbol"].astype(str)) if "symbol" in run.prices else set()
+    # a position still open at the end gets its price panel (with its stop) too
+    symbols += [s for s in held_syms if s not in symbols and s in priced]
     all_traded = run.trades["symbol"].nunique() if not no_trades else 0
     if no_trades:
         hint = "No trades: prices and stop only" + (
@@ -573,10 +609,10 @@ def _run_section(run: Run, colour: str | None, max_symbols: int) -> str:
     else:
         hint = ("Triangles: entries (up) and exits (down, coloured by reason); red steps: the "
                 "effective stop level while a position is open; shading: time in the trade.")
-    open_at_end = run.stats.get("open_positions")
     if isinstance(open_at_end, dict) and open_at_end:
         held = ", ".join(f"{sym} {qty:,.4g} shares" for sym, qty in open_at_end.items())
-        hint += f" Still open at the end (not a closed round trip, so not marked): {_e(held)}."
+        hint += (f" Still open at the end (not a closed round trip; its panel shows the price "
+                 f"and the stop): {_e(held)}.")
     parts.append(_card("Trades on price", _img(
         charts.trades_chart(run.prices, run.trades, symbols, axis), "trades on price",
         "No prices recorded."), hint))
@@ -674,12 +710,10 @@ def _score(key: str, value: Any) -> float | None:
 
 
 def _differing_settings(runs: Sequence[Run]) -> list[list[str]]:
-    configs = [{"interval": r.config.get("interval"), **(r.config.get("settings") or {}),
-                "symbols": run_symbols(r), "start": r.config.get("start"),
-                "end": r.config.get("end")} for r in runs]
-    if all("bar_interval" in c for c in configs):  # the same thing under two names
-        for c in configs:
-            c.pop("interval")
+    configs = [{**public_run_settings(r.config), "symbols": run_symbols(r),
+                "start": r.config.get("start"), "end": r.config.get("end")} for r in runs]
+    for c, r in zip(configs, runs, strict=True):
+        c["interval"] = r.config.get("interval") or c.get("interval")
     keys = sorted({k for c in configs for k in c})
     rows = []
     for k in keys:
@@ -710,7 +744,7 @@ def build_report(runs: Sequence[Run], title: str | None = None, max_symbols: int
             f'{theme.run_colour(i)}"></span>{_e(r.name)}</a>' for i, r in enumerate(runs)
         ) + "</nav>"
     title = title or (f"Run {runs[0].name}" if len(runs) == 1 else f"{len(runs)} runs compared")
-    generated = datetime.now(UTC).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    generated = datetime.now(UTC).astimezone(ZoneInfo(NY)).strftime("%Y-%m-%d %H:%M")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -719,7 +753,8 @@ def build_report(runs: Sequence[Run], title: str | None = None, max_symbols: int
 <style>{theme.CSS}</style></head>
 <body><div class="page">
 <div class="topbar"><h1><span class="brand">ratchet</span> · {_e(title)}</h1>
-<div class="meta">generated {_e(generated)} · chart times in New York (US/Eastern)</div></div>
+<div class="meta">generated {_e(generated)} · all times are New York time (America/New_York)
+</div></div>
 {nav}
 {"".join(sections)}
 <footer>ratchet report · self-contained file: charts are embedded PNGs, no network needed.

@@ -96,3 +96,43 @@ def compute_stats(equity: pd.DataFrame, trades: pd.DataFrame, start_value: float
         trading_days=int(len(daily)),
     )
     return out
+
+
+def symbol_stats(trades: pd.DataFrame, prices: pd.DataFrame,
+                 symbols: list[str] | None = None) -> dict[str, Any]:
+    """Per-symbol rows and buy-and-hold figures for ``stats.json``.
+
+    ``symbols``: {SYMBOL: trades, win_rate, pnl, exposure (share of the symbol's bars with a
+    position open: its stop level is recorded then), buy_hold_return (last close over first
+    close)}. ``buy_hold_return``: equal-weight buy-and-hold of every symbol of the run;
+    ``buy_hold_traded_return``: the same over the symbols that traded (None: no trades).
+    """
+    closes = prices.sort_values("timestamp") if not prices.empty else prices
+    names = list(symbols) if symbols else (
+        sorted(closes["symbol"].astype(str).unique()) if not closes.empty else [])
+    if len(trades):
+        names += sorted(set(trades["symbol"].astype(str)) - set(names))
+    rows: dict[str, Any] = {}
+    for sym in names:
+        t = trades[trades["symbol"] == sym] if len(trades) else trades
+        p = closes[closes["symbol"] == sym] if not closes.empty else closes
+        close = p["close"].dropna() if not p.empty else pd.Series(dtype="float64")
+        bh = float(close.iloc[-1] / close.iloc[0] - 1.0) if len(close) >= 1 and \
+            close.iloc[0] > 0 else None
+        exposure = float(p["stop"].notna().mean()) if not p.empty and "stop" in p else None
+        rows[sym] = {
+            "trades": int(len(t)),
+            "win_rate": float((t["pnl"] > 0).mean()) if len(t) else None,
+            "pnl": float(t["pnl"].sum()) if len(t) else 0.0,
+            "exposure": exposure,
+            "buy_hold_return": _finite(bh) if bh is not None else None,
+        }
+
+    def mean_bh(keys: list[str]) -> float | None:
+        vals = [rows[k]["buy_hold_return"] for k in keys
+                if rows[k]["buy_hold_return"] is not None]
+        return float(np.mean(vals)) if vals else None
+
+    traded = [k for k, r in rows.items() if r["trades"]]
+    return {"symbols": rows, "buy_hold_return": mean_bh(list(rows)),
+            "buy_hold_traded_return": mean_bh(traded) if traded else None}

@@ -2,7 +2,7 @@
 
 Imports the real files of ``../shared/data`` (never copied into the repository) into a
 temporary bar store with our own ``cli.py data import``, as a user would; backtests them
-with ``cli.py backtest`` with the default settings, a tight trail (``--trail 0.002``), tight
+with ``cli.py backtest`` with the default settings, a tight trail (``--trail-pct 0.2``), tight
 caps, and extended hours; then runs the invariant checker (``tests/invariants.py``) on every
 run folder and prints checks run and violations per run. Exit 1 on any violation.
 
@@ -46,17 +46,17 @@ IMPORTS: list[tuple[str, str, list[str]]] = [
         "--dtformat", "%Y%m%d %H%M%S", "--tz", "UTC", "--stamp", "end"]),
 ]
 
-TIGHT_CAPS = ["--max-positions", "2", "--max-position-pct", "0.03", "--risk", "0.5"]
+TIGHT_CAPS = ["--max-positions", "2", "--max-position-pct", "3", "--risk-pct", "0.5"]
 #: (label, interval folder, backtest options)
 RUNS: list[tuple[str, str, list[str]]] = [
     ("daily default", "1Day", []),
-    ("daily trail 0.002", "1Day", ["--trail", "0.002"]),
+    ("daily trail 0.002", "1Day", ["--trail-pct", "0.2"]),
     ("daily tight caps", "1Day", TIGHT_CAPS),
     ("minute default", "1Min", []),
-    ("minute trail 0.002", "1Min", ["--trail", "0.002"]),
+    ("minute trail 0.002", "1Min", ["--trail-pct", "0.2"]),
     ("minute tight caps", "1Min", TIGHT_CAPS),
     ("minute extended hours", "1Min", ["--extended-hours"]),
-    ("minute ext + trail 0.002", "1Min", ["--extended-hours", "--trail", "0.002"]),
+    ("minute ext + trail 0.002", "1Min", ["--extended-hours", "--trail-pct", "0.2"]),
 ]
 
 

@@ -22,7 +22,7 @@ from analyzers.audit import Audit
 from analyzers.recorder import RunRecorder, trades_frame, write_run_folder
 from analyzers.runfolder import make_run_dir
 from brokers.backtest import make_backtest_broker
-from common.config import INTERVAL_SECONDS, Settings, load_settings
+from common.config import INTERVAL_SECONDS, Settings, load_settings_with_sources
 from common.errors import ConfigError, DataError
 from common.logs import setup_logging
 from common.paths import BUNDLED_BARS
@@ -261,26 +261,43 @@ def _pct(x: Any) -> str:
     return "n/a" if x is None else f"{x * 100:,.2f}%"
 
 
+def _spct(x: Any) -> str:
+    return "n/a" if x is None else f"{x * 100:+,.2f}%"
+
+
 def _num(x: Any, fmt: str = "{:,.2f}") -> str:
     return "n/a" if x is None else fmt.format(x)
 
 
-def print_summary(result: BacktestResult, console: Any) -> None:
-    """The end-of-run summary table."""
-    from rich.table import Table
+NY_TZ = "America/New_York"
+
+
+def _ny(text: Any) -> str:
+    """A stats.json time as New York wall time (the zone is named once, in the heading)."""
+    if not text:
+        return "?"
+    ts = pd.Timestamp(text)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
+    ts = ts.tz_convert(NY_TZ)
+    return ts.strftime("%Y-%m-%d" if (ts.hour, ts.minute) == (0, 0) else "%Y-%m-%d %H:%M")
+
+
+def summary_lines(result: BacktestResult, width: int | None) -> list[str]:
+    """The end-of-run summary as plain lines that fit ``width`` (None: no limit)."""
+    from commands.output import fit, kv_lines, table_lines
 
     s = result.stats
-    table = Table(title="Backtest summary", show_header=False, title_justify="left")
-    table.add_column("metric", style="bold")
-    table.add_column("value", justify="right")
-    rows = [
-        ("Period", f"{s.get('start', '')[:16]} -> {s.get('end', '')[:16]} UTC"),
+    bh_all, bh_traded = s.get("buy_hold_return"), s.get("buy_hold_traded_return")
+    pairs = [
+        ("Period", f"{_ny(s.get('start'))} -> {_ny(s.get('end'))}"),
         ("Bars processed", f"{result.bars:,} in {result.seconds:.1f}s "
                            f"({result.bars / max(result.seconds, 1e-9):,.0f} bars/s)"),
         ("Start value", _num(s.get("start_value"))),
         ("End value", _num(s.get("end_value"))),
-        ("Total return", _pct(s.get("total_return"))),
-        ("CAGR", _pct(s.get("cagr"))),
+        ("Total return", _spct(s.get("total_return"))),
+        ("Buy and hold", f"{_spct(bh_traded)} traded symbols, {_spct(bh_all)} all symbols"
+         if bh_traded is not None else f"{_spct(bh_all)} all symbols (none traded)"),
+        ("CAGR", _spct(s.get("cagr"))),
         ("Sharpe", _num(s.get("sharpe"))),
         ("Sortino", _num(s.get("sortino"))),
         ("Max drawdown", _pct(s.get("max_drawdown"))),
@@ -290,77 +307,122 @@ def print_summary(result: BacktestResult, console: Any) -> None:
         ("Profit factor", _num(s.get("profit_factor"))),
         ("Exposure", _pct(s.get("exposure"))),
     ]
-    for k, v in rows:
-        table.add_row(k, v)
-    console.print(table)
+    lines = ["Backtest summary (times are New York time)", *kv_lines(pairs, width), ""]
+    per = s.get("symbols") or {}
+    if per:
+        rows = [[sym, str(r["trades"]), _pct(r["win_rate"]), f"{r['pnl']:+,.2f}",
+                 _pct(r["exposure"]), _spct(r["buy_hold_return"])] for sym, r in per.items()]
+        lines += table_lines(["symbol", "trades", "win rate", "P&L", "exposure",
+                              "buy & hold"], rows, width, right=(1, 2, 3, 4, 5))
+        lines.append("")
     if not result.trades.empty:
         by = result.trades.groupby("exit_reason")["pnl"].agg(["count", "sum"])
         reasons = ", ".join(f"{r}: {int(c)} ({v:+,.2f})" for r, (c, v) in by.iterrows())
-        console.print(f"Exit reasons: {reasons}")
+        lines += fit(f"Exit reasons: {reasons}", width, "  ")
     if s.get("open_positions"):
-        console.print(f"Open at the end (not in trades): {s['open_positions']}")
+        held = ", ".join(f"{sym} {qty:g} shares" for sym, qty in s["open_positions"].items())
+        lines += fit(f"Open at the end (not counted as trades): {held}", width, "  ")
     if result.run_dir is not None:
-        console.print(f"Run folder: [bold]{result.run_dir}[/bold]  "
-                      f"(notebook: from analyzers import load_run; "
-                      f"run = load_run('{result.run_dir}'))")
+        # The path on a line of its own: it never wraps mid-name and copies whole.
+        load = f"  run = load_run({str(result.run_dir)!r})"
+        if width is not None and len(load) > width:
+            load = "  run = load_run('<the run folder above>')"
+        lines += ["Run folder:", f"  {result.run_dir}",
+                  "In Python: from analyzers import load_run", load]
+    return lines
 
 
-STRATEGY_OPTIONS: list[tuple[str, str, Any, str]] = [
-    # flag, settings field, click type, help
-    ("--signal", "signal", click.Choice(["ma", "ml"]), "Signal: MA crossover or ML model."),
-    ("--model", "model_path", click.Path(dir_okay=False), "Model file for --signal ml."),
-    ("--fast", "fast_period", int, "Fast SMA period [10]."),
-    ("--slow", "slow_period", int, "Slow SMA period [30]."),
-    ("--ml-enter", "ml_enter_threshold", float, "ML: buy when p >= this [0.55]."),
-    ("--ml-exit", "ml_exit_threshold", float, "ML: sell when p <= this [0.45]."),
-    ("--max-position-pct", "max_position_pct", float, "Cap per position, fraction of equity "
-                                                      "[0.10]."),
-    ("--max-positions", "max_positions", int, "Most open positions + working entries [5]."),
-    ("--atr-period", "atr_period", int, "ATR period [14]."),
-    ("--atr-mult", "atr_stop_multiplier", float, "Fixed stop distance in ATRs [2.0]."),
-    ("--trail", "trail_stop_pct", float, "Trailing stop below the highest high, fraction "
-                                         "[0.03]."),
-    ("--limit-timeout", "limit_order_timeout", float, "Seconds a limit entry may rest before "
-                                                      "the market fallback [30]."),
-    ("--strategy-id", "strategy_id", str, "Prefix of every client order id [ratchet]."),
+def print_summary(result: BacktestResult, console: Any = None) -> None:
+    """Print the end-of-run summary to stdout (fits the terminal; complete when piped)."""
+    from commands.output import echo_lines, out_width
+
+    echo_lines(summary_lines(result, out_width()))
+
+
+STRATEGY_OPTIONS: list[tuple[str, Any, str]] = [
+    # flag (= setting name, see common.config.PARAMS), click type, help
+    ("--signal", click.Choice(["ma", "ml"]), "Signal: MA crossover or ML model [ma]."),
+    ("--model", click.Path(dir_okay=False), "Model file for --signal ml."),
+    ("--fast", int, "Fast SMA period, bars [10]."),
+    ("--slow", int, "Slow SMA period, bars [30]."),
+    ("--ml-enter", float, "ML: buy when p >= this [0.55]."),
+    ("--ml-exit", float, "ML: sell when p <= this [0.45]."),
+    ("--max-position-pct", float, "Cap per position, PERCENT of equity [10]."),
+    ("--max-positions", int, "Most open positions + working entries [5]."),
+    ("--atr-period", int, "ATR period, bars [14]."),
+    ("--atr-mult", float, "Fixed stop distance in ATRs [2]."),
+    ("--trail-pct", float, "Trailing stop, PERCENT below the highest high [3]."),
+    ("--limit-timeout", float, "Seconds a limit entry may rest before the market "
+                               "fallback [30]."),
+    ("--strategy-id", str, "Prefix of every client order id [ratchet]."),
 ]
 
 
 def strategy_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add every SPEC parameter as a flag (shared by backtest and paper)."""
-    func = click.option("--limit-orders/--market-orders", "use_limit_orders", default=None,
+    """Add every SPEC parameter as a flag (shared by backtest, paper and show-config).
+
+    A flag's destination is the setting's public name (``--risk-pct`` -> ``risk_pct``),
+    which is also its config-file key and ``RATCHET_`` variable.
+    """
+    func = click.option("--limit-orders/--market-orders", "limit_orders", default=None,
                         help="Limit entries with market fallback, or market at once "
                              "[limit].")(func)
-    func = click.option("--fractional/--no-fractional", "fractional_shares", default=None,
+    func = click.option("--fractional/--no-fractional", "fractional", default=None,
                         help="Allow fractional shares [no].")(func)
     func = click.option("--extended-hours/--regular-hours", "extended_hours", default=None,
                         help="Also trade the extended session (04:00-20:00 New York): limit "
                              "orders only, the stop enforced on each bar [regular hours "
                              "only; other bars are dropped].")(func)
-    for flag, field_name, typ, helptext in reversed(STRATEGY_OPTIONS):
-        func = click.option(flag, field_name, type=typ, default=None, help=helptext)(func)
-    func = click.option("--risk", "risk_percent", type=float, default=None,
-                        help="Risk per trade in PERCENT of equity [2].")(func)
-    func = click.option("--interval", "bar_interval", type=click.Choice(list(INTERVAL_SECONDS)),
+    func = click.option("--trail", "trail", type=float, default=None, hidden=True,
+                        help="Deprecated: --trail-pct (percent).")(func)
+    for flag, typ, helptext in reversed(STRATEGY_OPTIONS):
+        func = click.option(flag, flag[2:].replace("-", "_"), type=typ, default=None,
+                            help=helptext)(func)
+    func = click.option("--risk", "risk", type=float, default=None, hidden=True,
+                        help="Deprecated: --risk-pct.")(func)
+    func = click.option("--risk-pct", "risk_pct", type=float, default=None,
+                        help="Risk per trade, PERCENT of equity [2].")(func)
+    func = click.option("--interval", "interval", type=click.Choice(list(INTERVAL_SECONDS)),
                         default=None, help="Bar interval; finer bars are resampled [1Min].")(func)
     func = click.option("--symbols", type=str, default=None,
                         help="Comma-separated symbols [every symbol in --data].")(func)
     func = click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-                        default=None, help="TOML/JSON settings file (flags override it).")(func)
+                        default=None, help="TOML/JSON settings file (flags override it; "
+                                           "see config.example.toml).")(func)
     return func
 
 
 def settings_from_flags(config_file: Path | None, flags: dict[str, Any],
                         base: Settings | None = None) -> Settings:
-    """Settings from defaults < config file < env < these flags."""
+    """Settings from defaults < config file < env < these flags (public names)."""
+    return settings_and_sources(config_file, flags, base)[0]
+
+
+def settings_and_sources(config_file: Path | None, flags: dict[str, Any],
+                         base: Settings | None = None) -> tuple[Settings, dict[str, str]]:
+    """Settings and where each value came from (``show-config``)."""
     overrides = {k: v for k, v in flags.items() if v is not None}
-    risk = overrides.pop("risk_percent", None)
-    if risk is not None:
-        overrides["risk_per_trade_pct"] = risk / 100.0
-    symbols = overrides.pop("symbols", None)
-    if symbols is not None:
-        overrides["symbols"] = symbols
-    return load_settings(config_file, overrides, base=base)
+    return load_settings_with_sources(config_file, overrides, base=base)
+
+
+def plan_backtest(data: Path | None, config_file: Path | None, flags: dict[str, Any]
+                  ) -> tuple[Settings, dict[str, str], Path, tuple[str, ...] | None]:
+    """Settings, their sources, the data folder and the symbols asked for (None: every
+    symbol in the folder), resolved as ``backtest`` does before it reads any bars."""
+    base = Settings(symbols=("X",))  # symbols default to what the data folder holds
+    settings, sources = settings_and_sources(config_file, flags, base=base)
+    data_dir = Path(data) if data is not None else default_data_dir(settings.bar_interval)
+    interval_asked = flags.get("interval") is not None or \
+        settings.bar_interval != Settings.bar_interval
+    data_dir = pick_store_interval(data_dir, settings.bar_interval if interval_asked else None)
+    if flags.get("interval") is None and settings.bar_interval == Settings.bar_interval:
+        # No interval asked for: trade the bars at the interval they are stored in.
+        native = _folder_interval(data_dir)
+        if native is not None and native != settings.bar_interval:
+            settings = settings.replace(bar_interval=native)
+            sources["interval"] = f"the bars in {data_dir}"
+    explicit = flags.get("symbols") is not None or settings.symbols != ("X",)
+    return settings, sources, data_dir, settings.symbols if explicit else None
 
 
 @click.command("backtest")
@@ -376,13 +438,17 @@ def settings_from_flags(config_file: Path | None, flags: dict[str, Any],
                                                     "instead of stopping.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="Folder the run folder is written under.")
+@click.option("--name", default=None, help="A label for this run (shown by `cli.py runs` "
+                                          "and in the report).")
+@click.option("--report", "with_report", is_flag=True,
+              help="Also write the HTML report (report.html in the run folder).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug logging.")
 @strategy_options
 def backtest(data: Path | None, start: str | None, end: str | None, cash: float | None,
              commission: float | None, volume_participation: float | None, drop_bad_rows: bool,
-             out: Path, no_progress: bool, verbose: int, config_file: Path | None,
-             **flags: Any) -> None:
+             out: Path, name: str | None, with_report: bool, no_progress: bool, verbose: int,
+             config_file: Path | None, **flags: Any) -> None:
     """Run the strategy over historical Parquet bars and write a run folder.
 
     With no options it runs on the bundled (synthetic) 1-minute sample bars.
@@ -392,30 +458,20 @@ def backtest(data: Path | None, start: str | None, end: str | None, cash: float 
 
     setup_logging(verbose)
     console = Console(stderr=False)
-    symbols_flag = flags.get("symbols")
     flags.update(cash=cash, commission=commission, volume_participation=volume_participation)
-    base = Settings(symbols=("X",))  # symbols default to what the data folder holds
-    settings = settings_from_flags(config_file, flags, base=base)
-    data_dir = Path(data) if data is not None else default_data_dir(settings.bar_interval)
-    interval_asked = flags.get("bar_interval") is not None or \
-        settings.bar_interval != Settings.bar_interval
-    data_dir = pick_store_interval(data_dir, settings.bar_interval if interval_asked else None)
-    if flags.get("bar_interval") is None and settings.bar_interval == Settings.bar_interval:
-        # No interval asked for: trade the bars at the interval they are stored in.
-        native = _folder_interval(data_dir)
-        if native is not None and native != settings.bar_interval:
-            settings = settings.replace(bar_interval=native)
+    settings, _, data_dir, wanted = plan_backtest(data, config_file, flags)
     start_ts, end_ts = _parse_when(start), _parse_when(end, end=True)
     if start_ts is not None and end_ts is not None and start_ts > end_ts:
         raise ConfigError(f"--start {start} is after --end {end}")
-    explicit = symbols_flag is not None or settings.symbols != ("X",)
-    datasets = load_datasets(data_dir, settings.symbols if explicit else None,
-                             settings.bar_interval, end_ts, drop_bad_rows)
+    datasets = load_datasets(data_dir, wanted, settings.bar_interval, end_ts, drop_bad_rows)
     settings = settings.replace(symbols=tuple(datasets))
     steps = len(np.unique(np.concatenate([a.ts for a in datasets.values()])))
-    console.print(f"Backtesting {', '.join(datasets)} ({settings.bar_interval}) from {data_dir}"
-                  f" - signal {settings.signal}, risk {settings.risk_per_trade_pct:.2%}")
-    meta = {"data": str(data_dir), "start": start, "end": end}
+    from commands.output import echo_lines, fit, out_width
+
+    echo_lines(fit(f"Backtesting {', '.join(datasets)} ({settings.bar_interval} bars) from "
+                   f"{data_dir}: signal {settings.signal}, risk "
+                   f"{settings.risk_per_trade_pct * 100:g}% per trade", out_width(), "  "))
+    meta = {"data": str(data_dir), "start": start, "end": end, "name": name}
     show = not no_progress and console.is_terminal
     if show:
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
@@ -426,5 +482,10 @@ def backtest(data: Path | None, start: str | None, end: str | None, cash: float 
                                   progress=lambda n: bar.update(task, completed=n), meta=meta)
     else:
         result = run_backtest(settings, datasets, out, start_ts, meta=meta)
-    print_summary(result, console)
+    print_summary(result)
+    if with_report and result.run_dir is not None:
+        from analyzers.report import write_report
+
+        page = write_report([result.run_dir], title=name)
+        echo_lines(["Report:", f"  {page}"])
 

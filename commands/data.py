@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from common.errors import ConfigError, DataError
 from common.logs import setup_logging
@@ -35,19 +35,12 @@ DEFAULT_BARS = BUNDLED_BARS
 
 
 def _fmt(ts: pd.Timestamp | None, daily: bool = False) -> str:
+    """A bar time as New York wall time (the one zone the CLI shows)."""
     if ts is None:
         return "-"
     if daily:
         return ts.tz_convert("America/New_York").strftime("%Y-%m-%d")
-    return ts.tz_convert("UTC").strftime("%Y-%m-%d %H:%M")
-
-
-def _stdout_console() -> Console:
-    console = Console()
-    if not console.is_terminal:
-        # Piped output: no wrapping at 80 columns.
-        console = Console(width=200, no_color=True)
-    return console
+    return ts.tz_convert("America/New_York").strftime("%Y-%m-%d %H:%M")
 
 
 @contextmanager
@@ -159,23 +152,28 @@ def download_cmd(symbols: Sequence[str], start: str, end: str | None, timeframe:
                 f"{exc} [{done['chunks']} of {done['total']} windows saved]"
             ) from None
 
+    from commands.output import echo_lines, fit, out_width
+
+    width = out_width()
     daily = tf.name == "1Day"
+    lines: list[str] = []
     for sym, r in result.symbols.items():
         if sym in result.unknown:
             continue
         if r.bars:
-            click.echo(f"{sym} {tf.name}: +{r.bars} bars ({_fmt(r.first, daily)} .. "
-                       f"{_fmt(r.last, daily)}{'' if daily else ' UTC'}) in {r.windows} window(s)")
+            lines += fit(f"{sym} {tf.name}: +{r.bars} bars ({_fmt(r.first, daily)} .. "
+                         f"{_fmt(r.last, daily)}{'' if daily else ' New York'}) in "
+                         f"{r.windows} window(s)", width, "  ")
         elif r.windows:
-            click.echo(f"{sym} {tf.name}: no new bars in {r.windows} window(s)")
+            lines.append(f"{sym} {tf.name}: no new bars in {r.windows} window(s)")
         else:
-            click.echo(f"{sym} {tf.name}: up to date")
-    click.echo(
+            lines.append(f"{sym} {tf.name}: up to date")
+    lines += fit(
         f"{result.bars} bars in {result.requests} request(s)"
         + (f", {result.throttled} rate-limited, waited {result.waited:.1f}s"
            if result.throttled or result.waited >= 1 else "")
-        + f" -> {Path(out) / tf.name}"
-    )
+        + f" -> {Path(out) / tf.name}", width, "  ")
+    echo_lines(lines)
     if result.unknown:
         names = ", ".join(sorted(result.unknown))
         detail = "; ".join(f"{s}: {m}" for s, m in sorted(result.unknown.items()) if m != "no bars")
@@ -226,8 +224,9 @@ def _parse_map(values: Sequence[str]) -> dict[str, str]:
               help="Map a column: DEST=SOURCE (DEST: timestamp, date, time, open, high, low, "
                    "close, adj_close, volume, trade_count, vwap). Repeatable.")
 @click.option("--sep", default=None, help="Field separator (default: sniffed).")
-@click.option("--stamp", type=click.Choice(["start", "end"]), default="start", show_default=True,
-              help="Whether the file labels a bar by its start or its end (NinjaTrader: end).")
+@click.option("--stamp", type=click.Choice(["start", "end"]), default=None,
+              help="Whether the file labels a bar by its start or its end (NinjaTrader: end) "
+                   "[start, with a note].")
 @click.option("--adjusted", is_flag=True, help="Adjust OHLC by Adj Close / Close (Yahoo).")
 @click.option("--drop-bad-rows", is_flag=True, help="Drop invalid rows (with a warning).")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=DEFAULT_BARS,
@@ -238,9 +237,10 @@ def _parse_map(values: Sequence[str]) -> dict[str, str]:
 @click.option("--verbose", "-v", count=True, help="More logging (-v info, -vv debug).")
 def import_cmd(files: Sequence[Path], symbol: str | None, timeframe: str | None, tz: str | None,
                dtformat: str | None, tmformat: str | None, columns: str | None,
-               mapping: Sequence[str], sep: str | None, stamp: str, adjusted: bool,
+               mapping: Sequence[str], sep: str | None, stamp: str | None, adjusted: bool,
                drop_bad_rows: bool, out: Path, replace: bool, merge: bool, verbose: int) -> None:
     """Import CSV bar files (Yahoo, Backtrader generic CSV, Alpaca dumps) into the store."""
+    from commands.output import echo_lines, fit, out_width
     from feeds.download import parse_timeframe
     from feeds.importers import ImportOptions, check_tz, import_file
 
@@ -271,9 +271,15 @@ def import_cmd(files: Sequence[Path], symbol: str | None, timeframe: str | None,
             continue
         daily = r.timeframe == "1Day"
         dropped = f", {r.dropped} bad rows dropped" if r.dropped else ""
-        click.echo(f"{r.source} -> {r.target}: {r.symbol} {r.timeframe} ({r.layout}), "
-                   f"{r.bars} bars {_fmt(r.first, daily)} .. {_fmt(r.last, daily)}"
-                   f"{'' if daily else ' UTC'}, times {r.tz}{dropped}")
+        width = out_width()
+        echo_lines([*fit(f"{r.source} -> {r.target}", width, "  "),
+                    *fit(f"  {r.symbol} {r.timeframe} ({r.layout}), {r.bars} bars "
+                         f"{_fmt(r.first, daily)} .. {_fmt(r.last, daily)}"
+                         f"{'' if daily else ' New York'}", width, "    "),
+                    *fit(f"  naive times read as {r.tz}{dropped}", width, "    ")])
+        for note in r.notes:
+            for line in fit(f"note: {r.symbol}: {note}", out_width(sys.stderr), "  "):
+                click.echo(line, err=True)
     if failures:
         if len(files) == 1:
             raise failures[0]
@@ -318,35 +324,37 @@ def info_cmd(directory: Path | None, symbols: Sequence[str], timeframe: Sequence
     if as_json:
         click.echo(to_json(infos))
     else:
-        table = Table(title=f"Bar store {root}", show_lines=False)
-        for col, kw in (("symbol", {}), ("interval", {}), ("first", {}), ("last", {}),
-                        ("bars", {"justify": "right"}), ("expected", {"justify": "right"}),
-                        ("missing", {"justify": "right"}), ("empty sessions", {"justify": "right"}),
-                        ("gaps", {"justify": "right"}), ("largest gap (bars @ NY time)", {}),
-                        ("outside RTH", {"justify": "right"}), ("feed", {}), ("parts", {})):
-            table.add_column(col, **kw)
+        from commands.output import echo_lines, fit, out_width, table_lines
+
+        headers = ["symbol", "interval", "first", "last", "bars", "expected", "missing",
+                   "empty sessions", "gaps", "largest gap", "outside RTH", "feed", "parts"]
+        rows = []
         for i in infos:
             daily = i.timeframe == "1Day"
             if i.error:
-                table.add_row(i.symbol, i.timeframe, "[red]error", i.error[:90], *[""] * 9)
+                rows.append([i.symbol, i.timeframe, "error", i.error, *[""] * 9])
                 continue
-            table.add_row(
+            rows.append([
                 i.symbol, i.timeframe, _fmt(i.first, daily), _fmt(i.last, daily), f"{i.bars:,}",
                 "-" if i.expected is None else f"{i.expected:,}",
                 "-" if i.missing is None else f"{i.missing:,}",
                 "-" if i.missing_sessions is None else str(i.missing_sessions),
                 "-" if i.gap_count is None else str(i.gap_count), _gap_text(i),
                 "-" if i.outside is None else f"{i.outside:,}", i.feed or "-", str(i.parts),
-            )
-        console = _stdout_console()
-        console.print(table)
+            ])
+        width = out_width()
+        lines = fit(f"Bar store {root} (times are New York time; largest gap: bars @ start)",
+                    width, "  ")
+        lines += table_lines(headers, rows, width, right=(4, 5, 6, 7, 8, 10, 12), key_cols=2)
         if top:
             for i in infos:
                 if len(i.largest_gaps) > 1:
                     listed = "; ".join(
                         f"{g.start.tz_convert('America/New_York'):%Y-%m-%d %H:%M} "
                         f"({g.bars} bars)" for g in i.largest_gaps)
-                    console.print(f"{i.symbol} {i.timeframe} largest gaps: {listed}")
+                    lines += fit(f"{i.symbol} {i.timeframe} largest gaps: {listed}", width,
+                                 "  ")
+        echo_lines(lines)
     broken = [i for i in infos if i.error]
     if broken:
         print_error = broken[0].error or ""

@@ -44,7 +44,7 @@ from brokers.alpaca.bars import BarRecorder
 from brokers.alpaca.broker import AlpacaBroker
 from brokers.alpaca.client import LIVE_URL, PAPER_URL, AlpacaClient
 from brokers.alpaca.clock import NEW_YORK
-from brokers.alpaca.credentials import Credentials, load_credentials
+from brokers.alpaca.credentials import Credentials, load_credentials, mask
 from brokers.alpaca.data import AlpacaData
 from brokers.alpaca.journal import Journal
 from brokers.alpaca.orders import OrderGateway
@@ -570,6 +570,40 @@ class _Snapshot:
     state: dict[str, Any]
 
 
+# ------------------------------------------------------------------------------- step lines
+
+
+class StepPrinter:
+    """One short line per bar step (the default output of ``paper`` without --dashboard):
+    bar time (New York), symbols updated on it, orders sent so far, equity, positions."""
+
+    def __init__(self, echo: Callable[[str], None], live: bool) -> None:
+        self.echo = echo
+        self.live = live
+        self._steps = 0
+
+    def __call__(self, snap: _Snapshot) -> None:
+        store = snap.store
+        steps = store.status.steps
+        if steps == self._steps:
+            return  # the start or the shutdown save, not a new bar step
+        self._steps = steps
+        self.echo(self.line(snap))
+
+    def line(self, snap: _Snapshot) -> str:
+        """The status line of the newest step."""
+        store, view, state = snap.store, snap.view, snap.state
+        bars = state.get("last_bar", {})
+        newest = max(bars.values()) if bars else None
+        updated = sum(1 for t in bars.values() if t == newest)
+        when = datetime.fromisoformat(newest).astimezone(NEW_YORK).strftime("%Y-%m-%d %H:%M") \
+            if newest else "-"
+        sent = f"{store.client.submit_count} orders sent" if self.live else \
+            f"{len(view.working)} working (dry run)"
+        return (f"{when}  {updated}/{len(bars) or len(snap.state.get('symbols', []))} symbols"
+                f"  {sent}  equity {view.value:,.2f}  {len(view.positions)} open")
+
+
 # ------------------------------------------------------------------------------- dashboard
 
 
@@ -612,7 +646,8 @@ class Dashboard:
         lines = [
             f"[bold]{label}[/bold]  {snap.endpoint}",
             f"value {view.value:,.2f}   cash {view.cash:,.2f}   P&L {pnl:+,.2f}",
-            f"last bar {last:%Y-%m-%d %H:%M} UTC   steps {store.status.steps}   "
+            f"last bar {last.astimezone(NEW_YORK):%Y-%m-%d %H:%M} NY   steps "
+            f"{store.status.steps}   "
             f"data {store.status.state}" if last is not None else
             f"last bar -   steps {store.status.steps}   data {store.status.state}",
             _clock_line(store),
@@ -775,13 +810,15 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
           alert_urls: tuple[str, ...], alert_level: str | None, alert_stream_down: float,
           **flags: Any) -> None:
     """Run the strategy on Alpaca: a DRY RUN unless --live."""
-    from rich.console import Console
-
     from alerts.config import alert_settings
+    from commands.output import console as make_console
+    from commands.output import echo_lines as echo
+    from commands.output import fit, out_width
 
     os.umask(0o077)  # state, journal, logs, audit, bars and run folders: this user only
 
-    console = Console(stderr=False)
+    console = make_console()
+    width = out_width()
     if sim:  # a rehearsal is a new simulated account: its files never mix with real ones
         run = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
         state_dir = state_dir or SIM_STATE_DIR / run
@@ -809,9 +846,9 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
             settings = dataclasses.replace(settings, symbols=tuple(sim_server.book.symbols))
         base = sim_server.base_url
         credentials = Credentials(sim_server.key, sim_server.secret, "loopback simulator")
-        console.print(f"[bold]OFFLINE REHEARSAL[/bold] against the loopback Alpaca at {base} "
-                      f"(replay {sim_server.now():%Y-%m-%d %H:%M} UTC, speed "
-                      f"{sim_speed or 'lockstep'})")
+        echo(fit(f"OFFLINE REHEARSAL against the loopback Alpaca at {base} (replay from "
+                 f"{sim_server.now().astimezone(NEW_YORK):%Y-%m-%d %H:%M}, speed "
+                 f"{sim_speed or 'lockstep'})", width, "  "))
     else:
         credentials = load_credentials(keys_file)
     store_box: dict[str, AlpacaStore] = {}
@@ -833,14 +870,17 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
         requests_per_minute=60_000.0 if sim else 200.0, rebuild_journal=rebuild_journal)
     label = "LIVE orders to the PAPER account" if live and not is_real_money(base) else \
         "LIVE orders with REAL MONEY" if live else "DRY RUN: decisions only, no orders sent"
-    console.print(f"[bold]ratchet paper[/bold] - {label}; symbols {', '.join(settings.symbols)}"
-                  f", {settings.bar_interval} bars, feed {feed}; keys {credentials}; "
-                  f"state {state_dir}")
+    echo(fit(f"ratchet paper - {label}; symbols {', '.join(settings.symbols)}, "
+             f"{settings.bar_interval} bars, feed {feed}; keys {mask(credentials.key_id)} from "
+             f"{credentials.source}", width, "  "))
+    echo(["State:", f"  {state_dir}", "Times are New York time."])
     board = Dashboard(console) if dashboard else None
     if board is not None:
         opts.dashboard = board
+    else:  # one line per bar step, so a session is never silent
+        opts.dashboard = StepPrinter(lambda line: echo([line]), live)
     if dispatcher is not None:
-        console.print(f"alerts ({level}) to {', '.join(dispatcher.labels)}")
+        echo([f"alerts ({level}) to {', '.join(dispatcher.labels)}"])
         opts.alerts, opts.alert_stream_down_s = dispatcher.start(), alert_stream_down
     try:
         if board is not None:
@@ -883,7 +923,7 @@ for _param in paper.params:  # the shared strategy flags, worded for paper
     if _param.name == "symbols" and isinstance(_param, click.Option):
         _param.help = ("Comma-separated symbols [20 liquid US stocks; with --sim: every "
                        "symbol in --sim-data].")
-    elif _param.name == "bar_interval" and isinstance(_param, click.Option):
+    elif _param.name == "interval" and isinstance(_param, click.Option):
         _param.type = _PaperInterval([i for i in INTERVAL_SECONDS if i != "1Day"])
         _param.help = "Bar interval, 1Min..1Hour (Alpaca streams minute bars) [1Min]."
 
@@ -902,12 +942,8 @@ def _session_close(sim_server: Any) -> datetime | None:
 
 
 def _print_summary(console: Any, result: PaperResult, live: bool) -> None:
-    from rich.table import Table
+    from commands.output import echo_lines, kv_lines, out_width
 
-    table = Table(title=f"Paper session summary ({'LIVE' if live else 'DRY RUN'})",
-                  show_header=False, title_justify="left")
-    table.add_column("what", style="bold")
-    table.add_column("value")
     pnl = result.end_value - result.start_value
     rows = [
         ("Bar steps processed", str(result.steps)),
@@ -923,6 +959,6 @@ def _print_summary(console: Any, result: PaperResult, live: bool) -> None:
         ("Audit trail", str(result.audit_path)),
         ("Run folder", str(result.run_dir) if result.run_dir else "-"),
     ]
-    for k, v in rows:
-        table.add_row(k, v)
-    console.print(table)
+    # long values (paths) go whole on a line of their own rather than being cut
+    echo_lines([f"Paper session summary ({'LIVE' if live else 'DRY RUN'})",
+                *kv_lines(rows, out_width())])

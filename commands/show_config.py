@@ -1,22 +1,104 @@
-"""``python cli.py show-config``: the effective settings (defaults < file < env < flags)."""
+"""``python cli.py show-config``: the settings a backtest with the same flags would use.
+
+It takes ``backtest``'s flags (``--data``, ``--symbols``, ``--risk-pct`` ...), resolves them
+the same way (defaults < config file < ``RATCHET_*`` env < flags, the interval and symbols
+from the data folder) and prints each setting with its unit and where its value came from.
+The output is valid TOML (comments aside), so it can be saved as a config file.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 
-from common.config import load_settings
+from commands.backtest import plan_backtest, strategy_options
+from commands.output import fit
+from common.config import PARAMS, public_settings
+from common.errors import DataError
+from common.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
 
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    if isinstance(value, float):
+        return repr(value)  # 2.0, 0.55, 1e-05: valid TOML floats
+    return str(value)
+
+
+def config_lines(values: dict[str, Any], sources: dict[str, str],
+                 width: int | None) -> list[str]:
+    """``name = value  # unit; source`` lines; a comment that does not fit goes above."""
+    units = {p.name: p.unit for p in PARAMS}
+    out: list[str] = []
+    for name, value in values.items():
+        # an unset optional setting is a comment: TOML has no null
+        setting = f"{name} = {_toml(value)}" if value is not None else f"# {name} = (not set)"
+        note = "; ".join(x for x in (units.get(name, ""), f"from {sources.get(name, '?')}") if x)
+        line = f"{setting:<28}  # {note}"
+        if width is not None and len(line) > width:
+            out.extend(fit(f"# {name}: {note}", width, "#   "))
+            out.append(setting)
+        else:
+            out.append(line)
+    return out
+
+
 @click.command("show-config")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="TOML/JSON settings file.")
-def show_config(config_file: Path | None) -> None:
-    """Print the settings a run would use, as JSON (API keys are never settings)."""
-    settings = load_settings(config_file)
-    click.echo(json.dumps(settings.to_dict(), indent=2, sort_keys=True))
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Bar folder, as for backtest [bundled data/bars].")
+@click.option("--cash", type=float, default=None, help="Starting cash [100000].")
+@click.option("--commission", type=float, default=None, help="Commission, fraction of value.")
+@click.option("--volume-participation", type=float, default=None,
+              help="Most of a bar's volume one order may fill, fraction.")
+@click.option("--paper", is_flag=True,
+              help="Show what `paper` would use (its default symbols, no data folder).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-v", "--verbose", count=True, help="More logging.")
+@strategy_options
+def show_config(data: Path | None, cash: float | None, commission: float | None,
+                volume_participation: float | None, paper: bool, as_json: bool, verbose: int,
+                config_file: Path | None, **flags: Any) -> None:
+    """Print the settings a backtest with these flags would use, with units and sources.
+
+    Accepts the flags of `backtest`. Symbols are the ones that would be traded: --symbols,
+    the config file, or every symbol in the data folder (--paper: the 20 default stocks).
+    """
+    from commands.backtest import settings_and_sources
+    from commands.output import echo_lines, out_width
+    from feeds.store import resolve_datasets
+
+    setup_logging(verbose)
+    flags.update(cash=cash, commission=commission, volume_participation=volume_participation)
+    if paper:
+        settings, sources = settings_and_sources(config_file, flags)
+        where = "paper trading"
+    else:
+        settings, sources, data_dir, wanted = plan_backtest(data, config_file, flags)
+        try:
+            symbols = tuple(resolve_datasets(data_dir, wanted))
+        except DataError:
+            if wanted is None:
+                raise
+            symbols = wanted  # the backtest will say which are missing
+        if wanted is None:
+            sources["symbols"] = f"every symbol in {data_dir}"
+        settings = settings.replace(symbols=symbols)
+        where = f"a backtest on {data_dir}"
+    values = public_settings(settings)
+    if as_json:
+        click.echo(json.dumps({"settings": values, "sources": sources}, indent=2))
+        return
+    width = out_width()
+    echo_lines([*fit(f"# Settings for {where}", width, "#   "), "# (defaults < config file < "
+                "RATCHET_* environment < flags)", *config_lines(values, sources, width)])

@@ -18,7 +18,6 @@ import click
 
 from brokers.alpaca_sim.bars import BarBook
 from brokers.alpaca_sim.market import MarketOptions
-from brokers.alpaca_sim.serialization import ts
 from brokers.alpaca_sim.server import ServerOptions, SimApp, SimStateError, parse_start
 from common.errors import ConfigError
 from common.logs import REDACTOR, setup_logging
@@ -133,23 +132,41 @@ async def _serve(app: SimApp, port: int, data_dir: Path) -> None:
         click.echo("alpaca-sim stopped")
 
 
+def _ny(t_ns: int) -> str:
+    """A replay time (ns UTC) as New York wall time, the zone the CLI shows."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    when = datetime.fromtimestamp(t_ns / 1e9, UTC).astimezone(ZoneInfo("America/New_York"))
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
 def _banner(app: SimApp, port: int, data_dir: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     mode = "stepped (POST /_sim/advance)" if app.clock.stepped else f"{app.clock.speed:g}x"
     secret = app.options.secret
     shown = secret if secret == TEST_SECRET else "<your secret>"
-    click.echo(f"alpaca-sim: {len(app.book.symbols)} symbols ({', '.join(app.book.symbols[:8])}"
-               f"{'...' if len(app.book.symbols) > 8 else ''}) from {app.book.source}, "
-               f"replay from {ts(app.market.now_ns)} at {mode}")
-    if app.options.state_path is not None:
-        click.echo(f"  state: {app.options.state_path} ({len(app.market.orders)} orders, "
-                   f"{len(app.market.positions)} positions kept)")
-    click.echo(f"  trading + market-data REST: {base}")
-    click.echo(f"  market-data stream:         ws://127.0.0.1:{port}/v2/iex")
-    click.echo(f"  trading stream:             ws://127.0.0.1:{port}/stream")
-    click.echo(f"  key id: {app.key} (test-only credentials: never reuse real Alpaca keys)")
-    click.echo(f"how-to: alpaca-py clients take url_override={base!r} (REST) and the ws:// URLs "
-               f"above; env-driven clients: APCA_API_KEY_ID={app.key} "
-               f"APCA_API_SECRET_KEY={shown} APCA_API_BASE_URL={base}")
-    click.echo("Ctrl-C stops it.")
+    from commands.output import echo_lines, fit, out_width
+
+    width = out_width()
+    # short lines: an 80-column terminal shows each fact (and each URL) whole
+    echo_lines([
+        *fit(f"alpaca-sim: {len(app.book.symbols)} symbols "
+             f"({', '.join(app.book.symbols[:8])}{'...' if len(app.book.symbols) > 8 else ''})"
+             f" from {app.book.source}", width, "  "),
+        f"  replay from {_ny(app.market.now_ns)} New York time at {mode}",
+        *([f"  state: {app.options.state_path} ({len(app.market.orders)} orders, "
+           f"{len(app.market.positions)} positions kept)"]
+          if app.options.state_path is not None else []),
+        f"  trading + market-data REST: {base}",
+        f"  market-data stream:         ws://127.0.0.1:{port}/v2/iex",
+        f"  trading stream:             ws://127.0.0.1:{port}/stream",
+        f"  key id: {app.key} (test-only credentials: never reuse real Alpaca keys)",
+        *fit(f"how-to: alpaca-py clients take url_override={base!r} (REST) and the ws:// "
+             "URLs above; env-driven clients:", width, "  "),
+        f"  APCA_API_KEY_ID={app.key}",
+        f"  APCA_API_SECRET_KEY={shown}",
+        f"  APCA_API_BASE_URL={base}",
+        "Ctrl-C stops it.",
+    ])
     logger.debug("serving %s", data_dir)

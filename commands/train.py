@@ -114,7 +114,9 @@ def _pct(x: Any, sign: bool = True) -> str:
 
 
 def _span(a: pd.Timestamp, b: pd.Timestamp) -> str:
-    """Compact test span: dates only for long spans, else month-day and time (UTC)."""
+    """Compact test span in New York time: dates only for long spans, else month-day and
+    time."""
+    a, b = (t.tz_convert("America/New_York") if t.tzinfo is not None else t for t in (a, b))
     fmt = "%Y-%m-%d" if b - a > pd.Timedelta(days=7) or a.year != b.year else "%m-%d %H:%M"
     return f"{a.strftime(fmt)} > {b.strftime(fmt)}"
 
@@ -123,10 +125,14 @@ def _table(title: str, columns: tuple[str, ...]) -> Any:
     from rich import box
     from rich.table import Table
 
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    # one space between columns so the tables fit 80 columns; a narrower terminal folds a
+    # value onto the next line rather than cutting it ("2,9…")
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+              padding=(0, 0, 0, 1))
     for col in columns:
-        t.add_column(col, justify="left" if col.startswith("test span") else "right",
-                     no_wrap=True)
+        span = col.startswith("test span")
+        t.add_column(col, justify="left" if span else "right", overflow="fold",
+                     no_wrap=span, min_width=23 if span else None)
     return t
 
 
@@ -138,7 +144,7 @@ def validation_table(validation: Validation) -> Any:
     test rows with p >= enter, and how often those rose.
     """
     t = _table("Walk-forward validation, out of sample",
-               ("fold", "train", "test span (UTC)", "test", "up", "acc", "AUC", "buy",
+               ("fold", "train", "test span (NY)", "test", "up", "acc", "AUC", "buy",
                 "buy hit"))
 
     def row(label: str, train: str, span: str, m: dict[str, float]) -> None:
@@ -156,7 +162,7 @@ def validation_table(validation: Validation) -> Any:
 def backtest_table(results: list[FoldBacktest]) -> Any:
     """Per-fold Strategy results on the test spans, with equal-weight buy-and-hold."""
     t = _table("Backtest of the signal on each test span (that fold's model)",
-               ("fold", "test span (UTC)", "trades", "win", "return", "max DD", "Sharpe",
+               ("fold", "test span (NY)", "trades", "win", "return", "max DD", "Sharpe",
                 "buy&hold"))
     growth, hold = 1.0, 1.0
     trades = 0
@@ -238,12 +244,11 @@ def train(data: Path | None, symbols: str | None, start: str | None, end: str | 
     With no options it trains on the bundled synthetic 1-minute bars and writes
     models/model.rmodel. Use it with: backtest --signal ml --model models/model.rmodel
     """
-    from rich.console import Console
+    from commands.output import console as make_console
 
     setup_logging(verbose)
-    console = Console()
-    if not console.is_terminal:  # piped or logged: do not squeeze the tables into 80 columns
-        console = Console(width=120)
+    # the terminal's width (or COLUMNS); piped or logged: complete lines, never squeezed
+    console = make_console()
     if data is None:
         data = BUNDLED_BARS / (interval or "1Min")
         if not data.is_dir():

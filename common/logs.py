@@ -41,6 +41,13 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class _PlainFormatter(logging.Formatter):
+    """``warning: message`` (no time, no module name) for the default console log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
 #: The process-wide redaction filter (installed on every handler by ``setup_logging``).
 REDACTOR = RedactSecrets()
 
@@ -53,8 +60,12 @@ def setup_logging(verbosity: int = 0, log_file: Path | None = None) -> None:
         root.removeHandler(h)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(level)
-    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                                           "%H:%M:%S"))
+    if verbosity <= 0:
+        # Plain sentences for users: "warning: ..." (the log file keeps the details).
+        console.setFormatter(_PlainFormatter())
+    else:
+        console.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
     console.addFilter(REDACTOR)
     root.addHandler(console)
     root.setLevel(min(level, logging.DEBUG if log_file else level))

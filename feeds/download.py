@@ -553,6 +553,22 @@ def has_session(a: int, b: int, tf: Timeframe) -> bool:
     return bool(((stamps >= start) & (stamps <= end)).any())
 
 
+def regular_time_after(a: int, b: int, tf: Timeframe) -> bool:
+    """True if [a, b) holds regular-session time (daily: a session's midnight stamp) that a
+    bar could have filled: bars ending before it mean the source stopped early (its clock, a
+    loopback replay, a delisting), not that the range is complete."""
+    if b <= a:
+        return False
+    if tf.name == "1Day":
+        return has_session(a, b, tf)
+    sched = sessions(_ts(a), _ts(b - 1))
+    if sched.empty:
+        return False
+    opens = sched["open"].array.as_unit("ns").asi8
+    closes = sched["close"].array.as_unit("ns").asi8
+    return bool(((np.maximum(opens, a) < np.minimum(closes, b))).any())
+
+
 def split_windows(rng: Range, days: int) -> list[Range]:
     """Cut [a, b) at New York midnights every ``days`` days (aligned across symbols)."""
     a, b = rng
@@ -883,8 +899,15 @@ class Downloader:
                     if sym in rejected:
                         continue
                     frame = frames.get(sym)
-                    if covered[1] > covered[0]:
-                        pending[sym].append(covered)
+                    mine = covered
+                    if frame is not None and not frame.empty:
+                        # Coverage ends at the last bar received when the window has
+                        # session time after it: the source had nothing more *yet*.
+                        data_end = _ns(frame["timestamp"].iloc[-1]) + _ns_delta(tf.bar)
+                        if regular_time_after(data_end, mine[1], tf):
+                            mine = (mine[0], min(mine[1], data_end))
+                    if mine[1] > mine[0]:
+                        pending[sym].append(mine)
                     if frame is None or frame.empty:
                         continue
                     seq[sym] += 1
@@ -943,6 +966,14 @@ class Downloader:
                     result.unknown[sym] = "no bars"
                 continue
             ds = dataset_path(self.root, tf.name, sym)
+            # Empty windows with session time after the newest bar are not remembered: the
+            # source had no bars there yet (a later run asks again), e.g. a replay's clock.
+            newest = _ns(r.last) + _ns_delta(tf.bar) if r.last is not None else max(
+                (e for _, e in plan.stored[sym].coverage), default=None)
+            if newest is not None:
+                pending[sym] = [w for w in pending[sym]
+                                if w[1] <= newest or not regular_time_after(max(w[0], newest),
+                                                                             w[1], tf)]
             if pending[sym] and (r.parts or ds.is_dir()):
                 # Empty windows after the last bar (weekend tail, delisted...): remember them
                 # so they are not asked for again. (Not worth turning a single-file dataset

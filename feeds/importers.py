@@ -103,7 +103,8 @@ class ImportOptions:
     columns: tuple[str, ...] | None = None
     mapping: Mapping[str, str] = field(default_factory=dict)
     sep: str | None = None
-    stamp: str = "start"
+    #: "start" or "end"; None: start, assumed (and said so in the result's notes)
+    stamp: str | None = None
 
 
 @dataclass
@@ -119,6 +120,8 @@ class ParsedCsv:
     dropped: int = 0
     reversed: bool = False
     resampled_from: str | None = None
+    #: things the import assumed or noticed, for the user (printed as "note: ...")
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ class ImportResult:
     last: pd.Timestamp | None
     dropped: int
     tz: str
+    notes: tuple[str, ...] = ()
 
 
 def check_tz(name: str) -> str:
@@ -148,19 +152,34 @@ def check_tz(name: str) -> str:
     return name
 
 
+#: File names that are words, not tickers (``data.csv`` is not the symbol DATA).
+_GENERIC_NAMES = frozenset({"data", "bars", "bar", "price", "quote", "quotes", "ohlc",
+                            "ohlcv", "daily", "day", "min", "minute", "hour", "hist", "file",
+                            "test", "out", "input", "stock", "table", "trade", "all", "iday",
+                            "week", "month", "year", "tick", "ticks", "volume",
+                            "csv", "txt"})
+
+
 def symbol_from_filename(path: Path) -> str | None:
-    """A ticker guessed from a file name: ``AAPL.csv`` -> AAPL, ``SPY_Minute_2021.csv`` ->
-    SPY, ``yahoofinance-AAPL-2004.csv`` -> AAPL (the first all-letter word of 1-5 letters)."""
+    """A ticker read from a file name, only when the name says it plainly: the whole name
+    (``AAPL.csv``, ``aapl.csv``), its only word of 1-5 letters that is not a common word
+    (``orcl-2000-yahoofinance.csv``, ``AMZN_DAY.csv``), or else its one upper-case such word
+    (``SPY_Minute_2021.csv``, ``yahoofinance-AAPL-2004.csv``). Anything else
+    (``nt-spy-minute-2011.csv``: NT or SPY? ``2006-day-001.txt``: no word) is None: the
+    user names it with --symbol."""
     stem = path.name
     for suffix in (".gz", ".csv", ".txt"):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
-    if is_valid_symbol(stem.upper()) and stem.isalnum():
+    if is_valid_symbol(stem.upper()) and stem.isalpha() and len(stem) <= 5 \
+            and stem.lower() not in _GENERIC_NAMES:
         return stem.upper()
-    for word in re.split(r"[-_ .]", stem):
-        if word.isalpha() and 1 <= len(word) <= 5:
-            return word.upper()
-    return None
+    words = [w for w in re.split(r"[-_ .]", stem)
+             if w.isalpha() and 1 <= len(w) <= 5 and w.lower() not in _GENERIC_NAMES]
+    if len(words) == 1:  # orcl-2000-yahoofinance.csv, AMZN_DAY.csv
+        return words[0].upper()
+    upper = [w for w in words if w.isupper()]
+    return upper[0] if len(upper) == 1 else None  # nt-spy-minute: NT or SPY? ask
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -252,7 +271,33 @@ def _bad_line_error(path: Path, line: int, what: str) -> DataError:
                      "to skip bad rows")
 
 
-def _parse_times(raw: pd.Series, fmt: str | None) -> tuple[pd.Series, bool]:
+_DMY_RE = r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{2,4}\b"
+
+
+def day_first(text: pd.Series, path: Path | None = None) -> bool | None:
+    """Whether ``NN/NN/YYYY`` dates put the day first: True/False when some value shows it
+    (a number above 12), None when the column has no such dates. Every value fitting both
+    readings is a ``DataError`` naming ``--dtformat``: 02/01/2024 is 2 January in Europe and
+    1 February in the US, and a wrong guess shifts every bar silently."""
+    parts = text.dropna().str.extract(_DMY_RE)
+    parts = parts.dropna()
+    if parts.empty:
+        return None
+    first, second = parts[0].astype(int), parts[1].astype(int)
+    if (first > 12).any():
+        return True
+    if (second > 12).any():
+        return False
+    sample = text.dropna().iloc[0]
+    where = f"{path}: " if path is not None else ""
+    raise DataError(
+        f"{where}dates such as {sample!r} read both day-first and month-first (no day above "
+        "12 in the file): pass --dtformat '%d/%m/%Y' (day first) or --dtformat '%m/%d/%Y' "
+        "(month first), with the time part too if there is one (e.g. ' %H:%M')")
+
+
+def _parse_times(raw: pd.Series, fmt: str | None,
+                 path: Path | None = None) -> tuple[pd.Series, bool]:
     """Parse timestamps; returns (values, aware). Aware values are UTC, naive stay naive."""
     text = raw.astype("string").str.strip()
     sample = text.dropna().head(50)
@@ -270,10 +315,12 @@ def _parse_times(raw: pd.Series, fmt: str | None) -> tuple[pd.Series, bool]:
     else:
         values = pd.to_datetime(text, format="ISO8601", **kwargs)
         if values.isna().sum() > text.isna().sum():
-            # Not ISO 8601 (e.g. 11/5/2019 9:30): let pandas infer one consistent format.
+            # Not ISO 8601 (e.g. 11/5/2019 9:30): let pandas infer one consistent format,
+            # day-first or month-first as the file's own numbers decide (never a guess).
+            dayfirst = day_first(text, path)
             with contextlib.suppress(ValueError, TypeError), warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                alt = pd.to_datetime(text, **kwargs)
+                alt = pd.to_datetime(text, dayfirst=bool(dayfirst), **kwargs)
                 if alt.isna().sum() < values.isna().sum():
                     values = alt
     if not aware and getattr(values.dt, "tz", None) is not None:
@@ -323,6 +370,16 @@ class _Rows:
         self.numbers = {k: v[mask] for k, v in self.numbers.items()}
 
 
+def _read_csv(path: Path, sep: str, has_header: bool, options: ImportOptions) -> pd.DataFrame:
+    return pd.read_csv(
+        path, sep=sep, header=0 if has_header else None, index_col=False,
+        names=list(options.columns) if options.columns else None,
+        dtype=str, skip_blank_lines=False, keep_default_na=False,
+        skipinitialspace=True, compression="infer", encoding="utf-8-sig",
+        on_bad_lines="error", engine="c",
+    )
+
+
 def _read_frame(path: Path, options: ImportOptions) -> tuple[pd.DataFrame, np.ndarray]:
     """The CSV as strings, blank lines removed, with the file line number of each row."""
     if not path.is_file():
@@ -334,16 +391,15 @@ def _read_frame(path: Path, options: ImportOptions) -> tuple[pd.DataFrame, np.nd
     if options.columns is None and looks_data:
         raise DataError(
             f"{path} has no header row (first line {first[:60]!r}): pass --columns naming "
-            "each column, e.g. --columns timestamp,open,high,low,close,volume"
+            "each column, e.g. --columns timestamp,open,high,low,close,volume, and --stamp "
+            "end if its times label the END of each bar (NinjaTrader exports do)"
         )
     try:
-        df = pd.read_csv(
-            path, sep=sep, header=0 if has_header else None, index_col=False,
-            names=list(options.columns) if options.columns else None,
-            dtype=str, skip_blank_lines=False, keep_default_na=False,
-            skipinitialspace=True, compression="infer", encoding="utf-8-sig",
-            on_bad_lines="error", engine="c",
-        )
+        with warnings.catch_warnings():
+            # a header/data width mismatch shows up below as a bad row naming its line, not
+            # as pandas' ParserWarning on the console
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            df = _read_csv(path, sep, has_header, options)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
         detail = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
         raise DataError(f"{path} is not a readable CSV ({detail}): check the file") from None
@@ -380,7 +436,7 @@ def _parse_rows(df: pd.DataFrame, lines: np.ndarray, canon: Mapping[str, str],
             "and time columns with --columns (e.g. --columns date,time,open,high,low,close,"
             "volume) or --map"
         )
-    ts, aware = _parse_times(raw_ts, fmt)
+    ts, aware = _parse_times(raw_ts, fmt, path)
     date_only = bool(raw_ts.astype("string").str.strip().dropna().head(50)
                      .str.fullmatch(r"\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2}/\d{4}|\d{8}").all())
     numbers: dict[str, np.ndarray] = {}
@@ -446,11 +502,18 @@ def _to_utc_ns(rows: _Rows, aware: bool, date_only: bool, interval: str, tz: str
     return np.asarray(utc.as_unit("ns").asi8, dtype=np.int64)
 
 
-def _adjust(numbers: dict[str, np.ndarray], options: ImportOptions, path: Path) -> None:
+def _adjust(numbers: dict[str, np.ndarray], options: ImportOptions, path: Path,
+            notes: list[str] | None = None) -> None:
     """Scale OHLC by Adj Close / Close (and volume inversely) under --adjusted."""
     if not options.adjusted:
-        if "adj_close" in numbers:
-            logger.info("%s has Adj Close; pass --adjusted to adjust OHLC with it", path)
+        if "adj_close" in numbers and notes is not None:
+            differs = bool(np.nanmax(np.abs(numbers["adj_close"] - numbers["close"]) /
+                                     np.abs(numbers["close"])) > 1e-6) \
+                if numbers["close"].size else False
+            if differs:
+                notes.append("the file has an Adj Close column that differs from Close: "
+                             "prices were imported unadjusted; pass --adjusted (with "
+                             "--replace) to adjust OHLC for splits and dividends")
         return
     if "adj_close" not in numbers:
         raise ConfigError(f"--adjusted needs an 'Adj Close' column; {path} has none")
@@ -507,7 +570,10 @@ def parse_csv(path: Path, options: ImportOptions) -> ParsedCsv:
         layout = "generic"
     tz = options.tz or (NY if inferred == "1Day" else "UTC")
     ts_ns = _to_utc_ns(rows, aware, date_only, inferred or "tick", tz, options, path)
-    _adjust(rows.numbers, options, path)
+    notes: list[str] = []
+    if inferred not in (None, "1Day"):
+        notes += _stamp_notes(ts_ns, inferred, options)
+    _adjust(rows.numbers, options, path, notes)
     frame, is_reversed = _validated_frame(ts_ns, rows, options, path)
     resampled = None
     if timeframe != inferred:
@@ -515,9 +581,38 @@ def parse_csv(path: Path, options: ImportOptions) -> ParsedCsv:
         resampled = inferred
     symbol = (options.symbol or symbol_from_filename(path) or "").upper()
     if not symbol or not is_valid_symbol(symbol):
-        raise ConfigError(f"cannot tell the symbol of {path} from its name: pass --symbol")
+        words = [w.upper() for w in re.split(r"[-_ .]", path.stem)
+                 if w.isalpha() and len(w) <= 5 and w.lower() not in _GENERIC_NAMES]
+        hint = " or ".join(f"--symbol {w}" for w in words[:3]) if words else "--symbol XYZ"
+        raise ConfigError(f"cannot tell the symbol of {path.name} from its name (only a "
+                          "name like AAPL.csv or SPY_1min.csv says it plainly): pass "
+                          f"--symbol, e.g. {hint}")
     return ParsedCsv(path, layout, symbol, timeframe, "from offsets" if aware else tz, frame,
-                     rows.dropped, is_reversed, resampled)
+                     rows.dropped, is_reversed, resampled, notes)
+
+
+def _stamp_notes(ts_ns: np.ndarray, interval: str, options: ImportOptions) -> list[str]:
+    """Say which bar-time convention was used, and when the times look like the other one
+    (regular-session bars stamped 16:00 New York but none at 09:30: end-labelled)."""
+    if ts_ns.size == 0:
+        return []
+    ny = pd.DatetimeIndex(pd.to_datetime(ts_ns, utc=True)).tz_convert(NY)
+    minutes = ny.hour * 60 + ny.minute
+    length = int(INTERVALS[interval].total_seconds() // 60)
+    at_open, at_close = int((minutes == 570).sum()), int((minutes == 960).sum())
+    before_close = int((minutes == 960 - length).sum())
+    if options.stamp is None:
+        if at_close and not at_open:
+            return [f"times were read as bar STARTS, but {at_close} bar(s) start at 16:00 New "
+                    "York and none at 09:30: the file probably labels bars by their END "
+                    "(NinjaTrader does); import it again with --stamp end --replace"]
+        return ["times were read as bar starts (the usual convention); if the file labels "
+                "bars by their end, import it again with --stamp end --replace"]
+    if options.stamp == "end" and at_open == 0 and before_close == 0 and \
+            int((minutes == 570 - length).sum()):
+        return ["with --stamp end some bars start before 09:30 New York and none at 09:30: "
+                "check that the file really labels bars by their end"]
+    return []
 
 
 def _with_line(exc: DataError, lines: np.ndarray) -> DataError:
@@ -574,5 +669,5 @@ def import_file(path: Path, out: Path, options: ImportOptions, *, replace: bool 
         layout=parsed.layout, bars=len(f),
         first=f["timestamp"].iloc[0] if len(f) else None,
         last=f["timestamp"].iloc[-1] if len(f) else None,
-        dropped=parsed.dropped, tz=parsed.tz,
+        dropped=parsed.dropped, tz=parsed.tz, notes=tuple(parsed.notes),
     )

@@ -117,6 +117,8 @@ def discover(directory: Path) -> dict[str, Path]:
     if not directory.exists():
         raise DataError(f"data folder {directory} does not exist: check --data")
     if directory.is_file():
+        if _is_text_bars(directory):
+            raise DataError(_csv_hint(directory))
         return {symbol_from_path(directory): directory}
     found: dict[str, Path] = {}
     for entry in sorted(directory.iterdir()):
@@ -131,12 +133,31 @@ def discover(directory: Path) -> dict[str, Path]:
     return found
 
 
+_TEXT_SUFFIXES = (".csv", ".txt", ".csv.gz", ".txt.gz", ".tsv")
+
+
+def _is_text_bars(path: Path) -> bool:
+    return path.name.lower().endswith(_TEXT_SUFFIXES)
+
+
+def _csv_hint(path: Path) -> str:
+    return (f"{path} is a CSV file, not Parquet bars: import it with `python cli.py data "
+            f"import {path}` first, then backtest with --data data/bars/<interval>")
+
+
 def resolve_datasets(data: Path, symbols: Iterable[str] | None) -> dict[str, Path]:
     """Datasets to load: all of ``data`` when ``symbols`` is None, else exactly those symbols.
 
     An unknown symbol is a ``DataError`` listing what the folder holds.
     """
     available = discover(data)
+    if not available and Path(data).is_dir():
+        texts = sorted(p for p in Path(data).iterdir() if _is_text_bars(p))
+        if texts:
+            raise DataError(
+                f"{data} holds CSV files ({texts[0].name}...), not Parquet bars: import them "
+                f"with `python cli.py data import {Path(data) / '*.csv'}` first, then "
+                "backtest with --data data/bars/<interval>")
     if not available:
         raise DataError(
             f"no Parquet bar files in {data}: expected <SYMBOL>.parquet files "

@@ -55,18 +55,12 @@ class SweepRequest:
 
 def base_settings(config_file: Path | None, flags: dict[str, Any],
                   data: Path | None) -> tuple[Settings, Path, bool]:
-    """(settings, data folder, symbols given explicitly), as ``cli.py backtest`` does it."""
-    from commands.backtest import _folder_interval, default_data_dir, settings_from_flags
+    """(settings, data folder, symbols given explicitly), exactly as ``cli.py backtest``
+    resolves them (``plan_backtest``: native interval, store root, symbols)."""
+    from commands.backtest import plan_backtest
 
-    symbols_flag = flags.get("symbols")
-    settings = settings_from_flags(config_file, flags, base=Settings(symbols=("X",)))
-    data_dir = Path(data) if data is not None else default_data_dir(settings.bar_interval)
-    if flags.get("bar_interval") is None and settings.bar_interval == Settings.bar_interval:
-        native = _folder_interval(data_dir)
-        if native is not None and native != settings.bar_interval:
-            settings = settings.replace(bar_interval=native)
-    explicit = symbols_flag is not None or settings.symbols != ("X",)
-    return settings, data_dir, explicit
+    settings, _, data_dir, wanted = plan_backtest(data, config_file, flags)
+    return settings, data_dir, wanted is not None
 
 
 def _check_request(req: SweepRequest) -> None:

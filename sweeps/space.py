@@ -1,7 +1,9 @@
 """What a sweep varies: grids, ranges, random or Optuna search spaces, and constraints.
 
-Parameter names are Settings fields (``fast_period``) or the backtest's flag names without
-dashes (``fast``, ``slow``, ``atr-mult``, ``trail``, ``risk`` in percent, ``signal``...).
+Parameter names are the public setting names, as the backtest's flags and config keys spell
+them (``fast``, ``slow``, ``atr_mult``, ``trail_pct`` and ``risk_pct`` and
+``max_position_pct`` in percent, ``signal``...), Settings fields (``fast_period``), or the
+names before 0.2 (``risk`` in percent, ``trail`` as a fraction).
 Every value is checked against the Settings field's type, so a typo or a bad value stops the
 sweep before anything runs.
 """
@@ -19,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.config import FIELD_NAMES, Settings, coerce
+from common.config import FIELD_NAMES, PUBLIC, Settings, coerce
 from common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +31,6 @@ ALIASES: dict[str, str] = {
     "fast": "fast_period",
     "slow": "slow_period",
     "risk": "risk_per_trade_pct",  # percent, like --risk
-    "max-position-pct": "max_position_pct",
     "max-positions": "max_positions",
     "atr-period": "atr_period",
     "atr-mult": "atr_stop_multiplier",
@@ -48,9 +49,24 @@ FIXED: frozenset[str] = frozenset({"symbols", "strategy_id", "loop_interval_seco
 PERCENT: frozenset[str] = frozenset({"risk"})
 
 
+def _public(name: str) -> Any:
+    """The public setting (``common.config.PUBLIC``: ``risk_pct``, ``trail_pct``...) a name
+    spells, or None."""
+    return PUBLIC.get(name.strip().lower().replace("-", "_"))
+
+
+def _is_percent(name: str) -> bool:
+    """Is the value typed in percent and stored as a fraction (``risk``, ``risk_pct``...)?"""
+    pub = _public(name)
+    return name.strip().lower() in PERCENT or (pub is not None and pub.scale == 100.0)
+
+
 def resolve_name(name: str) -> str:
     """The Settings field behind a parameter name, or a one-line ``ConfigError``."""
     key = name.strip().lower()
+    pub = _public(key)
+    if pub is not None and pub.field not in FIXED:
+        return str(pub.field)
     field_name = ALIASES.get(key) or ALIASES.get(key.replace("_", "-")) or key.replace("-", "_")
     if field_name not in FIELD_NAMES or field_name in FIXED:
         known = sorted(set(ALIASES) | (FIELD_NAMES - FIXED))
@@ -60,7 +76,7 @@ def resolve_name(name: str) -> str:
 
 def _value(name: str, field_name: str, text: Any, flag: str) -> Any:
     value = coerce(field_name, text, f"{flag} {name}")
-    if name.strip().lower() in PERCENT:
+    if _is_percent(name):
         value = value / 100.0
     return value
 
@@ -154,11 +170,11 @@ def parse_grid(spec: str) -> Param:
                           f"{name}=5,10")
     values = tuple(dict.fromkeys(_value(name, field_name, x, "--grid") for x in items))
     return Param(name, field_name, values=values, kind=_field_kind(field_name),
-                 percent=name.lower() in PERCENT)
+                 percent=_is_percent(name))
 
 
 def parse_range(spec: str) -> Param:
-    """``fast=5:50:5`` (stepped, inclusive) or ``trail=0.01:0.05`` (continuous)."""
+    """``fast=5:50:5`` (stepped, inclusive) or ``trail_pct=1:5`` (continuous)."""
     name, rest = _split(spec, "--range")
     field_name = resolve_name(name)
     kind = _field_kind(field_name)
@@ -181,7 +197,7 @@ def parse_range(spec: str) -> Param:
                           or (step is not None and not step.is_integer())):
         raise ConfigError(f"--range {spec!r}: {field_name} takes whole numbers")
     return Param(name, field_name, low=low, high=high, step=step, kind=kind,
-                 percent=name.lower() in PERCENT)
+                 percent=_is_percent(name))
 
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {

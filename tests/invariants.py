@@ -24,6 +24,7 @@ It imports nothing from ``strategies`` or ``feeds``: the rules are re-derived he
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -68,6 +69,15 @@ class CheckReport:
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+
+def _internal_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """config.json's settings under ``Settings`` attribute names and units (fractions),
+    which the checks below use."""
+    from common.config import settings_from_saved
+
+    return dataclasses.asdict(settings_from_saved(saved))
 
 
 def floor_tick(price: float) -> float:
@@ -283,7 +293,7 @@ def _orders(frame: pd.DataFrame) -> list[Order]:
 def check_run(run_dir: Path, bars: dict[str, pd.DataFrame]) -> CheckReport:
     """Check one backtest run folder against the SPEC; returns the report."""
     run = load_run(run_dir)
-    cfg = run.config["settings"]
+    cfg = _internal_settings(run.config["settings"])
     rep = CheckReport()
     end = _when(run.config.get("end"), end=True)
     start = _when(run.config.get("start"))

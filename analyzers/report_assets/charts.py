@@ -22,7 +22,13 @@ from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
+from matplotlib.ticker import (
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+    PercentFormatter,
+)
 
 from analyzers.report_assets import theme
 
@@ -141,9 +147,23 @@ def _price(x: float, _pos: Any = None) -> str:
     return f"{x:,.2f}"
 
 
+#: Above this ratio of the highest to the lowest value plotted, the equity chart uses a log
+#: scale: a +2,000% buy-and-hold would otherwise flatten the strategy's curve to a line.
+LOG_SCALE_RATIO = 3.0
+
+
+def wide_range(equity: pd.DataFrame) -> bool:
+    """True when account value and buy-and-hold span more than ``LOG_SCALE_RATIO``x."""
+    cols = [c for c in ("value", "benchmark") if c in equity]
+    vals = pd.concat([equity[c] for c in cols]).dropna() if cols else pd.Series(dtype=float)
+    vals = vals[vals > 0]
+    return bool(len(vals)) and float(vals.max() / vals.min()) > LOG_SCALE_RATIO
+
+
 @styled
 def equity_chart(equity: pd.DataFrame, axis: TimeAxis) -> str | None:
-    """Account value against equal-weight buy-and-hold of the run's symbols."""
+    """Account value against equal-weight buy-and-hold of the run's symbols (log scale when
+    the range is wide, see ``wide_range``)."""
     if equity.empty:
         return None
     x = axis.positions(equity["timestamp"])
@@ -155,6 +175,10 @@ def equity_chart(equity: pd.DataFrame, axis: TimeAxis) -> str | None:
         ax.plot(x, equity["benchmark"], color=theme.BENCHMARK, lw=1.2,
                 label="Buy and hold (equal weight)")
     ax.plot(x, equity["value"], color=theme.STRATEGY, lw=1.7, label="Strategy")
+    if wide_range(equity):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.yaxis.set_major_formatter(FuncFormatter(_money))
     fig.legend(loc="outside upper right", ncols=2)
     axis.apply(ax)

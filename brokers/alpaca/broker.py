@@ -72,6 +72,7 @@ from brokers.alpaca.reconcile import (
     PositionFound,
     ReconcileReport,
     StopQtyMismatch,
+    describe,
     is_ours,
     is_stop,
     reconcile,
@@ -538,7 +539,7 @@ class AlpacaBroker(bt.BrokerBase):
                                       type(exc).__name__, detail=str(exc)[:200])
         for action in report.actions:
             if isinstance(action, (PositionFound, PositionChanged, PositionClosed)):
-                logger.warning("position %s", action)
+                logger.warning("%s.", describe(action))
         if not authoritative:
             if not report.clean:
                 self._verify_in = 3  # look again once in-flight events have landed

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -570,4 +571,34 @@ def _describe(exc: BaseException | None) -> str:
     status = api_status(exc)
     if status is not None:
         return f"HTTP {status} {api_message(exc)}"
+    network = network_reason(exc)
+    if network is not None:
+        return network
     return f"{type(exc).__name__}: {str(exc)[:160]}"
+
+
+#: Substrings of socket errors -> the words a user needs.
+_NETWORK_REASONS: tuple[tuple[str, str], ...] = (
+    ("Connection refused", "connection refused: is the server running at that address?"),
+    ("Name or service not known", "unknown host name"),
+    ("nodename nor servname", "unknown host name"),
+    ("Temporary failure in name resolution", "host name lookup failed: check the network"),
+    ("timed out", "the connection timed out"),
+    ("Network is unreachable", "network unreachable"),
+    ("Connection reset", "the connection was reset"),
+)
+
+
+def network_reason(exc: BaseException) -> str | None:
+    """``cannot connect to HOST:PORT (why)`` for a socket-level failure, else None: the
+    urllib3 repr chain (``HTTPConnectionPool(host=..., port=...): Max retries ...``) is
+    long and was cut mid-word in error messages."""
+    text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None)
+    m = re.search(r"host='([^']+)', port=(\d+)", text)
+    where = f"{m.group(1)}:{m.group(2)}" if m else "the server"
+    for needle, why in _NETWORK_REASONS:
+        if needle in text:
+            return f"cannot connect to {where} ({why})"
+    if "ConnectionError" in type(exc).__name__ or "NewConnectionError" in text:
+        return f"cannot connect to {where}"
+    return None

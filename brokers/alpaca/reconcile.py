@@ -157,13 +157,53 @@ class ReconcileReport:
         return all(isinstance(a, benign) for a in self.actions)
 
     def summary(self) -> str:
-        """One line for the log."""
+        """One line for the log and the session summary, in words."""
         if not self.actions:
             return "reconciled: state matches the broker"
         counts: dict[str, int] = {}
         for a in self.actions:
             counts[type(a).__name__] = counts.get(type(a).__name__, 0) + 1
-        return "reconciled: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        return "reconciled: " + ", ".join(
+            f"{v} {SUMMARY_WORDS.get(k, k)}" for k, v in sorted(counts.items()))
+
+
+#: Action type -> words for "reconciled: 2 orders updated, ..." (summary()).
+SUMMARY_WORDS: dict[str, str] = {
+    "OrderUpdate": "order(s) brought up to date", "OrderMissing": "order(s) unknown to Alpaca",
+    "AdoptOrder": "open order(s) of ours adopted", "ForeignOrder": "foreign order(s) left alone",
+    "PositionFound": "position(s) found at the broker", "PositionChanged":
+    "position size(s) corrected", "PositionClosed": "position(s) closed at the broker",
+    "PositionUntracked": "position(s) in untraded symbols", "ShortPosition":
+    "short position(s)", "MissingStop": "missing stop(s) to place", "StopQtyMismatch":
+    "stop(s) to resize", "ExtraStops": "extra stop(s) to cancel",
+}
+
+
+def _qty(q: Decimal) -> str:
+    return f"{q.normalize():f}" if q == q.to_integral_value() else f"{q:f}"
+
+
+def describe(action: Action) -> str:
+    """One sentence about a reconciliation finding (for warnings; never a repr)."""
+    if isinstance(action, PositionClosed):
+        return (f"{action.symbol}: the saved state held {_qty(action.saved_qty)} shares but "
+                "the broker holds none (the stop or a manual order closed it); the broker "
+                "wins")
+    if isinstance(action, PositionFound):
+        return (f"{action.symbol}: the broker holds {_qty(action.qty)} shares at "
+                f"{action.avg_price:.2f} that the saved state did not know; adopted")
+    if isinstance(action, PositionChanged):
+        return (f"{action.symbol}: the saved state held {_qty(action.saved_qty)} shares, the "
+                f"broker holds {_qty(action.broker_qty)}; the broker wins")
+    if isinstance(action, PositionUntracked):
+        return (f"{action.symbol}: the broker holds {_qty(action.qty)} shares of a symbol "
+                "this run does not trade; left alone")
+    if isinstance(action, ShortPosition):
+        return (f"{action.symbol}: the broker holds a short position of "
+                f"{_qty(-action.qty)} shares; the strategy is long-only and leaves it alone")
+    if isinstance(action, MissingStop):
+        return f"{action.symbol}: {_qty(action.qty)} shares have no resting stop; placing one"
+    return type(action).__name__
 
 
 def is_ours(cid: str, strategy_id: str) -> bool:

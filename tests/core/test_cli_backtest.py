@@ -37,7 +37,7 @@ def test_backtest_on_bundled_data_writes_a_run_folder(tmp_path: Path) -> None:
                 "max_drawdown_duration_days", "win_rate", "profit_factor", "exposure",
                 "trade_count"):
         assert key in stats
-    assert f"Run folder: {run.path}" in proc.stdout.replace("\n", "")
+    assert f"Run folder:\n  {run.path}\n" in proc.stdout  # the path whole, on its own line
 
 
 def test_flags_reach_the_strategy(tmp_path: Path) -> None:
@@ -46,8 +46,8 @@ def test_flags_reach_the_strategy(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     run = load_run(latest_run(tmp_path))
     s = run.config["settings"]
-    assert s["risk_per_trade_pct"] == 0.01 and s["max_positions"] == 1
-    assert s["use_limit_orders"] is False
+    assert s["risk_pct"] == 1 and s["max_positions"] == 1  # public names and units
+    assert s["limit_orders"] is False
     assert set(run.orders[run.orders.purpose == "entry"].type) == {"market"}
 
 
@@ -58,7 +58,7 @@ def test_config_file_and_interval_resampling(tmp_path: Path) -> None:
                    "--out", str(tmp_path / "runs"))
     assert proc.returncode == 0, proc.stderr
     run = load_run(latest_run(tmp_path / "runs"))
-    assert run.config["settings"]["fast_period"] == 5
+    assert run.config["settings"]["fast"] == 5
     steps = run.equity.timestamp.diff().dropna().dt.total_seconds()
     assert steps.min() == 300
 
@@ -100,7 +100,7 @@ def test_unknown_symbol() -> None:
     [
         (["--start", "2025-10-20", "--end", "2025-10-01"], "is after --end"),
         (["--start", "last tuesday"], "bad date 'last tuesday'"),
-        (["--risk", "50"], "risk_per_trade_pct"),
+        (["--risk-pct", "50"], "risk_pct: 50 must be in (0, 20]"),
         (["--fast", "40"], "need 0 < fast < slow"),
         (["--signal", "ml"], "--model"),
     ],

@@ -47,7 +47,9 @@ def test_json_config_and_ratchet_table(tmp_path: Path) -> None:
         ("max_positionz = 3", "unknown setting 'max_positionz'"),
         ("max_positions = 'many'", "bad value 'many' for max_positions"),
         ("fast_period = 40", "need 0 < fast < slow"),
-        ("risk_per_trade_pct = 2", r"--risk takes percent"),
+        ("risk_per_trade_pct = 2", r"risk_pct: 200 must be in \(0, 20\] \(percent"),
+        ("risk_pct = 0.5\nrisk_pct = 50", "not valid TOML"),
+        ("risk_pct = 50", r"risk_pct: 50 must be in \(0, 20\]"),
         ("this is = not toml =", "not valid TOML/JSON"),
     ],
 )
@@ -73,3 +75,17 @@ def test_settings_are_frozen() -> None:
 def test_ml_signal_needs_a_model() -> None:
     with pytest.raises(ConfigError, match="--model"):
         Settings(signal="ml")
+
+
+def test_settings_from_saved_reads_both_config_json_layouts() -> None:
+    """Regression (merge of issues 15 and 16): `cli.py parity` built Settings from
+    config.json's public names as if they were attribute names, so max_position_pct = 10
+    (percent) became 1000% and the run was refused."""
+    from common.config import public_settings, settings_from_saved
+
+    s = Settings(symbols=("ACME",), risk_per_trade_pct=0.01, max_position_pct=0.2,
+                 trail_stop_pct=0.05, fast_period=7)
+    assert settings_from_saved(public_settings(s)) == s
+    old = {"symbols": ["ACME"], "risk_per_trade_pct": 0.01, "max_position_pct": 0.2,
+           "trail_stop_pct": 0.05, "fast_period": 7}
+    assert settings_from_saved(old) == s

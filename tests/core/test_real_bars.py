@@ -155,4 +155,4 @@ def test_store_root_picks_the_interval(tmp_path: Path) -> None:
     ok = run_cli("backtest", "--data", str(root), "--interval", "1Day", "--symbols", "ACME",
                  "--no-progress", "--out", str(tmp_path))
     assert ok.returncode == 0, ok.stderr
-    assert "Backtesting ACME (1Day)" in ok.stdout
+    assert "Backtesting ACME (1Day bars)" in ok.stdout

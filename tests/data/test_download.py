@@ -76,7 +76,7 @@ def test_rerun_fetches_nothing_and_extension_fetches_only_the_rest(
     more = _dl(sim_clean, tmp_path, end="2025-10-31")
     assert more.returncode == 0, more.stderr
     # Only Oct 13-31 (15 sessions) is new; nothing before it was fetched again.
-    assert f"ACME 1Min: +{15 * 390} bars (2025-10-13 13:30" in more.stdout
+    assert f"ACME 1Min: +{15 * 390} bars (2025-10-13 09:30" in more.stdout  # New York
     assert {p: p.stat().st_mtime_ns for p in files} == files
     _assert_complete(tmp_path, ("ACME", "BOLT"))
 
@@ -115,7 +115,7 @@ def test_server_failure_midway_keeps_finished_windows_and_rerun_resumes(
     sim.faults.clear()  # type: ignore[attr-defined]
     proc = _dl(sim, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "ACME 1Min: +5070 bars (2025-10-15 13:30" in proc.stdout  # 13 sessions left
+    assert "ACME 1Min: +5070 bars (2025-10-15 09:30" in proc.stdout  # 13 sessions left
     _assert_complete(tmp_path, ("ACME", "BOLT"))
 
 
@@ -332,3 +332,23 @@ def test_compaction_merges_parts_keeping_bars_and_coverage(tmp_path: Path) -> No
     pd.testing.assert_frame_equal(read_bars(ds), before)
     assert inspect_dataset(ds, tf).coverage == cover_before
     assert not compact_dataset(ds, tf, 7, {}, threshold=3)  # one part: nothing to do
+
+
+def test_coverage_ends_at_the_last_bar_received_so_a_later_run_fetches_the_rest(
+        tmp_path: Path) -> None:
+    """Regression (issue 15): against the loopback server, whose bars exist only up to its
+    clock, coverage was recorded up to --end, so a later run fetched nothing more."""
+    from brokers.alpaca_sim.testing import SimServer
+    from tests.data.conftest import BUNDLED
+
+    with SimServer(BUNDLED, key=KEY, secret=SECRET, start="2025-10-06T14:00:00Z",
+                   speed=0.0) as sim:
+        first = _dl(sim, tmp_path, symbols="ACME", start="2025-10-06", end="2025-10-10")
+        assert first.returncode == 0, first.stderr
+        got = read_bars(tmp_path / "1Min" / "ACME")
+        assert got["timestamp"].max() < pd.Timestamp("2025-10-06 14:00", tz="UTC")
+        sim.advance(minutes=60)
+        later = _dl(sim, tmp_path, symbols="ACME", start="2025-10-06", end="2025-10-10")
+        assert later.returncode == 0, later.stderr
+        assert "ACME 1Min: +60 bars (2025-10-06 10:00 .. 2025-10-06 10:59" in later.stdout
+    assert read_bars(tmp_path / "1Min" / "ACME")["timestamp"].is_unique

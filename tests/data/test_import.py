@@ -56,7 +56,7 @@ def test_backtrader_generic_csv_with_dtformat_and_tz(tmp_path):
     utc = run_data("import", str(src), "--dtformat", "%d/%m/%Y %H:%M",
                    "--out", str(tmp_path / "utc"))
     assert utc.returncode == 0, utc.stderr
-    assert "QRS 1Min (backtrader)" in utc.stdout and "times UTC" in utc.stdout
+    assert "QRS 1Min (backtrader)" in utc.stdout and "naive times read as UTC" in utc.stdout
     ny = run_data("import", str(src), "--dtformat", "%d/%m/%Y %H:%M", "--tz",
                   "America/New_York", "--out", str(tmp_path / "ny"))
     assert ny.returncode == 0, ny.stderr

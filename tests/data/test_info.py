@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -66,10 +67,22 @@ def test_info_table_on_the_bundled_data() -> None:
     rows = [ln for ln in proc.stdout.splitlines() if "ACME" in ln or "BOLT" in ln]
     assert len(rows) == 2
     for row in rows:
-        cells = [c.strip() for c in row.split("│") if c.strip()]
-        # symbol, interval, first, last, bars, expected, missing, empty sessions, gaps
-        assert cells[1:9] == ["1Min", "2025-10-01 13:30", "2025-10-31 19:59", "8,970",
+        cells = re.split(r"\s{2,}", row.strip())
+        # symbol, interval, first, last (New York time), bars, expected, missing, empty, gaps
+        assert cells[1:9] == ["1Min", "2025-10-01 09:30", "2025-10-31 15:59", "8,970",
                               "8,970", "0", "0", "0"]
+
+
+def test_info_fits_80_columns_and_cuts_no_value() -> None:
+    """Regression: in 80 columns every cell was cut (`AC…`, `20…`); piped, ~170 columns."""
+    narrow = run_data("info", "--timeframe", "1Min", "--symbols", "ACME", env={"COLUMNS": "80"})
+    assert narrow.returncode == 0, narrow.stderr
+    assert max(len(ln) for ln in narrow.stdout.splitlines()) <= 80
+    assert "…" not in narrow.stdout
+    for value in ("ACME 1Min", "first: 2025-10-01 09:30", "last: 2025-10-31 15:59",
+                  "bars: 8,970", "parts: 1"):
+        assert value in narrow.stdout, narrow.stdout
+    assert "│" not in narrow.stdout  # plain text when piped
 
 
 def test_info_reports_a_corrupt_file_and_exits_non_zero(tmp_path: Path) -> None:

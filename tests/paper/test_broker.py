@@ -169,7 +169,7 @@ def test_position_without_stop_gets_one_before_trading(sim: SimServer, creds: Cr
     sim.advance(minutes=1)
     result = session(sim, creds, tmp_path, 2, symbols=("BOLT",),
                      settings=Settings(symbols=("BOLT",)))
-    assert "MissingStop=1" in result.reconcile or result.stops
+    assert "1 missing stop(s) to place" in result.reconcile or result.stops
     with sim.market.lock:
         stops = [o for o in sim.market.orders.values()
                  if o.type == "stop" and o.symbol == "BOLT" and o.status == "new"]

@@ -134,6 +134,6 @@ def test_dashboard_header_fits_80_columns() -> None:
     head = "\n".join(lines[:5])
     assert "LIVE (paper account)  https://paper-api.alpaca.markets" in head
     assert "value 1,234,567.89   cash 123,456.78   P&L +34,567.89" in head
-    assert "last bar 2025-10-03 19:59 UTC   steps 390   data live" in head
+    assert "last bar 2025-10-03 15:59 NY   steps 390   data live" in head  # New York time
     assert "market closed; opens Mon 2025-10-06 09:30 EDT (in 63h 20m)" in head
     assert "streams: market data live (3x), trade_updates live (1x)" in head

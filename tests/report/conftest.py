@@ -222,7 +222,7 @@ def real_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         assert proc.returncode == 0, proc.stderr
     runs = sorted((p for p in out.iterdir() if (p / "config.json").exists()),
                   key=lambda p: json.loads((p / "config.json").read_text())["settings"]
-                  ["fast_period"], reverse=True)
+                  ["fast"], reverse=True)
     assert len(runs) == 2, runs
     return runs
 

@@ -47,7 +47,7 @@ def test_one_run_writes_self_contained_page_into_run_folder(real_runs: list[Path
     # Header: run id, mode, symbols, period in New York time, key settings.
     assert run.name in text and "backtest" in text
     assert "ACME, BOLT" in text
-    assert "2025-10-01 09:30 EDT → 2025-10-10 15:59 EDT" in text
+    assert "2025-10-01 09:30 → 2025-10-10 15:59" in text
     assert "MA 10/30 crossover" in text and "2% risk per trade" in text
     for section in ("Equity vs buy-and-hold", "Drawdown", "Monthly returns", "Daily returns",
                     "Exit reasons", "Trades on price", "Best trade", "Worst trade",
@@ -59,8 +59,8 @@ def test_one_run_writes_self_contained_page_into_run_folder(real_runs: list[Path
         assert format_stat(key, run.stats[key]) in text, key
     assert f"Trade list ({len(run.trades)})" in text
     for sym, qty in (run.stats.get("open_positions") or {}).items():
-        assert f"Still open at the end (not a closed round trip, so not marked): {sym} " \
-            f"{qty:,.4g} shares" in text
+        assert f"Still open at the end (not a closed round trip; its panel shows the price " \
+            f"and the stop): {sym} {qty:,.4g} shares" in text
 
     # Exit-reason rows carry the counts and P&L of trades.parquet.
     for reason, group in run.trades.groupby("exit_reason"):
@@ -91,8 +91,8 @@ def test_several_runs_are_compared_side_by_side(real_runs: list[Path], tmp_path:
     # The settings that differ between the two runs are listed with both values.
     differ = page[page.index("Settings that differ"):]
     differ = text_of(differ[: differ.index("</table>")])
-    assert "fast_period 10 5" in differ and "slow_period 30 20" in differ
-    assert "risk_per_trade_pct" not in differ
+    assert "fast 10 5" in differ and "slow 30 20" in differ  # public setting names
+    assert "risk_pct" not in differ
     # One comparison chart plus each run's own charts.
     assert len(images(page)) >= 1 + 2 * 7
 

@@ -91,7 +91,7 @@ def test_exit_breakdown_counts_and_sums_per_reason(make_run: Callable[..., Path]
     ("profit_factor", float("inf"), "∞"),
     ("end_value", 100313.5092, "$100,313.51"),
     ("trade_count", 1234, "1,234"),
-    ("start", "2025-10-01T13:30:00+00:00", "2025-10-01 09:30 EDT"),
+    ("start", "2025-10-01T13:30:00+00:00", "2025-10-01 09:30"),
     ("start", "2025-01-02T05:00:00+00:00", "2025-01-02"),  # a daily bar: NY midnight
     ("open_positions", {"ACME": 92.0}, "ACME 92"),
     ("open_positions", {}, "none"),
