@@ -23,6 +23,10 @@ AUDIT_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+#: ``json.dumps(detail, default=str, sort_keys=True)``, without building an encoder per row.
+_DETAIL = json.JSONEncoder(default=str, sort_keys=True)
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return ""
@@ -39,6 +43,7 @@ class Audit:
         self.rows: list[tuple[Any, ...]] = []
         #: called with each new row (e.g. ``alerts.sources.AuditAlerts``); must return fast
         self.listeners: list[Callable[[tuple[Any, ...]], None]] = []
+        self._stamps: dict[datetime, str] = {}
         self._redact = redact
         self._fh: IO[str] | None = None
         self._writer: Any = None
@@ -68,10 +73,18 @@ class Audit:
         when = (time or datetime.now(UTC))
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-        text = json.dumps(detail, default=str, sort_keys=True) if detail else ""
+        text = _DETAIL.encode(detail) if detail else ""
         if self._redact is not None and text:
             text = self._redact(text)
-        row = (when.isoformat(), kind, symbol, action, str(reason), _clean(qty), _clean(price),
+        if when.tzinfo is UTC:  # bar times repeat across symbols and rows: format each once
+            stamp = self._stamps.get(when)
+            if stamp is None:
+                if len(self._stamps) >= 4096:
+                    self._stamps.clear()
+                stamp = self._stamps[when] = when.isoformat()
+        else:
+            stamp = when.isoformat()
+        row = (stamp, kind, symbol, action, str(reason), _clean(qty), _clean(price),
                client_order_id, text)
         self.rows.append(row)
         if self._writer is not None and self._fh is not None:

@@ -14,11 +14,12 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from common.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     if not path.exists():
         raise DataError(f"{path} is missing: is {path.parent} a complete ratchet run folder?")
     try:
@@ -102,6 +105,8 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 def load_run(path: str | Path) -> Run:
     """Load a run folder (backtest or paper) in one call."""
+    import pandas as pd
+
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"run folder {path} does not exist (runs are written under --out, "

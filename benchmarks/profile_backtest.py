@@ -29,7 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make the project importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_backtest import VARIANTS, run_ours, run_stock, write_dataset  # noqa: E402
+from benchmarks.bench_backtest import write_dataset  # noqa: E402
+
+VARIANTS: tuple[str, ...] = ("ours", "stock")
 
 #: (label, file suffix, function name) of the cumulative entries worth a line of their own.
 GROUPS: tuple[tuple[str, str, str], ...] = (
@@ -45,6 +47,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("broker notify + next", "backtrader/cerebro.py", "_brokernotify"),
     ("bt.num2date (bar time conversions)", "backtrader/utils/dateintern.py", "num2date"),
     ("prepare_lines (signal + ATR, vectorised)", "commands/backtest.py", "prepare_lines"),
+    ("write_run_folder", "analyzers/recorder.py", "write_run_folder"),
     ("read_arrays (Parquet -> numpy)", "feeds/store.py", "read_arrays"),
 )
 
@@ -62,7 +65,25 @@ def group_lines(stats: pstats.Stats) -> list[str]:
     return out
 
 
-Runner = Callable[[Path], tuple[int, list[dict[str, Any]], dict[str, Any]]]
+Runner = Callable[[Path], Any]
+
+
+def run_ours(data: Path) -> Any:
+    """``cli.py backtest``'s work after the imports: load, run, write the run folder."""
+    from commands.backtest import load_datasets, run_backtest
+    from common.config import Settings
+
+    datasets = load_datasets(data, None, "1Min")
+    with tempfile.TemporaryDirectory(prefix="ratchet-prof-runs-") as out:
+        result = run_backtest(Settings(symbols=tuple(datasets)), datasets, out=Path(out))
+    return result.strategy.closed_trades
+
+
+def run_stock(data: Path) -> Any:
+    """``benchmarks/stock_backtrader.py``'s work after the imports."""
+    from benchmarks.stock_backtrader import run
+
+    return run(data)[0].trades
 
 
 def memory_report(runner: Runner, data: Path, top: int) -> None:
@@ -73,7 +94,7 @@ def memory_report(runner: Runner, data: Path, top: int) -> None:
     snap = tracemalloc.take_snapshot()
     tracemalloc.stop()
     print(f"traced: peak {peak / 2**20:,.1f} MiB, held at the end {current / 2**20:,.1f} MiB "
-          f"({len(result[1]):,} trades)")
+          f"({len(result):,} trades)")
     for stat in snap.statistics("lineno")[:top]:
         frame = stat.traceback[0]
         print(f"  {stat.size / 2**20:8.1f} MiB {stat.count:>9,} blocks  "

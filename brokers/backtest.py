@@ -63,6 +63,61 @@ class SimBroker(bt.brokers.BackBroker):
             return
         super()._try_exec(order)
 
+    def _plain(self) -> bool:
+        """Stock-like commissions without interest, no order history: the case ``next``
+        has a lean path for (what every ratchet backtest is)."""
+        return not self._userhist and all(
+            ci.stocklike and not ci.p.interest for ci in self.comminfo.values())
+
+    def next(self) -> None:
+        """``BackBroker.next`` without its per-bar work that is zero for stocks, and with a
+        cheap look at a resting sell stop before the full fill check.
+
+        Backtrader's ``next`` asks every open position for credit interest (converting the
+        bar time with ``num2date`` each time) and adjusts cash for futures; both are zero for
+        stock-like commissions without interest, so they are skipped then. A sell stop whose
+        bar's low stays above its price cannot fill on this bar (the open is above it too),
+        so it goes straight back to the queue. Everything else is Backtrader's code path.
+        """
+        if not self._plain():
+            super().next()
+            return
+        while self._toactivate:
+            self._toactivate.popleft().activate()
+        if self.p.checksubmit:
+            self.check_submitted()
+        pending = self.pending
+        pending.append(None)
+        stop, completed = bt.Order.Stop, bt.Order.Completed
+        while True:
+            order = pending.popleft()
+            if order is None:
+                break
+            if order.expire():
+                self.notify(order)
+                self._ococheck(order)
+                self._bracketize(order, cancel=True)
+            elif not order.active():
+                pending.append(order)
+            else:
+                params = order.p  # Order params are read through a slow __getattr__
+                if params.exectype == stop and order.ordtype == order.Sell:
+                    low = params.data.lines.low
+                    if low.array[low._idx] > order.created.price:
+                        pending.append(order)  # not touched on this bar
+                        continue
+                self._try_exec(order)
+                if order.alive():
+                    pending.append(order)
+                elif order.status == completed:
+                    self._bracketize(order)
+        self._get_value()
+
+    def notify(self, order: bt.Order) -> None:
+        """Queue a snapshot of ``order`` for the Strategy (``Order.clone`` without the slow
+        generic ``copy.copy``: the same attributes, copied as a dict)."""
+        self.notifs.append(_snapshot(order))
+
     def _get_value(self, datas: Any = None, lever: bool = False) -> float:
         """Portfolio value, visiting only non-flat positions.
 
@@ -131,6 +186,23 @@ class SimBroker(bt.brokers.BackBroker):
         )
         self.cancel(order)
         return new
+
+
+def _copy(obj: Any) -> Any:
+    # What copy.copy does for a plain instance (no __copy__/__reduce__/__slots__): a new
+    # object of the class with the same __dict__.
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    return new
+
+
+def _snapshot(order: bt.Order) -> bt.Order:
+    """``order.clone()``: a copy whose ``executed`` part is frozen at this moment."""
+    obj = _copy(order)
+    executed = order.executed
+    executed.markpending()
+    obj.executed = _copy(executed)
+    return obj
 
 
 def make_backtest_broker(

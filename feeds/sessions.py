@@ -23,14 +23,15 @@ the Strategy and the broker read one number per bar instead of asking the calend
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from feeds.coverage import NY, sessions
+from common.nytime import ny_dates
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,69 @@ def may_open(code: float) -> bool:
     return (c & 3) != CLOSED and not c & LAST
 
 
+#: NYSE sessions 2000 to about a year after it was written, from exchange-calendars
+#: (``python -m feeds.sessions`` rewrites it; a test compares it with the calendar). Reading
+#: it takes numpy alone: the backtest needs neither exchange-calendars nor pandas, ~0.9 s of
+#: CPU per run. Bars outside its range are classified with the calendar itself.
+TABLE = Path(__file__).with_name("nyse_sessions.npz")
+_TABLE_COLUMNS = ("day", "open", "close", "ext_open", "ext_close")
+
+
+@functools.lru_cache(maxsize=1)
+def _table() -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(TABLE) as z:
+            return {k: z[k] for k in _TABLE_COLUMNS}
+    except (OSError, KeyError, ValueError):
+        logger.warning("%s missing or unreadable: sessions come from exchange-calendars", TABLE)
+        return None
+
+
+def calendar_schedule(first_day: int, last_day: int) -> dict[str, np.ndarray]:
+    """NYSE sessions whose New York date (days since 1970-01-01) lies in [first, last], from
+    exchange-calendars: ``day``, and UTC epoch ns of ``open``, ``close``, ``ext_open`` and
+    ``ext_close`` (04:00 and 20:00 New York)."""
+    import pandas as pd
+
+    from feeds.coverage import NY, sessions
+
+    sched = sessions(pd.Timestamp(first_day, unit="D"), pd.Timestamp(last_day, unit="D"))
+    sdays = pd.DatetimeIndex(sched.index)
+    ext_open = (sdays + pd.Timedelta(hours=EXTENDED_OPEN_H)).tz_localize(NY).tz_convert("UTC")
+    ext_close = (sdays + pd.Timedelta(hours=EXTENDED_CLOSE_H)).tz_localize(NY).tz_convert("UTC")
+    ns = lambda x: np.asarray(x.to_numpy("datetime64[ns]").view(np.int64))  # noqa: E731
+    return {
+        "day": np.asarray(sdays.as_unit("ns").asi8 // (86_400 * _NS_PER_S), dtype=np.int64),
+        "open": ns(sched["open"]), "close": ns(sched["close"]),
+        "ext_open": ns(ext_open), "ext_close": ns(ext_close),
+    }
+
+
+def write_table(path: Path = TABLE, first: str = "2000-01-01") -> Path:
+    """Write the bundled session table from exchange-calendars (all the sessions it knows
+    from ``first`` on)."""
+    import pandas as pd
+
+    from feeds.coverage import _calendar
+
+    last = _calendar(2000).last_session
+    day = lambda t: int(pd.Timestamp(t).value // (86_400 * _NS_PER_S))  # noqa: E731
+    sched = calendar_schedule(day(first), day(last))
+    np.savez_compressed(path, **sched)
+    return path
+
+
+def schedule(first_day: int, last_day: int) -> dict[str, np.ndarray]:
+    """Sessions with New York dates in [first_day, last_day]: the bundled table when it
+    covers the range, else exchange-calendars."""
+    tbl = _table()
+    if tbl is not None and tbl["day"].shape[0] and tbl["day"][0] <= first_day \
+            and last_day <= tbl["day"][-1]:
+        lo, hi = np.searchsorted(tbl["day"], [first_day, last_day + 1])
+        return {k: v[lo:hi] for k, v in tbl.items()}
+    return calendar_schedule(first_day, last_day)
+
+
 def session_codes(ts_ns: np.ndarray, bar_seconds: int, extended_hours: bool = False
                   ) -> np.ndarray:
     """Session code (int8) of every bar start in ``ts_ns`` (int64 UTC nanoseconds).
@@ -69,22 +133,16 @@ def session_codes(ts_ns: np.ndarray, bar_seconds: int, extended_hours: bool = Fa
     if bar_seconds >= 86_400 or n == 0:
         return np.full(n, REGULAR, dtype=np.int8)
     ts = np.asarray(ts_ns, dtype=np.int64)
-    local = pd.DatetimeIndex(ts.view("datetime64[ns]")).tz_localize("UTC").tz_convert(NY)
-    day = local.tz_localize(None).normalize()
-    sched = sessions(day.min(), day.max())
-    pos = sched.index.get_indexer(day)
-    has = pos >= 0
-    safe = np.where(has, pos, 0)
-    opens = sched["open"].to_numpy("datetime64[ns]").view(np.int64)
-    closes = sched["close"].to_numpy("datetime64[ns]").view(np.int64)
-    sdays = pd.DatetimeIndex(sched.index)
-    ext_open = (sdays + pd.Timedelta(hours=EXTENDED_OPEN_H)).tz_localize(NY).tz_convert("UTC")
-    ext_close = (sdays + pd.Timedelta(hours=EXTENDED_CLOSE_H)).tz_localize(NY).tz_convert("UTC")
-    eo = ext_open.to_numpy("datetime64[ns]").view(np.int64)
-    ec = ext_close.to_numpy("datetime64[ns]").view(np.int64)
-    if len(opens) == 0:
+    day = ny_dates(ts)
+    sched = schedule(int(day.min()), int(day.max()))
+    sdays = sched["day"]
+    if sdays.shape[0] == 0:
         return np.full(n, CLOSED, dtype=np.int8)
-    o, c, xo, xc = opens[safe], closes[safe], eo[safe], ec[safe]
+    pos = np.searchsorted(sdays, day)
+    safe = np.minimum(pos, sdays.shape[0] - 1)
+    has = sdays[safe] == day
+    o, c = sched["open"][safe], sched["close"][safe]
+    xo, xc = sched["ext_open"][safe], sched["ext_close"][safe]
     regular = has & (ts >= o) & (ts < c)
     extended = has & ~regular & (ts >= xo) & (ts < xc)
     codes = np.where(regular, REGULAR, np.where(extended, EXTENDED, CLOSED)).astype(np.int8)
@@ -112,3 +170,7 @@ def tradeable(codes: np.ndarray, extended_hours: bool) -> np.ndarray:
     """Mask of the bars the Strategy sees: regular hours, plus extended hours if enabled."""
     base = codes & 3
     return base != CLOSED if extended_hours else base == REGULAR
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_table()}")

@@ -136,6 +136,9 @@ class RatchetStrategy(bt.Strategy):
         self.books: dict[str, Book] = {d._name: Book(d._name) for d in self.datas}
         self.closed_trades: list[dict[str, Any]] = []
         self.bar_count = 0
+        self._times: dict[float, datetime] = {}
+        self._positions: dict[Any, Any] | None = None
+        self._busy_count: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -144,8 +147,25 @@ class RatchetStrategy(bt.Strategy):
         """Start time (UTC) of ``data``'s current bar."""
         return data.datetime.datetime(0).replace(tzinfo=UTC)
 
+    def _utc(self, num: float) -> datetime:
+        """``bt.num2date(num)`` in UTC, each distinct bar time converted once (every symbol
+        shares the bar times; ``num2date`` is slow). The cache is kept small."""
+        got = self._times.get(num)
+        if got is None:
+            if len(self._times) >= 4096:
+                self._times.clear()
+            got = self._times[num] = bt.num2date(num).replace(tzinfo=UTC)
+        return got
+
+    def _now(self, data: bt.DataBase) -> datetime:
+        """``bar_time(data)`` through the cache (feeds without their own time zone)."""
+        line = data.lines.datetime
+        if line._tz is not None:
+            return self.bar_time(data)
+        return self._utc(line.array[line._idx])
+
     def _book(self, order: bt.Order) -> Book:
-        return self.books[order.data._name]
+        return self.books[order.p.data._name]  # .p: Order attributes go through __getattr__
 
     def _stop_cid(self, book: Book, when: datetime) -> str:
         h = book.handoff
@@ -178,6 +198,35 @@ class RatchetStrategy(bt.Strategy):
             if self.books[d._name].working_entry() and self.getposition(d).size == 0
         )
 
+    def _busy(self) -> tuple[int, int]:
+        """(``open_positions()``, ``working_entries()``), counted once per step on the
+        backtest broker: its positions change only between steps, and the working entries
+        only through this Strategy's buy/sell/cancel, which drop the count."""
+        if self._positions is None:
+            return self.open_positions(), self.working_entries()
+        if self._busy_count is None:
+            positions = self._positions
+            held = working = 0
+            for data, book, _dt, _sig in self._lines:
+                if positions[data].size != 0:
+                    held += 1
+                elif book.working_entry():
+                    working += 1
+            self._busy_count = (held, working)
+        return self._busy_count
+
+    def buy(self, *args: Any, **kwargs: Any) -> bt.Order:
+        self._busy_count = None
+        return super().buy(*args, **kwargs)
+
+    def sell(self, *args: Any, **kwargs: Any) -> bt.Order:
+        self._busy_count = None
+        return super().sell(*args, **kwargs)
+
+    def cancel(self, order: bt.Order) -> None:
+        self._busy_count = None
+        super().cancel(order)
+
     # ------------------------------------------------------------------ the bar loop
 
     def start(self) -> None:
@@ -191,6 +240,23 @@ class RatchetStrategy(bt.Strategy):
         self._session_lines = {
             data._name: getattr(data.lines, "session", None) for data in self.datas
         }
+        # Held symbols with nothing to do are skipped in next(); that needs each bar's high
+        # and session, and Backtrader's own positions (the backtest broker's are objects
+        # updated in place; other brokers are asked through getposition).
+        self._held_lines = {
+            data._name: (data.lines.high, self._session_lines[data._name])
+            for data in self.datas
+        }
+        self._positions = self.broker.positions \
+            if isinstance(self.broker, bt.brokers.BackBroker) else None
+
+    def _getminperstatus(self) -> int:
+        # Backtrader recomputes max(minimum period - len) over every feed on every step, but
+        # reads only its sign (< 0 next, 0 nextstart, > 0 prenext). Lengths only grow, so
+        # once it is negative it stays negative: stop recomputing it.
+        if self._minperstatus < 0:
+            return self._minperstatus
+        return int(super()._getminperstatus())
 
     def prenext(self) -> None:
         # Some feed has no bar yet (a later listing, a symbol whose history is still empty):
@@ -199,16 +265,37 @@ class RatchetStrategy(bt.Strategy):
 
     def next(self) -> None:
         self.bar_count += 1
-        getposition = self.getposition
+        self._busy_count = None  # fills between steps change the positions
+        positions = self._positions
+        getposition = self.getposition if positions is None else positions.__getitem__
         for data, book, dtbuf, sigbuf in self._lines:
             n = dtbuf.lencount
             if n == book.seen_len:
                 continue  # no new bar for this symbol in this step (a gap in its data)
             book.seen_len = n
             if (book.warm and sigbuf.array[sigbuf._idx] == 0.0 and book.entry is None
-                    and book.fallback is None and getposition(data).size == 0):
-                continue  # flat, nothing working, no signal: nothing to decide
+                    and book.fallback is None):
+                size = getposition(data).size
+                if size == 0:
+                    continue  # flat, nothing working, no signal: nothing to decide
+                if size > 0 and self._idle_hold(book):
+                    continue  # held, no signal, no new high: the stop stays where it is
             self._on_bar(data, book)
+
+    def _idle_hold(self, book: Book) -> bool:
+        """Would ``_on_bar`` do nothing for this held symbol (no signal, no working entry)?
+        True on a regular-hours bar whose high does not lift the stop: ``_ratchet`` would
+        leave the level as it is, and nothing else acts without a signal."""
+        if self._session is not None:
+            return False  # a session callable: let _on_bar ask it
+        high, session = self._held_lines[book.symbol]
+        if session is not None and int(session.array[session._idx]) & 3 != sessions.REGULAR:
+            return False  # outside regular hours the strategy enforces the stop itself
+        st = book.stop_state
+        if st is None:
+            return True  # _ratchet has nothing to move
+        return (high.array[high._idx] <= st.highest_high and st.level >= st.fixed_stop
+                and st.level >= st.trail_stop)
 
     def session_of(self, when: datetime) -> str:
         """``regular``, ``extended`` or ``closed`` for a bar time (the ``session`` param)."""
@@ -232,7 +319,7 @@ class RatchetStrategy(bt.Strategy):
         return True if line is None else sessions.may_open(line.array[line._idx])
 
     def _on_bar(self, data: bt.DataBase, book: Book) -> None:
-        now = self.bar_time(data)
+        now = self._now(data)
         position = self.getposition(data).size
         extended = self._session_at(data, now) == "extended"
         if position > 0 and extended and self._stop_breached(data, book):
@@ -271,11 +358,17 @@ class RatchetStrategy(bt.Strategy):
         extended = self._session_at(data, now) == "extended"
         if extended and not self.cfg.extended_hours:
             market_open = False
+        has_position = self.getposition(data).size != 0
+        has_working_order = book.working_any()
+        if market_open and not has_position and not has_working_order:
+            open_positions, working_entries = self._busy()
+        else:
+            open_positions = working_entries = 0  # check_entry refuses before reading them
         guard = rules.check_entry(
-            has_position=self.getposition(data).size != 0,
-            has_working_order=book.working_any(),
-            open_positions=self.open_positions(),
-            working_entries=self.working_entries(),
+            has_position=has_position,
+            has_working_order=has_working_order,
+            open_positions=open_positions,
+            working_entries=working_entries,
             max_positions=self.cfg.max_positions,
             market_open=market_open,
         )
@@ -468,11 +561,11 @@ class RatchetStrategy(bt.Strategy):
         book = self._book(order)
         purpose = order.info.get("purpose", "")
         cid = order.info.get("cid", "")
-        data = order.data
-        now = self.bar_time(data) if len(data) else datetime.now(UTC)
+        data = order.p.data
+        now = self._now(data) if len(data) else datetime.now(UTC)
         new_fills = self._new_fills(order, book)
         for dt_num, size, price in new_fills:
-            fill_time = bt.num2date(dt_num).replace(tzinfo=UTC) if dt_num else now
+            fill_time = self._utc(dt_num) if dt_num else now
             extra = {} if size > 0 else {"exit_reason": self._exit_reason(book, purpose)}
             self.audit.record(fill_time, "fill", book.symbol, "buy" if size > 0 else "sell",
                               purpose, qty=abs(size), price=price, client_order_id=cid,

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-import pandas as pd
 
 from common.config import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -125,13 +127,19 @@ class MASignal:
 
     def compute(self, bars: pd.DataFrame) -> pd.DataFrame:
         """Vectorised crossover over ``bars['close']``."""
-        close = bars["close"].to_numpy(np.float64)
+        import pandas as pd
+
+        sig, fast, slow = self.compute_close(bars["close"].to_numpy(np.float64))
+        return pd.DataFrame({"signal": sig, "fast": fast, "slow": slow}, index=bars.index)
+
+    def compute_close(self, close: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(signal, fast SMA, slow SMA) from the closes alone, on numpy arrays: what
+        ``compute`` returns, without pandas (the backtest's path)."""
+        close = np.asarray(close, dtype=np.float64)
         fast = sma_window(close, self.fast_period)
         slow = sma_window(close, self.slow_period)
         exact_near_ties(close, fast, slow, self.fast_period, self.slow_period)
-        return pd.DataFrame(
-            {"signal": crossover(fast, slow), "fast": fast, "slow": slow}, index=bars.index
-        )
+        return crossover(fast, slow), fast, slow
 
     def __repr__(self) -> str:
         return f"MASignal(fast={self.fast_period}, slow={self.slow_period})"

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analyzers.stats import daily_values
+from analyzers.stats import daily_last
 from common.config import Settings
 from common.errors import DataError
 from feeds.store import BarArrays
@@ -96,7 +96,7 @@ class CellOutcome:
 def backtest_cell(settings: Settings, datasets: dict[str, BarArrays], start: pd.Timestamp | None,
                   keep_frames: bool = False) -> CellOutcome:
     """``run_backtest`` without a run folder: the one call into the backtest (adapter)."""
-    from analyzers.recorder import _frame_orders
+    from analyzers.recorder import orders_table
     from commands.backtest import run_backtest
 
     t0 = time.perf_counter()
@@ -113,7 +113,7 @@ def backtest_cell(settings: Settings, datasets: dict[str, BarArrays], start: pd.
     if keep_frames:
         frames = {
             "trades": result.trades,
-            "orders": _frame_orders(result.recorder.orders),
+            "orders": orders_table(result.recorder.orders).to_pandas(),
             "prices": result.recorder.prices_frame(),
             "audit": list(result.audit.rows),
         }
@@ -237,7 +237,10 @@ def daily_moments(equity: pd.DataFrame) -> dict[str, float | None]:
     """Daily Sharpe (not annualised), skewness, kurtosis and day count (deflated Sharpe)."""
     if equity.empty:
         return {"daily_sharpe": None, "skew": None, "kurtosis": None, "n_days": 0}
-    rets = daily_values(equity).pct_change().dropna().to_numpy(np.float64)
+    ts_ns = pd.DatetimeIndex(equity["timestamp"]).as_unit("ns").asi8
+    daily = daily_last(ts_ns, equity["value"].to_numpy(np.float64))
+    rets = daily[1:] / daily[:-1] - 1.0
+    rets = rets[np.isfinite(rets)]
     n = len(rets)
     sd = float(rets.std(ddof=1)) if n >= 2 else 0.0
     if n < 2 or sd == 0 or not math.isfinite(sd):

@@ -13,12 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from analyzers.audit import AUDIT_COLUMNS
 from analyzers.recorder import write_parquet
 from analyzers.stats import compute_stats
 from common.atomic import atomic_path, write_json_atomic
+from common.config import public_settings
 
 if TYPE_CHECKING:
     from sweeps.runner import SweepPlan
@@ -28,9 +30,15 @@ logger = logging.getLogger(__name__)
 
 
 def _benchmark(prices: pd.DataFrame, equity: pd.DataFrame, start_value: float) -> Any:
-    from analyzers.recorder import _benchmark as bench  # adapter: the run folder's benchmark
-
-    return bench(prices, equity, start_value)
+    """Equal-weight buy-and-hold of every symbol, scaled to the starting value, at each
+    equity time (the run folder's ``benchmark`` column, over the stitched windows)."""
+    if prices.empty or equity.empty:
+        return np.full(len(equity), start_value)
+    wide = prices.pivot_table(index="timestamp", columns="symbol", values="close",
+                              aggfunc="last").sort_index().ffill()
+    norm = wide / wide.bfill().iloc[0]
+    bh = norm.mean(axis=1) * start_value
+    return bh.reindex(pd.DatetimeIndex(equity["timestamp"]), method="ffill").to_numpy()
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -76,7 +84,7 @@ def stitch_oos(store: ResultStore, plan: SweepPlan,
     spec = plan.spec
     config = {
         "mode": "walk-forward-oos", "run_id": "oos", "created_at": datetime.now(UTC).isoformat(),
-        "settings": plan.base.to_dict(), "data": spec.data, "symbols": list(plan.base.symbols),
+        "settings": public_settings(plan.base), "data": spec.data, "symbols": list(plan.base.symbols),
         "interval": plan.base.bar_interval,
         "start": windows[0]["test_start"] if windows else None,
         "end": windows[-1]["test_end"] if windows else None, "version": "0.1.0",

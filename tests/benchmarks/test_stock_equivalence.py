@@ -1,10 +1,10 @@
-"""The backtest benchmark compares like with like: the stock-Backtrader version trades the same.
+"""The backtest benchmark compares like with like: the stock-Backtrader script trades the same.
 
-``benchmarks/bench_backtest.py`` times ratchet's path (``ArrayData`` with precomputed lines)
-against ``benchmarks.stock_strategy`` (``PandasData`` + ``bt.indicators``). Its speed ratio
-means something only if both make the same decisions, so this runs both on a small real
-Parquet data set and demands identical trades, audit trail, equity curve and prices. No
-timing here: speed is measured by the benchmark command only.
+``benchmarks/bench_backtest.py`` times ``cli.py backtest`` against
+``benchmarks/stock_backtrader.py`` (plain Backtrader: ``PandasData``, ``bt.indicators``,
+``BackBroker``, its own Strategy). Its ratio means something only if both make the same
+decisions, so this runs both on a small real Parquet data set and demands identical trades
+and end value. No timing here: speed is measured by the benchmark command only.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analyzers.audit import Audit
-from benchmarks.stock_strategy import SpecCrossOver, run_stock_backtest
+from benchmarks.bench_backtest import trade_rows_from_dicts
+from benchmarks.stock_backtrader import SpecCross, run
 from commands.backtest import load_datasets, run_backtest
 from common.config import Settings
-from feeds.store import resolve_datasets, write_bars
+from feeds.store import write_bars
 from feeds.synthetic import random_walk_bars, trading_minutes
 from strategies.signals import MASignal
 
@@ -30,10 +30,10 @@ SYMBOLS = ("ACME", "BOLT", "CRUX")
 
 @pytest.fixture(scope="module")
 def bars_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 symbols x 2 NYSE sessions of synthetic 1-minute bars in the store layout."""
+    """3 symbols x 3 NYSE sessions of synthetic 1-minute bars in the store layout."""
     folder = tmp_path_factory.mktemp("bars") / "1Min"
     folder.mkdir()
-    index = trading_minutes("2025-09-02", "2025-09-03")
+    index = trading_minutes("2025-09-02", "2025-09-04")
     for i, sym in enumerate(SYMBOLS):
         frame = random_walk_bars(index, seed=100 + i, start_price=40.0 + 25.0 * i)
         write_bars(folder / f"{sym}.parquet", frame)
@@ -41,30 +41,26 @@ def bars_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("use_limit_orders", [True, False])
-def test_stock_version_makes_the_same_trades(bars_dir: Path, use_limit_orders: bool) -> None:
+def test_stock_script_makes_the_same_trades(bars_dir: Path, use_limit_orders: bool) -> None:
     settings = Settings(symbols=SYMBOLS, use_limit_orders=use_limit_orders, max_positions=2)
     ours = run_backtest(settings, load_datasets(bars_dir, None, "1Min"), out=None)
-    audit = Audit()
-    stock = run_stock_backtest(settings, resolve_datasets(bars_dir, None), audit)
+    stock, value, _ = run(bars_dir, limit_orders=use_limit_orders, max_positions=2)
 
-    assert len(ours.strategy.closed_trades) >= 10  # enough trading to compare anything
-    reasons = {t["exit_reason"] for t in ours.strategy.closed_trades}
+    trades = ours.strategy.closed_trades
+    assert len(trades) >= 10  # enough trading to compare anything
+    reasons = {t["exit_reason"] for t in trades}
     assert "signal" in reasons and reasons & {"stop", "trail"}
-    assert stock.closed_trades == ours.strategy.closed_trades
-    # Same decisions bar by bar, including the warm-up rows and the first "ready" bar.
-    assert audit.rows == ours.audit.rows
-    assert stock.analyzers.recorder.equity == ours.recorder.equity
-    pd.testing.assert_frame_equal(stock.analyzers.recorder.prices_frame(),
-                                  ours.recorder.prices_frame())
+    assert trade_rows_from_dicts(stock.trades) == trade_rows_from_dicts(trades)
+    assert value == pytest.approx(ours.stats["end_value"], abs=1e-6)
 
 
 class _Capture(bt.Strategy):
-    """Builds SpecCrossOver and bt's CrossOver over SMA(close, 3) / SMA(close, 6)."""
+    """Builds SpecCross and bt's CrossOver over SMA(close, 3) / SMA(close, 6)."""
 
     def __init__(self) -> None:
         fast = bt.indicators.SMA(self.data.close, period=3)
         slow = bt.indicators.SMA(self.data.close, period=6)
-        self.spec = SpecCrossOver(fast, slow)
+        self.spec = SpecCross(fast, slow)
         self.stock = bt.indicators.CrossOver(fast, slow)
 
 

@@ -1,0 +1,43 @@
+"""New York calendar dates of UTC times, with numpy and the standard library only."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+NY = ZoneInfo("America/New_York")
+_NS_PER_S = 1_000_000_000
+_NS_PER_HOUR = 3600 * _NS_PER_S
+_NS_PER_DAY = 86_400 * _NS_PER_S
+
+
+def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` for a 1-d integer array, by one stable sort
+    (``np.unique`` imports ``numpy.ma`` on first use)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    new = np.empty(ordered.shape[0], dtype=bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    inverse = np.empty(ordered.shape[0], dtype=np.intp)
+    inverse[order] = np.cumsum(new) - 1
+    return ordered[new], inverse
+
+
+def ny_dates(ts_ns: np.ndarray) -> np.ndarray:
+    """New York calendar date (days since 1970-01-01) of each UTC epoch-nanosecond time."""
+    ts = np.asarray(ts_ns, dtype=np.int64)
+    if ts.shape[0] == 0:
+        return ts.copy()
+    # The UTC offset changes only on whole UTC hours: look it up once per hour present.
+    hours, inverse = unique_inverse(ts // _NS_PER_HOUR)
+    offsets = np.array([
+        int(datetime.fromtimestamp(int(h) * 3600, NY).utcoffset().total_seconds())  # type: ignore[union-attr]
+        for h in hours.tolist()
+    ], dtype=np.int64) * _NS_PER_S
+    return (ts + offsets[inverse.reshape(-1)]) // _NS_PER_DAY
