@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -51,10 +52,12 @@ from brokers.alpaca.state import (
     DRY_RUN,
     LIVE,
     ModeAudit,
+    StateDirLock,
     check_owner,
     last_bars,
     load_state,
     make_dry_run_broker,
+    open_journal,
     read_state_any_mode,
     save_state,
 )
@@ -64,6 +67,7 @@ from common.config import DEFAULT_SYMBOLS, INTERVAL_SECONDS, Settings
 from common.errors import BrokerError, ConfigError, RetryableError, UnknownStateError, UserError
 from common.logs import REDACTOR, setup_logging
 from common.paths import BUNDLED_BARS
+from common.perms import private_dir
 from strategies.ratchet import RatchetStrategy
 from strategies.signals import make_signal
 
@@ -129,6 +133,9 @@ class PaperOptions:
     stop_audit_s: float = 60.0
     #: ``--once``: seconds a just-sent market fallback may take to fill before exit
     once_fill_wait_s: float = 5.0
+    #: ``--rebuild-journal``: a missing, empty or corrupt journal is moved aside and rebuilt
+    #: from Alpaca's orders instead of stopping the start
+    rebuild_journal: bool = False
     #: where alert events go (``alerts.AlertSink``; the caller starts and closes it); None: off
     alerts: Any = None
     #: a stream down this long (seconds) is an alert
@@ -232,10 +239,23 @@ class PaperSession:
         self.mode = LIVE if opts.live else DRY_RUN
         check_endpoint(opts.base_url, True)  # the command checks the flag; this never guesses
         state_dir = self.state_dir = Path(opts.state_dir)
+        # one process per state dir: refused at once, naming the running one
+        self.lock = StateDirLock(state_dir).acquire()
+        try:
+            self._setup(opts)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, opts: PaperOptions) -> None:
+        settings = self.settings
+        state_dir = self.state_dir
+        private_dir(Path(opts.log_dir))
         self.state_path = state_dir / "portfolio_state.json"
         self.audit_path = Path(opts.log_dir) / "audit_trail.csv"
         opts.credentials.register()
-        self.saved = load_state(self.state_path, self.mode)
+        self._recovered: list[str] = []  # loud recoveries of broken files, for the audit
+        self.saved = load_state(self.state_path, self.mode, self._recovered)
         self.client = AlpacaClient(opts.credentials, base_url=opts.base_url,
                                    data_url=opts.data_url, feed=opts.feed,
                                    rate_limit_max_wait=opts.rate_limit_max_wait,
@@ -259,6 +279,8 @@ class PaperSession:
             latency=self.latency, clock_rate=clock_rate)
         if opts.on_store is not None:
             opts.on_store(self.store)
+        if not self.audit_path.exists():  # account activity: this user only
+            os.close(os.open(self.audit_path, os.O_CREAT | os.O_WRONLY, 0o600))
         self.audit = ModeAudit(self.mode, live_path=self.audit_path)
         self.store.audit = self.audit
         self.cerebro = cerebro = bt.Cerebro(stdstats=False, quicknotify=False)
@@ -267,6 +289,9 @@ class PaperSession:
                             name=symbol)
         self.journal: Journal | None = None
         self.broker: Any = self._broker()
+        for line in self._recovered:
+            self.audit.record(None, "recovery", "", "file_recovered", "broken_file",
+                              detail=line)
         cerebro.setbroker(self.broker)
         cerebro.addstore(self.store)
         self.store.attach_broker(self.broker)
@@ -294,7 +319,8 @@ class PaperSession:
     def _broker(self) -> Any:
         opts = self.opts
         if opts.live:
-            self.journal = Journal(Path(opts.state_dir) / "journal.sqlite")
+            self.journal = open_journal(Path(opts.state_dir) / "journal.sqlite", self.saved,
+                                        opts.rebuild_journal, self._recovered)
             return AlpacaBroker(store=self.store, gateway=OrderGateway(self.client, self.journal),
                                 journal=self.journal, settings=self.settings, audit=self.audit,
                                 strategies=self._strategies, fence_s=opts.fence_s,
@@ -499,7 +525,8 @@ class PaperSession:
         if opts.out is not None and store.status.steps == 0:
             logger.info("no bar was processed: no run folder written")
         elif opts.out is not None:
-            run_dir = make_run_dir(Path(opts.out), "paper" if opts.live else "dryrun")
+            run_dir = private_dir(make_run_dir(Path(opts.out), "paper" if opts.live
+                                               else "dryrun"))
             meta = {"mode": "paper" if opts.live else "dry_run",
                     "symbols": list(self.settings.symbols),
                     "interval": self.settings.bar_interval, "endpoint": opts.base_url,
@@ -527,7 +554,11 @@ class PaperSession:
 
 def run_paper(opts: PaperOptions, note: Callable[[str], None] = lambda s: None) -> PaperResult:
     """Run one paper session until stopped (signal, ``--once``, ``max_steps``)."""
-    return PaperSession(opts).run(note)
+    session = PaperSession(opts)
+    try:
+        return session.run(note)
+    finally:
+        session.lock.release()
 
 
 @dataclass
@@ -756,6 +787,10 @@ def _sim_context(data: Path, speed: float, start: str | None,
                    "market is open [2 bars, at least 120].")
 @click.option("--clock-poll", type=float, default=None,
               help="Seconds between market-clock reads [30; 5 with --sim].")
+@click.option("--rebuild-journal", is_flag=True,
+              help="The order journal is missing, empty or corrupt: move it aside and rebuild "
+                   "it from Alpaca's open orders (without this flag such a start is refused "
+                   "while the state file lists orders).")
 @click.option("--alert", "alert_urls", multiple=True, metavar="URL",
               help="Send alerts to this Apprise URL (repeatable; also RATCHET_ALERTS or "
                    "alerts = [...] in --config; visible in the process list: prefer those).")
@@ -771,13 +806,16 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
           sim_start: str | None, sim_minutes: float | None, state_dir: Path | None,
           log_dir: Path | None,
           out: Path, warmup_days: float, max_steps: int | None, stream_silence: float | None,
-          clock_poll: float | None, config_file: Path | None, alert_urls: tuple[str, ...],
-          alert_level: str | None, alert_stream_down: float, **flags: Any) -> None:
+          clock_poll: float | None, rebuild_journal: bool, config_file: Path | None,
+          alert_urls: tuple[str, ...], alert_level: str | None, alert_stream_down: float,
+          **flags: Any) -> None:
     """Run the strategy on Alpaca: a DRY RUN unless --live."""
     from alerts.config import alert_settings
     from commands.output import console as make_console
     from commands.output import echo_lines as echo
     from commands.output import fit, out_width
+
+    os.umask(0o077)  # state, journal, logs, audit, bars and run folders: this user only
 
     console = make_console()
     width = out_width()
@@ -829,7 +867,7 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
         silence=stream_silence, clock_poll=clock_poll or (5.0 if sim else 30.0),
         on_idle=on_idle, on_store=lambda st: store_box.__setitem__("s", st),
         # a rehearsal replays far faster than real time against a server with no limit
-        requests_per_minute=60_000.0 if sim else 200.0)
+        requests_per_minute=60_000.0 if sim else 200.0, rebuild_journal=rebuild_journal)
     label = "LIVE orders to the PAPER account" if live and not is_real_money(base) else \
         "LIVE orders with REAL MONEY" if live else "DRY RUN: decisions only, no orders sent"
     echo(fit(f"ratchet paper - {label}; symbols {', '.join(settings.symbols)}, "

@@ -15,11 +15,12 @@ logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 
     The caller writes the temp file by any means (pyarrow, pandas, open()). On an exception
-    the temp file is removed and ``path`` is untouched.
+    the temp file is removed and ``path`` is untouched. ``mode`` (e.g. ``0o600`` for private
+    files): the result's permissions; default: what a plain open() would give.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,7 +28,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp makes 0600 files; give the result the mode a plain open() would have.
-    tmp_path.chmod(0o666 & ~_umask())
+    tmp_path.chmod(mode if mode is not None else 0o666 & ~_umask())
     try:
         yield tmp_path
         with tmp_path.open("rb+") as fh:
@@ -41,15 +42,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_atomic(path: Path, writer: Callable[[IO[bytes]], Any]) -> None:
+def write_atomic(path: Path, writer: Callable[[IO[bytes]], Any],
+                 mode: int | None = None) -> None:
     """Write ``path`` atomically by calling ``writer`` with a binary file object."""
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+    with atomic_path(path, mode) as tmp, tmp.open("wb") as fh:
         writer(fh)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
     """Write a text file atomically (UTF-8)."""
-    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")), mode)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

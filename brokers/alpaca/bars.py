@@ -20,6 +20,7 @@ Implements our side of Alpaca's minute bars ("Real-time stock pricing data", min
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -98,6 +99,21 @@ class StepAssembler:
     def newest_pending(self) -> datetime | None:
         """The latest bar time waiting, if any."""
         return max(self._pending) if self._pending else None
+
+    def incomplete_due(self) -> list[tuple[datetime, list[str]]]:
+        """Bar times ``release()`` would hand out now without every symbol, with the symbols
+        missing (a later bar time arrived, or the grace ran out)."""
+        out: list[tuple[datetime, list[str]]] = []
+        now = self._clock()
+        for ts in sorted(self._pending):
+            bars = self._pending[ts]
+            if len(bars) == len(self.symbols):
+                continue
+            later = any(t > ts for t in self._pending)
+            if not (later or now - self._first_seen[ts] >= self.grace):
+                break
+            out.append((ts, [s for s in self.symbols if s not in bars]))
+        return out
 
     def release(self, upto: datetime | None = None) -> list[Step]:
         """Steps that are complete, oldest first.
@@ -293,6 +309,49 @@ class BarRecorder:
     feed: str
     _bars: dict[tuple[str, str], dict[datetime, BarRecord]] = field(default_factory=dict)
     _dirty: set[tuple[str, str]] = field(default_factory=set)
+
+    def clean_partials(self) -> int:
+        """Remove temp files a killed run left behind (``.live-<day>.parquet.*.tmp``)."""
+        folder = self.root / self.interval
+        removed = 0
+        if folder.is_dir():
+            for tmp in folder.glob("*/.live-*.tmp"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    removed += 1
+        if removed:
+            logger.info("removed %d partial bar file(s) a killed run left in %s", removed,
+                        folder)
+        return removed
+
+    def recorded_since(self, symbol: str) -> datetime | None:
+        """The first bar of the newest recorded day of ``symbol`` (None: nothing recorded).
+        A restart completes the recording from there (bars a killed run never wrote)."""
+        folder = self.root / self.interval / symbol
+        days = sorted(p.stem[len("live-"):] for p in folder.glob("live-*.parquet")) \
+            if folder.is_dir() else []
+        if not days:
+            return None
+        bars = self._bars.get((symbol, days[-1]))
+        if bars is None:
+            bars = self._bars[(symbol, days[-1])] = self._load(symbol, days[-1])
+        return min(bars) if bars else None
+
+    def complete(self, bars: Iterable[BarRecord], since: datetime) -> int:
+        """Record the closed REST ``bars`` at or after ``since`` that are missing; returns
+        how many were added."""
+        added = 0
+        for bar in bars:
+            if bar.ts < since:
+                continue
+            key = (bar.symbol, bar.ts.strftime("%Y-%m-%d"))
+            if key not in self._bars:
+                self._bars[key] = self._load(*key)
+            if bar.ts not in self._bars[key]:
+                self._bars[key][bar.ts] = bar
+                self._dirty.add(key)
+                added += 1
+        return added
 
     def add(self, bar: BarRecord) -> None:
         """Remember ``bar`` (written by ``flush``)."""

@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sqlite3
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -179,6 +180,7 @@ class AlpacaBroker(bt.BrokerBase):
         self.journal = journal
         self.settings = settings
         self.audit = audit
+        journal.on_quarantine = self._journal_quarantined
         self._strategies = strategies or (lambda: [])
         self.cancel_confirm_s = cancel_confirm_s
         self.fence_s = fence_s
@@ -526,17 +528,15 @@ class AlpacaBroker(bt.BrokerBase):
     def _apply_report(self, report: ReconcileReport, positions: list[Any],
                       authoritative: bool) -> None:
         for action in report.actions:
-            if isinstance(action, OrderUpdate):
-                self._apply_snapshot(action.snapshot, source="reconcile")
-            elif isinstance(action, OrderMissing):
-                self._missing(action.cid)
-            elif isinstance(action, AdoptOrder):
-                snap = action.snapshot
-                self.journal.adopt(snap.client_order_id, snap.symbol, snap.side, snap.type,
-                                   snap.qty, _purpose_of(snap.client_order_id), snap.id,
-                                   snap.status, snap.filled_qty,
-                                   snap.filled_qty * (snap.filled_avg_price or ZERO))
-                logger.warning("adopted open order %s found at Alpaca", snap.client_order_id)
+            try:
+                self._apply_order_action(action)
+            except (sqlite3.Error, KeyError, ValueError) as exc:
+                # one bad journal row must not stop the run: positions still get their stops
+                logger.error("RECONCILE: could not apply %s (%s): the row is left as it is "
+                             "and trading continues; inspect the journal", action, exc)
+                if self.audit is not None:
+                    self.audit.record(self._now(), "reconcile", "", "row_skipped",
+                                      type(exc).__name__, detail=str(exc)[:200])
         for action in report.actions:
             if isinstance(action, (PositionFound, PositionChanged, PositionClosed)):
                 logger.warning("%s.", describe(action))
@@ -559,6 +559,29 @@ class AlpacaBroker(bt.BrokerBase):
                                      self._place_missing_stop(action.symbol, action.qty))
             elif isinstance(action, StopQtyMismatch):
                 self._resize_stop(action.stop_cid, action.position_qty)
+
+    def _apply_order_action(self, action: Any) -> None:
+        if isinstance(action, OrderUpdate):
+            self._apply_snapshot(action.snapshot, source="reconcile")
+        elif isinstance(action, OrderMissing):
+            self._missing(action.cid)
+        elif isinstance(action, AdoptOrder):
+            snap = action.snapshot
+            self.journal.adopt(snap.client_order_id, snap.symbol, snap.side, snap.type,
+                               snap.qty, _purpose_of(snap.client_order_id), snap.id,
+                               snap.status, snap.filled_qty,
+                               snap.filled_qty * (snap.filled_avg_price or ZERO))
+            logger.warning("adopted open order %s found at Alpaca", snap.client_order_id)
+
+    def _journal_quarantined(self, cid: str, alpaca_id: str, taken_by: str) -> None:
+        """A journal row lost its Alpaca id to another order (see ``Journal``): audit it."""
+        stale = self._by_alpaca.get(alpaca_id)
+        if stale is not None and stale.cid == cid:
+            del self._by_alpaca[alpaca_id]
+        if self.audit is not None:
+            self.audit.record(self._now(), "journal", "", "quarantine", "alpaca_id_reused",
+                              client_order_id=cid,
+                              detail=f"alpaca_id={alpaca_id} now_of={taken_by}")
 
     def _verify(self) -> None:
         """Mid-session check: positions equal the broker's and each one has a live stop."""

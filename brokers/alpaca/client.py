@@ -22,6 +22,7 @@ What it adds to the SDK (see ../shared/alpaca-spec/CONTRACT.md, "Retries"):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -474,6 +475,10 @@ class AlpacaClient:
 
     # ----------------------------------------------------------------- writes
 
+    def _lane(self, urgent: bool) -> contextlib.AbstractContextManager[None]:
+        """The trading bucket's urgent lane for protective stops, else no change."""
+        return self.trading_bucket.urgent() if urgent else contextlib.nullcontext()
+
     def submit_order(self, spec: OrderSpec) -> OrderSnapshot:
         """POST /v2/orders exactly once.
 
@@ -485,7 +490,8 @@ class AlpacaClient:
             self.on_submit(spec.client_order_id)
         self.submit_count += 1
         try:
-            order = self.trading.submit_order(request)
+            with self._lane(spec.type == "stop" and spec.side == "sell"):
+                order = self.trading.submit_order(request)
         except Exception as exc:
             outcome = classify_submit_error(exc)
             text = _describe(exc)
@@ -540,7 +546,10 @@ class AlpacaClient:
         if qty is not None:
             fields["qty"] = int(qty)
         try:
-            order = self.trading.replace_order_by_id(order_id, ReplaceOrderRequest(**fields))
+            # a stop's ratchet or resize (no limit price): protective, never queued
+            with self._lane(limit_price is None):
+                order = self.trading.replace_order_by_id(order_id,
+                                                         ReplaceOrderRequest(**fields))
         except Exception as exc:
             outcome = classify_submit_error(exc)
             if outcome is SubmitOutcome.REJECTED:

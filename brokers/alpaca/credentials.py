@@ -21,6 +21,7 @@ from pathlib import Path
 
 from common.errors import ConfigError
 from common.logs import REDACTOR, RedactSecrets
+from common.perms import warn_if_readable_by_others
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def from_file(path: Path, redactor: RedactSecrets = REDACTOR) -> Credentials:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"keys file {path} not found: check --keys-file")
+    warn_if_readable_by_others(path, "keys file")
     text = path.read_text(encoding="utf-8")
     values: dict[str, str] = {}
     try:

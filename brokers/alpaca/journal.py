@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from brokers.alpaca.parsing import status_rule
+from common.perms import private_file
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,10 @@ class JournalState(StrEnum):
     AMBIGUOUS = "ambiguous"  # the POST may or may not have created it: look it up
     REJECTED = "rejected"  # Alpaca definitely refused it
     LOST = "lost"  # never found at Alpaca after lookups and an age threshold
+
+
+class JournalCorruptError(Exception):
+    """The journal file is not a readable SQLite database (corrupt pages, not a database)."""
 
 
 class DuplicateIntentError(Exception):
@@ -163,9 +169,26 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        #: called with (cid of the quarantined row, the Alpaca id, cid now holding it) after a
+        #: row lost its Alpaca id to another order (the broker audits it)
+        self.on_quarantine: Callable[[str, str, str], None] | None = None
+        if not self.path.exists():  # private from the first byte: -wal/-shm inherit it
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._db = sqlite3.connect(str(self.path), isolation_level=None,
                                    check_same_thread=False, timeout=30.0)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise JournalCorruptError(f"{self.path}: {exc}") from None
+        for suffix in ("", "-wal", "-shm"):
+            private_file(Path(f"{self.path}{suffix}"))
+
+    def _open(self) -> None:
         self._db.row_factory = sqlite3.Row
+        check = self._db.execute("PRAGMA quick_check").fetchone()
+        if check is None or str(check[0]) != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else '?'}")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -250,6 +273,7 @@ class Journal:
         spec = {"client_order_id": cid, "symbol": symbol, "side": side, "type": type_,
                 "qty": str(qty), "adopted": True}
         with self._tx() as db:
+            quarantined = self._free_alpaca_id(db, alpaca_id, cid)
             db.execute(
                 "INSERT OR IGNORE INTO orders (cid, symbol, side, type, qty, purpose, spec, "
                 "state, alpaca_id, alpaca_status, filled_qty, filled_value, created_wall, "
@@ -259,16 +283,57 @@ class Journal:
                  str(filled_value), now, now))
             self._event(db, cid, "adopted", alpaca_id=alpaca_id, status=alpaca_status,
                         filled_qty=str(filled_qty))
+        self._report_quarantine(quarantined, alpaca_id, cid)
 
     def _set(self, cid: str, kind: str, **fields: Any) -> None:
         fields["updated_wall"] = time.time()
         cols = ", ".join(f"{k} = ?" for k in fields)
+        quarantined: list[str] = []
         with self._tx() as db:
+            if fields.get("alpaca_id"):
+                quarantined = self._free_alpaca_id(db, str(fields["alpaca_id"]), cid)
             cur = db.execute(f"UPDATE orders SET {cols} WHERE cid = ?",  # noqa: S608
                              (*fields.values(), cid))
             if cur.rowcount != 1:
                 raise KeyError(f"journal has no order {cid}")
             self._event(db, cid, kind, **fields)
+        self._report_quarantine(quarantined, str(fields.get("alpaca_id")), cid)
+
+    def _free_alpaca_id(self, db: sqlite3.Connection, alpaca_id: str, cid: str) -> list[str]:
+        """Quarantine any OTHER row that holds ``alpaca_id``: Alpaca says the id belongs to
+        ``cid`` (reconciliation goes by client order id), so the other row's link is stale
+        (a server that reused ids after a restart). Its Alpaca id is cleared and, if it was
+        still open, it becomes AMBIGUOUS so it is resolved by its own client order id. One bad
+        row never stops the bot (issue 11: a UNIQUE constraint crash-looped the startup)."""
+        rows = db.execute("SELECT cid, state, alpaca_status FROM orders "
+                          "WHERE alpaca_id = ? AND cid != ?", (alpaca_id, cid)).fetchall()
+        out = []
+        for row in rows:
+            old = _row(db.execute("SELECT * FROM orders WHERE cid = ?",
+                                  (row["cid"],)).fetchone())
+            new_state = JournalState.AMBIGUOUS.value if old.open else old.state.value
+            reason = f"quarantined: Alpaca id {alpaca_id} now belongs to {cid}"
+            db.execute("UPDATE orders SET alpaca_id = NULL, state = ?, reason = ?, "
+                       "updated_wall = ? WHERE cid = ?",
+                       (new_state, reason[:300], time.time(), old.cid))
+            self._event(db, old.cid, "quarantine", alpaca_id=alpaca_id, taken_by=cid,
+                        old_state=old.state.value, old_status=old.alpaca_status,
+                        new_state=new_state)
+            out.append(old.cid)
+        return out
+
+    def _report_quarantine(self, cids: list[str], alpaca_id: str, taken_by: str) -> None:
+        for old in cids:
+            logger.warning("JOURNAL CONFLICT: row %s held Alpaca id %s, which Alpaca reports "
+                           "for %s: the old row is quarantined (Alpaca id cleared, resolved "
+                           "by its client order id); trading and stops continue",
+                           old, alpaca_id, taken_by)
+            if self.on_quarantine is not None:
+                self.on_quarantine(old, alpaca_id, taken_by)
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        """Quarantine events (rows that lost their Alpaca id to another order)."""
+        return [e for e in self.events() if e["kind"] == "quarantine"]
 
     def mark_accepted(self, cid: str, alpaca_id: str, alpaca_status: str) -> None:
         """Alpaca has the order (POST answered, or found by lookup)."""

@@ -17,8 +17,11 @@ Implements no Alpaca API itself; it persists what the broker knows about Alpaca'
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,10 +29,12 @@ from typing import Any
 import backtrader as bt
 
 from analyzers.audit import Audit
+from brokers.alpaca.journal import Journal, JournalCorruptError
 from brokers.backtest import SimBroker
 from common.atomic import write_text_atomic
 from common.errors import UserError
 from common.logs import REDACTOR
+from common.perms import private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -38,22 +43,107 @@ LIVE = "live"
 DRY_RUN = "dry_run"
 
 
-def load_state(path: Path, mode: str) -> dict[str, Any] | None:
-    """The saved state for ``mode``, or None (missing, unreadable or another mode's file)."""
+def load_state(path: Path, mode: str, notes: list[str] | None = None) -> dict[str, Any] | None:
+    """The saved state for ``mode``, or None (missing, or another mode's file).
+
+    An unreadable (corrupt) file is never overwritten: it is moved aside with a timestamp,
+    loudly, and the run starts from the broker's state (``notes`` gets one line for the
+    audit trail)."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        logger.error("state file %s is unreadable (%s): starting from the broker's state",
-                     path, exc)
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        aside = move_aside(path, "corrupt")
+        msg = (f"state file {path} is unreadable ({str(exc)[:120]}): moved aside to "
+               f"{aside.name}; starting from the broker's positions and orders")
+        logger.error("%s", msg)
+        if notes is not None:
+            notes.append(msg)
         return None
     if state.get("mode") != mode:
         logger.warning("state file %s was written by a %s run: ignored by this %s run",
                        path, state.get("mode"), mode)
         return None
     return state
+
+
+def move_aside(path: Path, why: str) -> Path:
+    """Rename ``path`` to ``<name>.<why>-<UTC timestamp>`` (never overwriting anything);
+    SQLite's ``-wal``/``-shm`` companions go along. Returns the new path."""
+    path = Path(path)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    target = path.with_name(f"{path.name}.{why}-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.{why}-{stamp}-{n}")
+    path.rename(target)
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        if side.exists():
+            side.rename(Path(f"{target}{suffix}"))
+    return target
+
+
+def names_orders(state: dict[str, Any] | None) -> int:
+    """How many orders (resting stops, working and unresolved orders) a state file lists."""
+    if not state:
+        return 0
+    return (len(state.get("stops") or {}) + len(state.get("working_orders") or [])
+            + len(state.get("ambiguous") or []))
+
+
+class StateDirLockedError(UserError):
+    """Another process runs on this state directory."""
+
+
+class StateFileError(UserError):
+    """A state or journal file is broken, or missing while it is needed."""
+
+    exit_code = 3
+
+
+class StateDirLock:
+    """An exclusive ``flock`` on ``<state dir>/.lock`` for the life of a session.
+
+    A second ``paper`` on the same directory is refused at once with the first one's pid
+    (two processes writing one journal and one state file would corrupt both). The lock
+    goes with the process, also on SIGKILL: no stale lock to clean up."""
+
+    NAME = ".lock"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / self.NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> StateDirLock:
+        """Take the lock; raises ``StateDirLockedError`` naming the holder's pid."""
+        private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise StateDirLockedError(
+                f"{self.path.parent} is in use by another ratchet paper run (pid {holder}): "
+                "stop it first, or pass another --state-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give the lock up (idempotent)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)
 
 
 class StateOwnerError(UserError):
@@ -94,7 +184,7 @@ def check_owner(state_dir: Path, endpoint: str, account_id: str | None,
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write the state atomically (never containing a secret: redacted on the way out)."""
     text = json.dumps(state, indent=2, sort_keys=True, default=str) + "\n"
-    write_text_atomic(Path(path), REDACTOR.redact(text))
+    write_text_atomic(Path(path), REDACTOR.redact(text), mode=0o600)
 
 
 def last_bars(state: dict[str, Any] | None) -> dict[str, datetime]:
@@ -187,3 +277,44 @@ def make_dry_run_broker(cash: float, commission: float) -> DryRunBroker:
 def bt_order_status(order: bt.Order) -> str:
     """Lower-case Backtrader status name."""
     return order.getstatusname().lower()
+
+
+def open_journal(path: Path, saved: dict[str, Any] | None, rebuild: bool,
+                 notes: list[str]) -> Journal:
+    """Open the order journal, refusing to guess when it is broken.
+
+    * healthy: opened as it is;
+    * missing with no orders in the state file (a first run): created;
+    * missing or empty (0 bytes) while the state file lists orders, or corrupt: a one-line
+      ``StateFileError`` naming ``--rebuild-journal``. With that flag the bad file is moved
+      aside with a timestamp (never overwritten) and a new journal is rebuilt from Alpaca at
+      the startup reconciliation (open orders of ours are adopted); ``notes`` gets the line
+      for the audit trail;
+    * empty while the state lists no orders: moved aside and recreated, loudly.
+    """
+    path = Path(path)
+    listed = names_orders(saved)
+    problem = None
+    if not path.exists():
+        problem = None if listed == 0 else "missing"
+    elif path.stat().st_size == 0 and not Path(f"{path}-wal").exists():
+        problem = "empty (0 bytes)"
+    else:
+        try:
+            return Journal(path)
+        except JournalCorruptError as exc:
+            problem = f"corrupt ({str(exc).split(': ', 1)[-1][:100]})"
+    if problem is None:
+        return Journal(path)
+    if not rebuild and (problem.startswith("corrupt") or listed > 0):
+        raise StateFileError(
+            f"order journal {path} is {problem} while the state file lists {listed} "
+            f"order(s): not trading on a guess. Pass --rebuild-journal to move it aside and "
+            f"rebuild it from Alpaca's open orders")
+    aside = move_aside(path, "broken") if path.exists() else None
+    msg = (f"order journal {path} was {problem}"
+           f"{f', moved aside to {aside.name}' if aside else ''}: a new journal is rebuilt "
+           f"from Alpaca's positions and open orders")
+    logger.error("RECOVERY: %s", msg)
+    notes.append(msg)
+    return Journal(path)

@@ -96,6 +96,8 @@ class StoreStatus:
     last_bar: datetime | None = None
     steps: int = 0
     backfilled: int = 0
+    #: stream gaps detected (bars of a symbol skipped without a reconnect)
+    gaps: int = 0
     dropped: int = 0
     state: str = "starting"
     streams: list[Any] = field(default_factory=list)
@@ -182,6 +184,10 @@ class AlpacaStore:
         self._feeds: dict[str, Any] = {}
         self._steps: deque[Step] = deque()
         self._needs_backfill = False
+        #: per symbol, the newest 1-minute bar time seen on the stream (gap detection)
+        self._stream_prev: dict[str, datetime] = {}
+        #: bar times already completed from REST (each is asked for once)
+        self._completed_at: deque[datetime] = deque(maxlen=256)
         self._stop_requested = False
         self.finished = False
         self._delivered_since_save = False
@@ -358,8 +364,14 @@ class AlpacaStore:
                 f"{self.warmup_days:g} days before {end:%Y-%m-%d %H:%M} UTC: check the "
                 f"symbol{'s' if len(empty) > 1 else ''} (or give more --warmup-days)")
         last_delivered = last_delivered or {}
+        if self.recorder is not None:
+            self.recorder.clean_partials()
+        completed = 0
         for sym in self.symbols:
             bars = [b for b in history.get(sym, []) if b.ts <= end and self._keep(b)]
+            since = self.recorder.recorded_since(sym) if self.recorder is not None else None
+            if since is not None:  # bars a killed run never wrote, and those it missed
+                completed += self.recorder.complete(bars, since)  # type: ignore[union-attr]
             cut = seen = last_delivered.get(sym)
             if cut is not None and now - cut > self.max_backfill:
                 cut = None  # too old to act on: warm up only
@@ -380,6 +392,10 @@ class AlpacaStore:
                 self.assembler.add(bar, time.perf_counter(), source="backfill")
             logger.info("%s: %d warm-up bars%s", sym, len(warm),
                         f", {len(replay)} to replay" if replay else "")
+        if completed:
+            logger.warning("recorded bars completed from REST after the restart: %d bar(s)",
+                           completed)
+            self.recorder.flush()  # type: ignore[union-attr]
         self._steps.extend(self.assembler.release(upto=end))
         self.status.state = "delayed" if self._steps else "live"
         if self.max_steps == 1 and not self._steps:
@@ -447,14 +463,14 @@ class AlpacaStore:
         self.pump_events(0.0)
         self._maintain()
         if not self._steps:
-            self._steps.extend(self.assembler.release())
+            self._steps.extend(self._release())
         if not self._steps:
             self._housekeeping()
             if self.on_idle is not None:
                 self.on_idle()
             self.pump_events(self.poll_s)
             self._maintain()  # a reconnect seen just now must backfill before any release
-            self._steps.extend(self.assembler.release())
+            self._steps.extend(self._release())
             if self._stop_requested:
                 return  # stopped while idle: no new step; the next pass finishes the run
         if self._steps:
@@ -510,12 +526,65 @@ class AlpacaStore:
         self._saw_close(bar.ts, 60)  # the stream sends closed 1-minute bars
         if not self._keep(bar):
             return
+        self._check_gap(bar)
         bars = [bar] if self.aggregator is None else self.aggregator.add(bar)
         for b in bars:
             if not self.assembler.add(b, arrived):
                 self.status.dropped += 1
         if self.aggregator is not None and self.aggregator.backfill_due(bar.ts):
             self._needs_backfill = True  # the bucket cut by a reconnect is complete at REST
+
+    def _check_gap(self, bar: BarRecord) -> None:
+        """A stream bar that skips session minutes of its symbol (a short silence, shorter
+        than the watchdog, or dropped frames) triggers a REST backfill at once: without a
+        reconnect those bars would be lost for good (issue 11)."""
+        sym = bar.symbol
+        prev = self._stream_prev.get(sym) or self.assembler.last_ts.get(sym)
+        if prev is None or bar.ts <= prev:
+            self._stream_prev[sym] = max(bar.ts, prev) if prev else bar.ts
+            return
+        self._stream_prev[sym] = bar.ts
+        t, steps = prev + timedelta(minutes=1), 0
+        while t < bar.ts and steps < 1440:
+            if self.clock.in_session(t):
+                # info: a thin symbol may simply not have traded (REST then has nothing)
+                logger.info("%s: stream bar %s follows %s: asking REST for the bars between",
+                            sym, bar.ts.isoformat(), prev.isoformat())
+                self.status.gaps += 1
+                self._needs_backfill = True
+                if self.aggregator is not None:
+                    self.aggregator.reset()  # its bucket lost minutes: REST has it whole
+                return
+            t += timedelta(minutes=1)
+            steps += 1
+
+    def _release(self) -> list[Step]:
+        """``assembler.release()``, after asking REST for the bars of symbols a step would
+        otherwise close without (their stream bar was lost): one request per bar time."""
+        missing = self.assembler.incomplete_due()
+        todo = [(ts, syms) for ts, syms in missing if ts not in self._completed_at]
+        if todo:
+            for ts, _ in todo:
+                self._completed_at.append(ts)
+            start = min(ts for ts, _ in todo)
+            end = max(ts for ts, _ in todo) + timedelta(seconds=self.settings.bar_seconds - 1)
+            wanted = sorted({s for _, syms in todo for s in syms})
+            try:
+                history = self.client.get_bars(wanted, start, end, self.settings.bar_interval)
+            except (RetryableError, BrokerError) as exc:
+                logger.warning("could not complete step(s) from REST: %s", exc)
+                history = {}
+            added = 0
+            for bars in history.values():
+                for bar in bars:
+                    if self._keep(bar) and any(bar.ts == ts for ts, _ in todo) \
+                            and self.assembler.add(bar, time.perf_counter(), "backfill"):
+                        added += 1
+            if added:
+                logger.warning("completed %d bar(s) of %s from REST (missed on the stream)",
+                               added, ",".join(wanted))
+                self.status.backfilled += added
+        return self.assembler.release()
 
     def _on_connected(self, name: str, reconnect: bool) -> None:
         self._connected[name] = self._connected.get(name, 0) + 1
@@ -581,8 +650,8 @@ class AlpacaStore:
                 if self._keep(bar) and self.assembler.add(bar, time.perf_counter(), "backfill"):
                     added += 1
         self.status.backfilled += added
-        logger.warning("backfilled %d bars for %s .. %s", added, start.isoformat(),
-                       end.isoformat())
+        logger.log(logging.WARNING if added else logging.INFO, "backfilled %d bars for %s .. %s",
+                   added, start.isoformat(), end.isoformat())
         self._steps.extend(self.assembler.release(upto=end))
 
     def _deliver(self, step: Step) -> None:

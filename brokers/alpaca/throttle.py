@@ -14,7 +14,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
@@ -68,25 +68,49 @@ class TokenBucket:
         self._lock = threading.Lock()
         self.name = name
         self.waited = 0.0
+        #: tokens ordinary requests leave for urgent ones (protective stops); 0: urgent
+        #: requests borrow (the balance goes negative and ordinary ones wait it back)
+        self.reserve = 0.0
+        self._urgent = threading.local()
+        self.urgent_sent = 0
 
     def _refill(self, now: float) -> None:
         self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
         self._last = now
 
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
+        """Requests made inside (on this thread) never wait: placing or repairing the stop of
+        an open position must not queue behind entries, nor sit out a 429 window (issue 11).
+        They still spend a token (the balance may go negative: ordinary requests then wait
+        it back), so the lane's average rate is kept."""
+        before = getattr(self._urgent, "on", False)
+        self._urgent.on = True
+        try:
+            yield
+        finally:
+            self._urgent.on = before
+
     def acquire(self) -> float:
         """Take one token, sleeping as needed; returns the seconds waited."""
+        if getattr(self._urgent, "on", False):
+            with self._lock:
+                self._refill(self._clock())
+                self.tokens -= 1.0
+                self.urgent_sent += 1
+            return 0.0
         waited = 0.0
         while True:
             with self._lock:
                 now = self._clock()
                 self._refill(now)
                 wait = max(0.0, self._blocked_until - now)
-                if wait <= 0 and self.tokens >= 1.0:
+                if wait <= 0 and self.tokens >= 1.0 + self.reserve:
                     self.tokens -= 1.0
                     self.waited += waited
                     return waited
                 if wait <= 0:
-                    wait = (1.0 - self.tokens) / self.rate
+                    wait = (1.0 + self.reserve - self.tokens) / self.rate
             if waited == 0.0:
                 logger.info("%s rate limit: waiting %.2fs", self.name, wait)
             self._sleep(wait)

@@ -58,6 +58,8 @@ class StreamFault:
 
     drop_after: int | None = None
     silent_until: float = 0.0
+    #: data frames still to swallow while staying connected (frames lost in a short silence)
+    skip_frames: int = 0
 
 
 class Faults:
@@ -162,6 +164,23 @@ class Faults:
         f.silent_until = float("inf") if seconds is None else time.monotonic() + seconds
         self._changed()
 
+    def skip_frames(self, stream: str, frames: int = 1) -> None:
+        """Swallow the next ``frames`` data frames of ``stream`` while staying connected (a
+        short silence in a stepped replay: those bars are simply never sent)."""
+        if frames < 0:
+            raise ValueError("frames must be >= 0")
+        self._stream(stream).skip_frames = int(frames)
+        self._changed()
+
+    def take_skip(self, stream: str) -> bool:
+        """Is this data frame to be swallowed (consumes one)?"""
+        with self._lock:
+            f = self._streams[stream]
+            if f.skip_frames <= 0:
+                return False
+            f.skip_frames -= 1
+            return True
+
     def stream_silent(self, stream: str) -> bool:
         """Is ``stream`` muted now?"""
         return time.monotonic() < self._streams[stream].silent_until
@@ -205,7 +224,7 @@ class Faults:
         name = spec.pop("fault", None)
         allowed = {"http_error", "rate_limit", "server_error", "lose_response",
                    "insufficient_buying_power", "duplicate_client_order_id", "reject_orders",
-                   "partial_fills", "drop_stream", "silence_stream", "clear"}
+                   "partial_fills", "drop_stream", "silence_stream", "skip_frames", "clear"}
         if name not in allowed:
             raise ValueError(f"unknown fault {name!r}; one of {', '.join(sorted(allowed))}")
         getattr(self, name)(**spec)
@@ -217,7 +236,8 @@ class Faults:
                 "http": [vars(f).copy() for f in self._http],
                 "orders": list(self._orders),
                 "streams": {k: {"drop_after": v.drop_after,
-                                "silent": time.monotonic() < v.silent_until}
+                                "silent": time.monotonic() < v.silent_until,
+                                "skip_frames": v.skip_frames}
                             for k, v in self._streams.items()},
                 "participation": self._participation,
             }

@@ -34,6 +34,7 @@ sell orders (no shorting). All state changes happen under ``Market.lock``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -42,6 +43,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +64,8 @@ from brokers.alpaca_sim.serialization import num, order_json
 logger = logging.getLogger(__name__)
 
 _NS = 1_000_000_000
+#: version of ``Market.snapshot``'s layout
+STATE_SCHEMA = 1
 _DAY_NS = 86_400 * _NS
 
 
@@ -71,8 +75,13 @@ class MarketOptions:
 
     #: Cap on each order's fill per bar as a fraction of the bar's volume (None: no cap).
     volume_participation: float | None = None
-    #: An order submitted up to this many replayed seconds after a bar started may still
-    #: trade at that bar's open (0 = strict; must be below the bar interval).
+    #: An order that arrives while bar k is running may trade on bar k (its open if the bar
+    #: already opened and the order is marketable there, else intrabar at its close), as the
+    #: backtest assumes for an order sent at bar k-1's close. False: strictly from the first
+    #: bar that starts at or after the submission (plus ``fill_grace_seconds``).
+    fill_current_bar: bool = True
+    #: With ``fill_current_bar=False``: an order submitted up to this many replayed seconds
+    #: after a bar started may still trade at that bar's open (must be below the interval).
     fill_grace_seconds: float = 0.0
     #: Refuse stops on the wrong side of the last trade, as Alpaca does (422).
     check_stop_price: bool = True
@@ -80,8 +89,9 @@ class MarketOptions:
     penny_increments: bool = True
     #: Half of this (in basis points) is put on either side of the last trade in quotes.
     spread_bps: float = 0.0
-    #: Seed of the order-id generator (ids are reproducible run to run).
-    seed: int = 0
+    #: Seed of the order-id generator: None (default) = random UUIDs, never reused (also
+    #: not after a restart, as Alpaca); an int makes ids reproducible run to run.
+    seed: int | None = None
     #: Calendar days until a gtc order expires.
     gtc_days: int = 90
 
@@ -128,7 +138,9 @@ class Market:
         self._by_cid: dict[str, SimOrder] = {}
         self._working: dict[str, list[SimOrder]] = {}
         self._pending: list[tuple[SimOrder, int]] = []
-        self._rng = random.Random(self.options.seed)
+        self._rng = random.Random(self.options.seed) if self.options.seed is not None else None
+        #: bumped on every change to orders, positions or cash (persistence watches it)
+        self.version = 0
         #: The last 10,000 trade events (newest last), for assertions; read under ``lock``.
         self.event_log: deque[TradeEvent] = deque(maxlen=10_000)
 
@@ -404,9 +416,50 @@ class Market:
             bp = max(0.0, self.cash - reserved)
             return AccountState(self.cash, lmv, self.cash + lmv, bp, self.last_equity)
 
+    # -- persistence (``alpaca-sim --state FILE``) --------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Account, orders and positions as plain JSON (``restore`` reads it back)."""
+        with self.lock:
+            return {
+                "schema": STATE_SCHEMA, "now": self._now, "processed_until": self.processed_until,
+                "created_at": self.created_at, "cash": self.cash,
+                "last_equity": self.last_equity, "close_equity": self._close_equity,
+                "positions": [dataclasses.asdict(p) for p in self.positions.values()],
+                "orders": [dataclasses.asdict(o) for o in self.orders.values()],
+            }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Load a ``snapshot`` (the replay clock must already be at or after its ``now``).
+
+        Raises ValueError when ``snap`` is not a state this version wrote."""
+        if not isinstance(snap, dict) or snap.get("schema") != STATE_SCHEMA:
+            raise ValueError(f"not an alpaca-sim state (schema {STATE_SCHEMA})")
+        with self.lock:
+            try:
+                self.cash = float(snap["cash"])
+                self.last_equity = float(snap["last_equity"])
+                self._close_equity = float(snap["close_equity"])
+                self.created_at = int(snap["created_at"])
+                self.processed_until = self._now = int(snap["processed_until"])
+                self.positions = {p["symbol"]: SimPosition(**p) for p in snap["positions"]}
+                self.orders, self._by_cid, self._working = {}, {}, {}
+                for raw in snap["orders"]:
+                    fills = [Fill(**f) for f in raw.pop("fills", [])]
+                    o = SimOrder(**raw, fills=fills)
+                    self.orders[o.id] = o
+                    self._by_cid[o.client_order_id] = o
+                    if o.is_open:
+                        self._working.setdefault(o.symbol, []).append(o)
+            except (KeyError, TypeError) as exc:
+                raise ValueError(f"alpaca-sim state is incomplete ({exc})") from None
+            self.version += 1
+
     # -- internals: validation --------------------------------------------------------------
 
     def _uuid(self) -> str:
+        if self._rng is None:
+            return str(uuid.uuid4())
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
     def _check_cid(self, cid: str) -> None:
@@ -555,12 +608,18 @@ class Market:
             limit_price=r.limit_price, stop_price=r.stop_price, trail_price=r.trail_price,
             trail_percent=r.trail_percent, extended_hours=r.extended_hours, status="new",
             created_at=now, updated_at=now, submitted_at=now,
-            eligible_from=now - int(self.options.fill_grace_seconds * _NS),
+            eligible_from=self._eligible_from(now),
             expires_at=expires, position_intent=intent,
         )
         if o.type == "trailing_stop":
             o.hwm = self.price(o.symbol)
         return o
+
+    def _eligible_from(self, now: int) -> int:
+        if self.options.fill_current_bar:
+            # the bar running at ``now`` (started after now - interval) is the first one
+            return now - self.book.step_ns + 1
+        return now - int(self.options.fill_grace_seconds * _NS)
 
     def _accept(self, o: SimOrder) -> None:
         self.orders[o.id] = o
@@ -623,6 +682,7 @@ class Market:
             position_qty=position_qty,
         )
         self.event_log.append(e)
+        self.version += 1
         if self.on_trade_event is not None:
             self.on_trade_event(e)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pandas as pd
 from aiohttp import web
 
 from brokers.alpaca_sim import errors
@@ -44,6 +45,8 @@ def routes() -> list[web.RouteDef]:
         web.get("/v2/stocks/quotes/latest", latest_quotes),
         web.get("/v2/stocks/trades/latest", latest_trades),
         web.get("/v2/stocks/snapshots", snapshots),
+        web.get("/v2/stocks/quotes", get_quotes),
+        web.get("/v2/stocks/trades", get_trades),
         web.get("/v2/stocks/{symbol}/bars", get_symbol_bars),
         web.get("/v2/stocks/{symbol}/bars/latest", latest_bar_one),
         web.get("/v2/stocks/{symbol}/quotes/latest", latest_quote_one),
@@ -70,11 +73,43 @@ async def get_symbol_bars(request: web.Request) -> web.Response:
                "currency": "USD"})
 
 
-def _bars_page(request: web.Request, symbols: list[str]) -> tuple[dict[str, Any], str | None]:
+async def get_trades(request: web.Request) -> web.Response:
+    """``GET /v2/stocks/trades``: one synthetic trade per replayed bar (at its start, at its
+    open, the bar's volume), paged like bars."""
+    bars, token = _bars_page(request, _symbols(request), replay_step=True)
+    trades = {sym: [_bar_trade(b) for b in lst] for sym, lst in bars.items()}
+    return ok({"trades": trades, "next_page_token": token, "currency": "USD"})
+
+
+async def get_quotes(request: web.Request) -> web.Response:
+    """``GET /v2/stocks/quotes``: one synthetic quote per replayed bar (around its open)."""
+    sim = state(request)
+    bars, token = _bars_page(request, _symbols(request), replay_step=True)
+    bps = sim.market.options.spread_bps
+    quotes = {sym: [_bar_quote(b, bps) for b in lst] for sym, lst in bars.items()}
+    return ok({"quotes": quotes, "next_page_token": token, "currency": "USD"})
+
+
+def _bar_trade(b: dict[str, Any]) -> dict[str, Any]:
+    t_ms = int(pd.Timestamp(b["t"]).value // 1_000_000)
+    return {"t": b["t"], "x": "V", "p": b["o"], "s": int(b["v"]), "c": ["@"], "i": t_ms,
+            "z": "A"}
+
+
+def _bar_quote(b: dict[str, Any], spread_bps: float) -> dict[str, Any]:
+    half = b["o"] * spread_bps / 2 / 10_000
+    return {"t": b["t"], "bx": "V", "bp": round(b["o"] - half, 4), "bs": 1, "ax": "V",
+            "ap": round(b["o"] + half, 4), "as": 1, "c": ["R"], "z": "A"}
+
+
+def _bars_page(request: web.Request, symbols: list[str],
+               replay_step: bool = False) -> tuple[dict[str, Any], str | None]:
     sim = state(request)
     book = sim.book
     q = request.query
-    tf = parse_timeframe(q.get("timeframe", ""))
+    step_min = book.step_ns // 60_000_000_000
+    tf = parse_timeframe((f"{step_min // 60}Hour" if step_min % 60 == 0 else f"{step_min}Min")
+                         if replay_step else q.get("timeframe", ""))
     if tf is None:
         raise errors.unprocessable("invalid timeframe")
     if tf.unit in ("Min", "Hour") and tf.intraday_ns % book.step_ns:

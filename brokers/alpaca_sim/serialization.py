@@ -85,6 +85,7 @@ def order_json(o: SimOrder) -> dict[str, Any]:
         "status": o.status,
         "extended_hours": o.extended_hours,
         "legs": None,
+        "ratio_qty": None,
         "trail_percent": num(o.trail_percent),
         "trail_price": num(o.trail_price),
         "hwm": num(o.hwm),
@@ -113,6 +114,19 @@ def position_json(p: SimPosition, price: float, lastday: float,
     mv = p.qty * price
     pl = mv - p.cost_basis
     day_base = p.qty * lastday
+    # a USD account: the LCT fields carry the identity rate and the same values in USD
+    usd = {
+        "avg_entry_price": num(p.avg_entry_price),
+        "change_today": num((price - lastday) / lastday if lastday else 0.0),
+        "cost_basis": num(p.cost_basis),
+        "current_price": num(price),
+        "lastday_price": num(lastday),
+        "market_value": num(mv),
+        "unrealized_intraday_pl": num(mv - day_base),
+        "unrealized_intraday_plpc": num((mv - day_base) / day_base if day_base else 0.0),
+        "unrealized_pl": num(pl),
+        "unrealized_plpc": num(pl / p.cost_basis if p.cost_basis else 0.0),
+    }
     return {
         "asset_id": asset_id(p.symbol),
         "symbol": p.symbol,
@@ -132,6 +146,10 @@ def position_json(p: SimPosition, price: float, lastday: float,
         "current_price": num(price),
         "lastday_price": num(lastday),
         "change_today": num((price - lastday) / lastday if lastday else 0.0),
+        "swap_rate": "1",
+        "avg_entry_swap_rate": "1",
+        "prev_swap_rate": "1",
+        "usd": usd,
     }
 
 
@@ -147,8 +165,12 @@ def asset_json(symbol: str) -> dict[str, Any]:
         "tradable": True,
         "marginable": False,
         "maintenance_margin_requirement": 100,
+        "margin_requirement_long": "100",
+        "margin_requirement_short": "100",
         "shortable": False,
         "easy_to_borrow": False,
+        "borrow_status": "hard_to_borrow",
+        "cusip": None,  # fictional symbols have none
         "fractionable": True,
         "attributes": [],
         "min_order_size": "0.0001",
@@ -248,4 +270,11 @@ def account_json(acct: Any, account_uuid: str, created_at: int, now: int) -> dic
         "options_trading_level": 0,
         "created_at": ts(created_at),
         "balance_asof": ns_to_ny(now).date().isoformat(),
+        "crypto_status": "ACTIVE",
+        "crypto_tier": 0,
+        "intraday_adjustments": "0",
+        "pending_reg_taf_fees": "0",
+        "bod_dtbp": "0",
+        "admin_configurations": {},
+        "user_configurations": None,
     }

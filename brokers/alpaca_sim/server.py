@@ -17,11 +17,13 @@ import base64
 import binascii
 import contextlib
 import hmac
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,7 @@ from brokers.alpaca_sim.httputil import (
 from brokers.alpaca_sim.market import Market, MarketOptions
 from brokers.alpaca_sim.serialization import ts
 from brokers.alpaca_sim.streams import DATA_PATHS, TRADING_PATH, StreamHub
+from common.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,14 @@ class ServerOptions:
     #: Most bars one ``/v2/stocks/bars`` page holds, whatever ``limit`` asks (Alpaca: 10000;
     #: smaller values make clients follow ``next_page_token``).
     max_page_size: int = 10_000
+    #: Keep account, orders, positions and the replay time in this JSON file (atomic writes
+    #: after every change), and resume from it at start: a restarted server remembers, as
+    #: Alpaca does. None: nothing is kept.
+    state_path: Path | None = None
+
+
+class SimStateError(ValueError):
+    """The ``--state`` file cannot be read back (it is left where it is)."""
 
 
 class SimApp:
@@ -79,8 +90,20 @@ class SimApp:
                  options: ServerOptions | None = None) -> None:
         self.book = book
         self.options = options or ServerOptions()
+        saved = _read_state(self.options.state_path)
+        if saved is not None:
+            start_ns = int(saved["processed_until"])
         self.clock = ReplayClock(start_ns, speed)
         self.market = Market(book, self.clock.now_ns, cash, market_options, start_ns)
+        if saved is not None:
+            try:
+                self.market.restore(saved)
+            except ValueError as exc:
+                raise SimStateError(f"{self.options.state_path}: {exc}") from None
+            logger.info("alpaca-sim state restored from %s: %d orders, %d positions, replay "
+                        "time %s", self.options.state_path, len(self.market.orders),
+                        len(self.market.positions), ns_to_utc(start_ns).isoformat())
+        self._saved = (-1, -1)  # (market version, processed_until) last written
         self.faults = Faults()
         self.hub = StreamHub(book, self.key, self.options.secret, self.faults,
                              self.options.max_stream_connections)
@@ -154,6 +177,7 @@ class SimApp:
         been published and every fill it caused applied and reported."""
         self.clock.set(max(t_ns, self.clock.now_ns()))
         self.market.sync()
+        self.persist()
         if self._wake is not None:
             self._wake.set()  # the running clock jumped: recompute the next wake-up
         await self.hub.drain()
@@ -169,6 +193,7 @@ class SimApp:
         book, clock = self.book, self.clock
         while True:
             self.market.sync()
+            self.persist()
             now = clock.now_ns()
             nxt = book.next_event_after(now)
             if self.options.skip_closed:
@@ -182,6 +207,23 @@ class SimApp:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
+
+    def persist(self) -> None:
+        """Write the ``state_path`` file if anything changed since the last write."""
+        path = self.options.state_path
+        if path is None:
+            return
+        m = self.market
+        key = (m.version, m.processed_until)
+        if key == self._saved:
+            return
+        snap = m.snapshot()
+        write_text_atomic(path, json.dumps(snap, separators=(",", ":")), mode=0o600)
+        self._saved = key
+
+    def _settle_and_persist(self) -> None:
+        self.market.settle()
+        self.persist()
 
     def _skip_target(self, now: int) -> int | None:
         cal = self.book.calendar
@@ -232,7 +274,7 @@ class SimApp:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
+        if _is_websocket(request):
             return await handler(request)  # streams authenticate in-band
         limit_headers, over_limit = self._count_request()
         try:
@@ -248,6 +290,7 @@ class SimApp:
                     raise error_for_status(429)
             self.market.sync()
             resp = await handler(request)
+            self.persist()  # before the answer: an order acknowledged is an order kept
             if not control:
                 lost = self.faults.take_http(request.method, request.path, after_handler=True)
                 if lost is not None:
@@ -274,7 +317,7 @@ class SimApp:
 
     def _after_request(self) -> None:
         if self.market.has_pending:
-            self.schedule(self.market.settle)
+            self.schedule(self._settle_and_persist)
 
     def _authenticate(self, request: web.Request) -> None:
         key = request.headers.get("APCA-API-KEY-ID")
@@ -301,6 +344,18 @@ class SimApp:
         return {"X-RateLimit-Limit": str(limit),
                 "X-RateLimit-Remaining": str(max(0, limit - count)),
                 "X-RateLimit-Reset": str((minute + 1) * 60)}, count > limit
+
+
+_WS_PATHS = frozenset((*DATA_PATHS, TRADING_PATH))
+
+
+def _is_websocket(request: web.Request) -> bool:
+    """A WebSocket handshake on a stream path. Only these skip the REST authentication (the
+    streams authenticate in-band): an ``Upgrade`` header on any other request changes
+    nothing (issue 11: it used to bypass auth, faults and rate counting on every route)."""
+    return (request.method == "GET" and request.path in _WS_PATHS
+            and request.headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in request.headers.get("Connection", "").lower())
 
 
 # -- control endpoints -------------------------------------------------------------------------
@@ -366,6 +421,19 @@ async def _updated_bar(request: web.Request) -> web.Response:
     return ok({"symbol": symbol, "bar": bar})
 
 
+def _read_state(path: Path | None) -> dict[str, Any] | None:
+    """The saved ``--state`` (None when there is none yet). Raises ``SimStateError``."""
+    if path is None or not path.exists():
+        return None
+    try:
+        snap = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SimStateError(f"{path} is not a readable alpaca-sim state ({exc})") from None
+    if not isinstance(snap, dict) or "processed_until" not in snap:
+        raise SimStateError(f"{path} is not an alpaca-sim state file")
+    return snap
+
+
 def parse_start(value: datetime | str | None, book: BarBook) -> int:
     """``start`` (aware/naive-UTC datetime, RFC-3339 string, or None) -> UTC ns.
 
@@ -382,4 +450,4 @@ def parse_start(value: datetime | str | None, book: BarBook) -> int:
     return book.default_start() if t is None else t
 
 
-__all__ = ["ServerOptions", "SimApp", "parse_start"]
+__all__ = ["ServerOptions", "SimApp", "SimStateError", "parse_start"]

@@ -318,7 +318,8 @@ class StreamHub:
                     return
                 if conn.dropped or ws.closed:
                     continue
-                if n and self.faults.stream_silent(conn.kind):
+                if n and (self.faults.stream_silent(conn.kind)
+                          or self.faults.take_skip(conn.kind)):
                     continue
                 if isinstance(payload, bytes):
                     await ws.send_bytes(payload)

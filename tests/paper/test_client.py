@@ -18,7 +18,7 @@ from brokers.alpaca.credentials import Credentials
 from brokers.alpaca.journal import Journal, JournalState
 from brokers.alpaca.orders import OrderGateway, Outcome
 from brokers.alpaca_sim.testing import SimServer
-from common.errors import UnknownStateError
+from common.errors import AmbiguousOrderError, UnknownStateError
 
 CID = "ratchet-ACME-20251003T133000-entry"
 
@@ -177,3 +177,36 @@ def test_bars_history_pages(sim: SimServer, creds: Credentials) -> None:
     assert len(bars["ACME"]) == 780 and len(bars["BOLT"]) == 780  # two sessions
     ts = [b.ts for b in bars["ACME"]]
     assert ts == sorted(set(ts))
+
+
+class _WouldWait(Exception):
+    pass
+
+
+def test_protective_stop_never_waits_behind_the_rate_budget(sim: SimServer,
+                                                            creds: Credentials) -> None:
+    """Regression (issue 11.7): one 429 paused every request, protective stops included, for
+    up to 60 s. Placing or ratcheting a stop goes out at once; entries still wait."""
+    client = AlpacaClient(creds, base_url=sim.base_url, timeout=(2.0, 3.0),
+                          backoff_base=0.01, rate_limit_max_wait=20.0)
+    client.submit_order(_market(qty=5))
+    sim.advance(minutes=1)
+    bucket = client.trading_bucket
+    bucket.update({"X-RateLimit-Remaining": "0",
+                   "X-RateLimit-Reset": str(time.time() + 50)}, 429)  # a 429 just came back
+    stop = OrderSpec("ratchet-ACME-20251003T133100-stop", "ACME", OrderSide.SELL,
+                     OrderType.STOP, Decimal(5), TimeInForce.GTC, stop_price=Decimal("1.00"))
+    t0 = time.monotonic()
+    placed = client.submit_order(stop)
+    raised = client.replace_order(placed.id, "ratchet-ACME-20251003T133200-stop",
+                                  stop_price=Decimal("1.50"))
+    assert time.monotonic() - t0 < 2.0
+    assert raised.stop_price == Decimal("1.50") and bucket.urgent_sent == 2
+
+    def refuse_to_sleep(seconds: float) -> None:
+        raise _WouldWait(seconds)
+
+    bucket._sleep = refuse_to_sleep
+    with pytest.raises(AmbiguousOrderError, match="_WouldWait"):  # entries still wait
+        client.submit_order(_market("ratchet-BOLT-20251003T133100-entry"))
+    assert _orders_at_sim(sim, "ratchet-BOLT-20251003T133100-entry") == 0

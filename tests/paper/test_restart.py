@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,22 @@ def _bot(sim: SimServer, root: Path) -> subprocess.Popen[str]:
                             text=True)
 
 
+def _lives(output: Path) -> int:
+    """Bot lives that finished their startup (the banner line after reconciliation)."""
+    return output.read_text(errors="replace").count("LIVE (paper account)") \
+        if output.exists() else 0
+
+
+def _last_bar_saved(state: Path) -> datetime:
+    """The newest bar time the state file says the Strategy processed."""
+    try:
+        bars = json.loads(state.read_text()).get("last_bar") or {}
+    except (OSError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
+    return max((datetime.fromisoformat(t) for t in bars.values()),
+               default=datetime.min.replace(tzinfo=UTC))
+
+
 def test_sigkill_at_random_points_sends_no_order_twice(sim: SimServer, tmp_path: Path) -> None:
     rng = random.Random(20251003)
     minutes, done = 110, threading.Event()
@@ -48,21 +65,29 @@ def test_sigkill_at_random_points_sends_no_order_twice(sim: SimServer, tmp_path:
         done.set()
 
     state = tmp_path / "state" / "portfolio_state.json"
+    output = tmp_path / "bot-output.txt"
     bot = _bot(sim, tmp_path)
-    assert wait_until(state.exists, timeout=60), (tmp_path / "bot-output.txt").read_text()
+    # a loaded machine may need long for the imports: wait on conditions, not fixed sleeps
+    assert wait_until(state.exists, timeout=180), output.read_text()
     ticker = threading.Thread(target=clock, daemon=True)
     ticker.start()
     kills = 0
+    lives = _lives(output)
     while not done.is_set() and kills < 4:
         time.sleep(rng.uniform(0.8, 3.0))
         bot.send_signal(signal.SIGKILL)
         bot.wait(timeout=10)
         kills += 1
+        lives = _lives(output)
         bot = _bot(sim, tmp_path)
-    done.wait(timeout=120)
-    time.sleep(2.0)  # let the last bars through
+    assert done.wait(timeout=300)
+    # the last bot must be past its startup (signal handlers in place, reconciled) before the
+    # SIGTERM, and have seen the last bar: a SIGTERM during the imports is a plain kill
+    assert wait_until(lambda: _lives(output) > lives, timeout=180), output.read_text()[-3000:]
+    last_bar = sim.now() - timedelta(minutes=1)
+    assert wait_until(lambda: _last_bar_saved(state) >= last_bar, timeout=120)
     bot.send_signal(signal.SIGTERM)
-    assert bot.wait(timeout=60) == 0, (tmp_path / "bot-output.txt").read_text()[-3000:]
+    assert bot.wait(timeout=180) == 0, output.read_text()[-3000:]
     assert kills >= 3
 
     assert sim.posts.duplicates() == {}  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -393,3 +394,32 @@ def test_market_clock_sessions() -> None:
     assert clock.session(datetime(2025, 10, 4, 0, 30, tzinfo=UTC)) == "closed"  # 20:30 NY
     assert clock.session(datetime(2025, 10, 4, 14, 0, tzinfo=UTC)) == "closed"  # Saturday
     assert clock.market_open(at(19, 58)) and not clock.market_open(at(19, 59))
+
+
+def test_step_missing_a_symbol_is_completed_from_rest_before_release() -> None:
+    """Regression (issue 11.2): a step released without a symbol's bar (its stream frame was
+    lost) lost that bar for good. The store asks REST for the missing bar first, once."""
+    from types import SimpleNamespace
+
+    from brokers.alpaca.store import AlpacaStore, StoreStatus
+
+    now = [0.0]
+    asm = StepAssembler(["A", "B"], grace=2.0, clock=lambda: now[0])
+    asked: list[tuple[list[str], datetime, datetime]] = []
+
+    def get_bars(symbols: list[str], start: datetime, end: datetime,
+                 interval: str) -> dict[str, list[BarRecord]]:
+        asked.append((symbols, start, end))
+        return {"B": [_bar("B", 0)]}
+
+    fake = SimpleNamespace(assembler=asm, _completed_at=deque(maxlen=8),
+                           settings=SimpleNamespace(bar_seconds=60, bar_interval="1Min"),
+                           client=SimpleNamespace(get_bars=get_bars), _keep=lambda b: True,
+                           status=StoreStatus())
+    asm.add(_bar("A", 0))
+    assert AlpacaStore._release(fake) == [] and asked == []  # within the grace: wait
+    asm.add(_bar("A", 1))  # a later bar time arrived: step 0 would go without B
+    steps = AlpacaStore._release(fake)  # type: ignore[arg-type]
+    assert [sorted(s.bars) for s in steps][0] == ["A", "B"]
+    assert asked == [(["B"], _bar("B", 0).ts, _bar("B", 0).ts + timedelta(seconds=59))]
+    assert fake.status.backfilled == 1

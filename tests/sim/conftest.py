@@ -128,6 +128,9 @@ class Desk:
 
     def __init__(self, book: BarBook, start: int, cash: float = 100_000.0,
                  **options: Any) -> None:
+        # the matching-engine tests pin BackBroker's "first bar after the submission" rule;
+        # the server's default (an order may fill on the bar it arrived in) has its own tests
+        options.setdefault("fill_current_bar", False)
         self.clock = ReplayClock(start)
         self.market = Market(book, self.clock.now_ns, cash, MarketOptions(**options), start)
         self.events: list[Any] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from brokers.alpaca_sim.errors import ApiError
+from brokers.alpaca_sim.market import MarketOptions
 from brokers.alpaca_sim.models import OrderRequest, ReplaceRequest
 from tests.sim.conftest import Desk, make_book, ny
 
@@ -342,3 +343,24 @@ def test_unsupported_or_invalid_combinations_are_422(book, kw: dict[str, object]
     with pytest.raises(ApiError) as exc:
         d.market.submit(OrderRequest(**{**base, **kw}))  # type: ignore[arg-type]
     assert exc.value.status == 422
+
+
+def test_order_arriving_during_a_bar_may_fill_against_it_by_default(book) -> None:
+    """Regression (issue 11.9): at --speed 60 an order sent right after bar k-1 closed
+    arrives during bar k and could only fill from bar k+1, so every limit entry timed out
+    into a market fallback (40% parity). By default it is eligible for bar k, as the
+    backtest assumes: a market order takes bar k's open, a limit trades when bar k reaches
+    it."""
+    d = Desk(book, ny(DAY, "09:31") + 700 * 10**6, fill_current_bar=True)  # 0.7 s into 09:31
+    m = d.market.submit(order())
+    lim = d.market.submit(order(typ="limit", limit_price=100.4))
+    d.market.settle()
+    assert (m.status, m.filled_avg_price) == ("filled", 100.30)  # bar 09:31's open
+    assert (lim.status, lim.filled_avg_price) == ("filled", 100.30)
+    strict = Desk(book, ny(DAY, "09:31") + 700 * 10**6, fill_current_bar=False)
+    late = strict.market.submit(order())
+    strict.market.settle()
+    assert late.status == "new"
+    strict.at(ny(DAY, "09:33"))
+    assert late.filled_avg_price == 100.90  # the open of 09:32, the next bar
+    assert MarketOptions().fill_current_bar is True

@@ -255,3 +255,21 @@ def test_requests_without_the_right_keys_are_refused(sim: SimServer) -> None:
     r = requests.get(f"{sim.base_url}/v2/clock", headers={"APCA-API-KEY-ID": sim.key,
                                                           "APCA-API-SECRET-KEY": sim.secret})
     assert set(r.headers) >= {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"}
+
+
+def test_upgrade_header_does_not_bypass_auth(sim: SimServer) -> None:
+    """Regression (issue 11.1): any REST request with ``Upgrade: websocket`` skipped
+    authentication, fault injection and rate counting; orders could be sent without keys."""
+    sneaky = {"Upgrade": "websocket", "Connection": "Upgrade"}
+    r = requests.post(f"{sim.base_url}/v2/orders", headers=sneaky,
+                      json={"symbol": "ACME", "qty": 1, "side": "buy", "type": "market",
+                            "time_in_force": "day"})
+    assert (r.status_code, r.json()) == (403, {"message": "forbidden."})
+    for method, path in (("GET", "/v2/account"), ("DELETE", "/v2/positions"),
+                         ("POST", "/_sim/faults"), ("GET", "/_sim/status")):
+        r = requests.request(method, f"{sim.base_url}{path}", headers=sneaky, json={})
+        assert r.status_code == 403, (method, path)
+    r = requests.get(f"{sim.base_url}/v2/account",
+                     headers={**sneaky, "APCA-API-KEY-ID": sim.key, "APCA-API-SECRET-KEY": "x"})
+    assert r.status_code == 401
+    assert sim.market.list_orders(status="all", limit=500) == []
