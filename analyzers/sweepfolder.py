@@ -17,18 +17,21 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from analyzers.runfolder import Run, load_run
 from common.errors import DataError
+
+if TYPE_CHECKING:  # pandas loads on use: `from analyzers import load_run` stays light
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
 
 def read_cells(folder: Path) -> pd.DataFrame:
     """Every finished row in ``folder/cells`` (one file per key: no duplicates by design)."""
+    import pandas as pd
+
     parts = sorted((Path(folder) / "cells").glob("*.parquet"))
     frames = []
     for part in parts:
@@ -83,6 +86,8 @@ def is_sweep_folder(path: str | Path) -> bool:
 
 def load_sweep(path: str | Path) -> Sweep:
     """Load a sweep folder (finished or interrupted) in one call."""
+    import pandas as pd
+
     path = Path(path)
     if not is_sweep_folder(path):
         raise DataError(f"{path} is not a sweep folder (no config.json with kind=sweep): sweeps "
