@@ -829,7 +829,9 @@ class RatchetStrategy(bt.Strategy):
             book.fallback = order
         elif purpose == Purpose.EXIT:
             book.exit = order
-            book.exit_reason = book.exit_reason or Reason.SIGNAL.value
+            # a live broker's own exit (a stop refused as through the market) says why
+            book.exit_reason = str(order.info.get("exit_reason") or book.exit_reason
+                                   or Reason.SIGNAL.value)
         elif purpose == Purpose.STOP:
             book.stop = order
             if book.handoff is not None:

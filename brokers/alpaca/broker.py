@@ -61,6 +61,7 @@ from brokers.alpaca.client import CancelResult, OrderSpec
 from brokers.alpaca.journal import Journal, JournalState
 from brokers.alpaca.orders import OrderGateway, Outcome, SubmitResult
 from brokers.alpaca.parsing import Life, OrderSnapshot, TradeUpdateRecord
+from brokers.alpaca.protector import Armed, Job, StopProtector
 from brokers.alpaca.reconcile import (
     AdoptOrder,
     ExtraStops,
@@ -218,6 +219,8 @@ class AlpacaBroker(bt.BrokerBase):
         self._step_bars: dict[str, datetime] = {}
         #: (kind, seconds) from the event's arrival to the stop's acceptance (benchmark)
         self.stop_latency: list[tuple[str, float]] = []
+        #: places an entry fill's stop from its own thread (started when attached)
+        self.protector: StopProtector | None = None
 
     # ================================================================ Backtrader interface
 
@@ -356,6 +359,7 @@ class AlpacaBroker(bt.BrokerBase):
         """Once per loop: adopt, apply trade updates, reconcile, resolve, release parked."""
         if not self._attached:
             self._attach()
+        self._take_jobs()
         self.store.pump_events(0.0)  # fills that just arrived get their stop before the rest
         self._apply_events()
         if self._reconcile_reasons:
@@ -377,6 +381,7 @@ class AlpacaBroker(bt.BrokerBase):
         self._check_stops()
         if time.monotonic() >= self._next_stop_audit:
             self._audit_stops()
+        self._publish_armed()
 
     # ================================================================ Strategy extension
 
@@ -415,6 +420,9 @@ class AlpacaBroker(bt.BrokerBase):
         """Shutdown, before anything is canceled: apply the trade updates already received
         and read each working order of ours once (a fill may have happened unseen), so the
         Strategy is told before the final reconciliation."""
+        if self.protector is not None:
+            self.protector.close()  # from here on every stop goes out from the main thread
+            self._take_jobs(wait=True)
         self._apply_events()
         for tr in list(self._by_cid.values()):
             if tr.state == "sent" and tr.order.alive() and not tr.cancel_pending:
@@ -490,6 +498,15 @@ class AlpacaBroker(bt.BrokerBase):
         a session a fill may be on its way while we read, so differences are checked again a
         few loops later (``_verify``) before anything is changed.
         """
+        if self.protector is not None:
+            with self.protector.paused():
+                # a stop the thread placed is tracked before open orders are read
+                self._take_jobs(wait=True)
+                return self._reconcile_now(reason, saved_positions)
+        return self._reconcile_now(reason, saved_positions)
+
+    def _reconcile_now(self, reason: str,
+                       saved_positions: dict[str, Decimal] | None) -> ReconcileReport:
         client = self.gateway.client
         authoritative = not self._attached or reason == "shutdown"
         for _ in range(3):
@@ -612,9 +629,9 @@ class AlpacaBroker(bt.BrokerBase):
             self._verify_in = 3
         # a position without a live stop is handled by ``_check_stops`` (after its grace)
 
-    def _has_live_stop(self, symbol: str) -> bool:
+    def _has_live_stop(self, symbol: str, exclude: Tracked | None = None) -> bool:
         if any(t.symbol == symbol and t.order.alive() and is_stop_order(t.order)
-               and t.state != "done" for t in self._by_cid.values()):
+               and t.state != "done" and t is not exclude for t in self._by_cid.values()):
             return True
         known = self._broker_stops.get(symbol)
         return known is not None and not known.terminal
@@ -654,6 +671,8 @@ class AlpacaBroker(bt.BrokerBase):
             if now - since < self.stop_grace_s:
                 continue
             self._unprotected_since.pop(symbol, None)
+            if self._claim(symbol) and self._has_live_stop(symbol):
+                continue  # the helper thread's stop for a fill was just taken over
             logger.error("%s: position of %s has had no resting stop for %.0fs: placing one",
                          symbol, qty, now - since)
             result = self._place_missing_stop(symbol, qty)
@@ -726,6 +745,7 @@ class AlpacaBroker(bt.BrokerBase):
         """Make one resting stop cover the whole position of ``symbol`` now. False: an order
         of the symbol is unresolved (its outcome decides; asked again next loop).
         ``qty``: the position (default: ours); ``place_only``: never resize."""
+        self._take_busy(symbol)  # the helper thread's stop first: it may be all we need
         if qty is None:
             qty = self._pos_by_symbol.get(symbol, (ZERO, ZERO))[0]
         if qty <= 0 or self._exit_working(symbol):
@@ -781,21 +801,144 @@ class AlpacaBroker(bt.BrokerBase):
         return True
 
     def _protected(self, d: ProtectDue, symbol: str, action: str, order: bt.Order,
-                   qty: Decimal, price: float) -> None:
+                   qty: Decimal, price: float, answered: float | None = None) -> None:
         tr = self._by_ref.get(order.ref)
         accepted = tr is not None and tr.state == "sent" and tr.alpaca_id is not None
-        now = time.perf_counter()
+        now = answered or time.perf_counter()
         if accepted:
             self.stop_latency.append((d.kind, now - d.arrived))
         cid = str(order.info.get("cid", ""))
         logger.info("%s: %s %s for %s @ %.2f on the %s event (%s; %.0f ms after its arrival, "
-                    "%.0f ms of them waiting for the loop)", symbol, action, cid, qty, price,
+                    "%.0f ms of them waiting for the loop)%s", symbol, action, cid, qty, price,
                     d.kind, "accepted" if accepted else "not accepted", (now - d.arrived) * 1e3,
-                    ((d.taken or now) - d.arrived) * 1e3)
+                    ((d.taken or now) - d.arrived) * 1e3,
+                    "; placed by the helper thread" if answered else "")
         if self.audit is not None:
             self.audit.record(self._now(), "broker", symbol, action,
                               "entry_fill" if d.kind == "fill" else "lost_stop",
                               qty=float(qty), price=price, client_order_id=cid)
+
+    def _exit_at_once(self, symbol: str, owner: Any, reason: str, handoff: Any) -> None:
+        """A sell stop refused as already through the market (the venue compares it with
+        the current price, the Strategy with the decision bar's close): the position would
+        be naked, so it is sold at market now, as the Strategy does when the level is
+        through the market, and the Strategy takes the exit over (``adopt_order``)."""
+        qty = self._pos_by_symbol.get(symbol, (ZERO, ZERO))[0]
+        data = self.store.feed(symbol)
+        if qty <= 0 or data is None or self._exit_working(symbol) \
+                or self._has_live_stop(symbol):
+            return  # flat, already selling, or another stop still covers it
+        state = handoff.state if isinstance(handoff, rules.StopHandoff) else None
+        why = state.binding if state is not None else rules.Reason.STOP.value
+        cid = rules.client_order_id(self.settings.strategy_id, symbol,
+                                    self._notify_bar_time(symbol, data), rules.Purpose.EXIT)
+        logger.error("%s: stop refused as through the market (%s): selling %s at market (%s)",
+                     symbol, reason, qty, cid)
+        if self.audit is not None:
+            self.audit.record(self._now(), "broker", symbol, "sell", "stop_refused",
+                              qty=float(qty), client_order_id=cid, exit_reason=str(why),
+                              detail=reason)
+        order = self._new_order(bt.SellOrder, owner, data, float(qty), None, None,
+                                bt.Order.Market, None, 0, None, None,
+                                {"cid": cid, "purpose": "exit", "exit_reason": str(why)})
+        strategies = self._strategies()
+        if order.alive() and strategies and hasattr(strategies[0], "adopt_order"):
+            strategies[0].adopt_order(order)
+
+    # ---------------------------------------------------------------- the helper thread
+
+    def _thread_bar_time(self, symbol: str) -> datetime | None:
+        """``_notify_bar_time`` for the helper thread: plain values only (no Backtrader)."""
+        when = self._step_bars.get(symbol)
+        if when is not None:
+            return when
+        last = self.store.last_bar_time(symbol)
+        return None if last is None else last + timedelta(seconds=self.settings.bar_seconds)
+
+    def _publish_armed(self) -> None:
+        """Tell the helper thread which entries' fills it may protect: those with a handoff,
+        of symbols with no stop or sell of ours live or unresolved, nothing due here."""
+        if self.protector is None or self.closing:
+            return
+        blocked: dict[str, bool] = {}
+        armed: dict[str, Armed] = {}
+        for tr in self._by_cid.values():
+            if tr.purpose not in ("entry", "fallback") or tr.state == "done" \
+                    or not tr.order.alive():
+                continue
+            h = tr.order.info.get("handoff")
+            if not isinstance(h, rules.StopHandoff):
+                continue
+            symbol = tr.symbol
+            if symbol not in blocked:
+                known = self._broker_stops.get(symbol)
+                blocked[symbol] = symbol in self._due or self._ambiguous_in(symbol) or (
+                    known is not None and not known.terminal) or any(
+                    t.symbol == symbol and t.order.issell() and t.state != "done"
+                    and t.order.alive() for t in self._by_cid.values())
+            if not blocked[symbol]:
+                armed[tr.cid] = Armed(tr.cid, symbol, h.strategy_id, h.atr,
+                                      h.atr_stop_multiplier, h.trail_pct, h.seq)
+        self.protector.publish(armed)
+
+    def _take_busy(self, symbol: str) -> None:
+        if self.protector is not None and self.protector.busy(symbol):
+            self._claim(symbol)
+
+    def _claim(self, symbol: str) -> bool:
+        """The main thread is about to send a sell of ``symbol``: the helper thread starts
+        nothing for it until the next publish, and its stop in flight is taken over first.
+        True if one was taken over."""
+        if self.protector is None:
+            return False
+        if self.protector.claim(symbol) is None:
+            return False
+        return self._take_jobs(wait=True, symbols=[symbol]) > 0
+
+    def _take_jobs(self, wait: bool = False, symbols: list[str] | None = None) -> int:
+        """Take over the stops the helper thread placed (finished ones; ``wait``: also the
+        ones in flight): tracked, handed to the Strategy. Returns how many."""
+        if self.protector is None:
+            return 0
+        n = 0
+        for symbol in symbols if symbols is not None else self.protector.symbols():
+            job = self.protector.take(symbol, timeout=None if wait else 0.0)
+            if job is not None:
+                self._adopt_job(job)
+                n += 1
+        return n
+
+    def _adopt_job(self, job: Job) -> None:
+        symbol, cid = job.armed.symbol, job.spec.client_order_id
+        result = job.result or SubmitResult(Outcome.AMBIGUOUS, cid, reason="no answer")
+        entry = self._by_cid.get(job.armed.entry_cid)
+        h = entry.order.info.get("handoff") if entry is not None else None
+        data = self.store.feed(symbol)
+        if entry is None or not isinstance(h, rules.StopHandoff) or data is None:
+            # cannot happen (an entry is tracked before it is armed); the 60 s check and the
+            # reconciliation still see the stop at Alpaca
+            logger.error("%s: stop %s placed at the fill has no entry to attach to (%s)",
+                         symbol, cid, result.outcome.value)
+            return
+        h.seq = max(h.seq, job.seq)
+        if h.state is None:
+            h.state = h.initial_state(job.fill_price)
+        order = bt.SellOrder(owner=entry.order.owner, data=data, size=float(job.qty),
+                             price=job.price, exectype=bt.Order.Stop)
+        order.addinfo(cid=cid, purpose="stop", handoff=h)
+        order.addcomminfo(self.getcommissioninfo(data))
+        order.submit(self)
+        tr = Tracked(order, cid, symbol, "stop", decision_time=job.bar_time)
+        tr.spec, tr.state = job.spec, "sent"
+        self._track(tr)
+        self.notify(order)
+        self._resolved(tr, result)
+        if order.alive():
+            h.placed = order
+        d = ProtectDue(h, entry.order.owner, "fill", fill_price=job.fill_price,
+                       arrived=job.arrived, taken=job.arrived)
+        self._protected(d, symbol, "place_stop", order, job.qty, job.price,
+                        answered=job.finished)
 
     def _notify_bar_time(self, symbol: str, data: Any) -> datetime:
         """The bar the Strategy will see this event with (its stop's client order id is built
@@ -864,6 +1007,21 @@ class AlpacaBroker(bt.BrokerBase):
                              refusal)
                 self._reject(tr, refusal, margin=False)
                 return
+        if order.issell() and self._claim(tr.symbol):
+            if is_stop_order(order) and self._has_live_stop(tr.symbol, exclude=tr):
+                # the helper thread placed the stop of a fill meanwhile: a second one would
+                # sell short; the Strategy adopts that one (``StopHandoff.placed``)
+                self._reject(tr, "the stop placed at the fill covers the position",
+                             margin=False)
+                return
+            if not is_stop_order(order):
+                # an exit: the stop placed meanwhile goes first (the exit waits for it)
+                for t in list(self._by_cid.values()):
+                    if t.symbol == tr.symbol and t is not tr and is_stop_order(t.order) \
+                            and t.order.alive() and t.state == "sent":
+                        self.cancel(t.order)
+        if order.isbuy() and tr.purpose in ("entry", "fallback"):
+            self._publish_armed()  # its fill may come before the POST's answer
         if order.issell() and not is_stop_order(order):
             blocking = self._stop_cancel_pending(tr.symbol)
             if blocking is not None:
@@ -942,6 +1100,10 @@ class AlpacaBroker(bt.BrokerBase):
             tr.order.reject(self)
         self.notify(tr.order)
         self._audit("rejected", tr, reason)
+        if is_stop_order(tr.order) and tr.order.issell() \
+                and parsing.stop_through_market_refusal(reason):
+            self._exit_at_once(tr.symbol, tr.order.owner, reason,
+                               tr.order.info.get("handoff"))
         logger.warning("%s: order %s %s: %s", tr.symbol, tr.cid,
                        "margin" if margin else "rejected", reason)
 
@@ -1232,6 +1394,8 @@ class AlpacaBroker(bt.BrokerBase):
         wait for ``_protect_pending``."""
         if not self._attached or ev.event not in ("fill", "partial_fill"):
             return
+        if self.protector is not None and self.protector.busy(tr.symbol):
+            return  # the helper thread is placing it (taken over in ``_apply_events``)
         if tr.purpose not in ("entry", "fallback") or ev.order.side != "buy" \
                 or ev.position_qty is None or ev.position_qty <= 0 or ev.price is None:
             return
@@ -1252,6 +1416,9 @@ class AlpacaBroker(bt.BrokerBase):
             # (and its stop placed, ``_protect_at_arrival``) before the next one
             self.store.pump_events(0.0)
             ev = self._events.popleft()
+            if self.protector is not None and self.protector.busy(ev.order.symbol):
+                # the stop's own events must find it tracked (its POST answer is older)
+                self._take_jobs(wait=True, symbols=[ev.order.symbol])
             kind = ev.kind
             if kind is parsing.EventKind.CANCEL_REJECTED:
                 tr = self._by_cid.get(ev.order.client_order_id)
@@ -1485,6 +1652,10 @@ class AlpacaBroker(bt.BrokerBase):
         # that rest at Alpaca (and get a second one). Like startup: raise, do not trade.
         open_orders = self.gateway.client.get_open_orders()  # UnknownStateError
         self._attached = True
+        if self.protector is None and hasattr(self.store, "trade_update_hook"):
+            self.protector = StopProtector(self.gateway, self._thread_bar_time)
+            self.protector.start()
+            self.store.trade_update_hook = self.protector.on_event
         if self._saved_strategy and hasattr(strat, "restore_state"):
             strat.restore_state(self._saved_strategy)
         stops: dict[str, bt.Order] = {}

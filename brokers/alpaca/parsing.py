@@ -163,6 +163,20 @@ TRADE_EVENTS: Mapping[str, EventKind] = {
 }
 
 
+#: Alpaca's answers refusing a SELL stop because it is already at or through the current
+#: price (the venue compares with the last trade; the Strategy with the decision bar's close).
+#: Such a refusal must not leave the position naked: the broker sells at market at once.
+STOP_THROUGH_MARKET_REFUSALS: tuple[str, ...] = (
+    "stop price must be less than current price",
+)
+
+
+def stop_through_market_refusal(reason: str) -> bool:
+    """Is ``reason`` (a refusal's text) a sell stop refused as through the market?"""
+    text = reason.lower()
+    return any(row in text for row in STOP_THROUGH_MARKET_REFUSALS)
+
+
 def event_kind(event: str) -> EventKind:
     """The kind of a ``trade_updates`` event; unknown events are treated as status updates."""
     return TRADE_EVENTS.get(str(event), EventKind.STATUS)

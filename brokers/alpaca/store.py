@@ -178,6 +178,8 @@ class AlpacaStore:
         self.indicators = {s: LiveIndicators(s, signal, settings.atr_period)
                            for s in self.symbols}
         self.inbound: queue.Queue[tuple[str, Any]] = queue.Queue()
+        #: called on the stream thread with each trade update before it is queued
+        self.trade_update_hook: Callable[[Any], Any] | None = None
         self.notifs: deque[tuple[str, tuple[Any, ...], dict[str, Any]]] = deque()
         self.status = StoreStatus()
         self.broker: Any = None
@@ -498,7 +500,13 @@ class AlpacaStore:
                 return n
 
     def _sink(self, kind: str, payload: Any) -> None:
-        # called on the stream thread: hand over only
+        # called on the stream thread: hand over only (an entry fill's stop first: the
+        # broker's helper thread places it without waiting for the main loop)
+        if kind == "trade_update" and self.trade_update_hook is not None:
+            try:
+                self.trade_update_hook(payload)
+            except Exception:  # the main loop still protects it
+                logger.exception("trade update hook failed")
         self.inbound.put((kind, payload))
 
     def _route(self, kind: str, payload: Any) -> None:

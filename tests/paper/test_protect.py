@@ -260,7 +260,11 @@ def test_fill_while_the_strategys_stop_is_in_flight_gives_one_stop(
                   cid="ratchet-ACME-20251003T133000-entry", purpose="entry")
         elif step == 2:
             h = rules.StopHandoff("ACME", "ratchet", float(d.atr[0]), 2.0, 0.03, seq=1)
-            s.buy(data=d, size=5, exectype=bt.Order.Market,
+            # a limit under the next bar's open, above its low: it fills at that bar's end,
+            # after the stop below was sent (a market order would fill at once, on this
+            # bar boundary, before the stop: the helper thread then protects it and the
+            # Strategy's stop is not sent, see ``test_fill_before_the_strategys_stop``)
+            s.buy(data=d, size=5, exectype=bt.Order.Limit, price=111.00,
                   cid="ratchet-ACME-20251003T133100-fallback", purpose="fallback", handoff=h)
             # the stop's POST is processed, its answer lost, and the lookups fail for a while
             sim.faults.lose_response(method="POST", path="/v2/orders", times=1)
@@ -392,3 +396,77 @@ def test_sigkill_at_the_entry_fill_leaves_exactly_one_stop(sim: SimServer, tmp_p
     else:  # the stop the dead process sent is found and kept; nothing new was posted
         assert open_stops[0].client_order_id == box["killed"]
         assert [c for c in posts.posts if "-stop" in c] == [box["killed"]]
+
+
+def test_fill_before_the_strategys_stop_gives_one_stop(sim: SimServer, creds: Credentials,
+                                                       tmp_path: Path) -> None:
+    """The fill of a market fallback lands at once (on the bar boundary), while the
+    Strategy's step goes on and then sends its own stop: the helper thread places the stop
+    at the fill while the main thread is still in that step; the Strategy's stop is not
+    sent (it would be a second stop). One stop of the whole position at the server, journal
+    and server agree."""
+    own_cid = "ratchet-ACME-20251003T133100-stop1"
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if step == 1:  # a position the broker does not protect by itself (no handoff)
+            s.buy(data=d, size=5, exectype=bt.Order.Market,
+                  cid="ratchet-ACME-20251003T133000-entry", purpose="entry")
+        elif step == 2:
+            h = rules.StopHandoff("ACME", "ratchet", float(d.atr[0]), 2.0, 0.03, seq=1)
+            s.buy(data=d, size=5, exectype=bt.Order.Market,
+                  cid="ratchet-ACME-20251003T133100-fallback", purpose="fallback", handoff=h)
+            # the fill event reaches the helper thread while this step still runs
+            wait_until(lambda: any(o.type == "stop" for o in _orders(sim, "ACME")), 5.0)
+            s.orders["stop"] = s.sell(data=d, size=5, exectype=bt.Order.Stop,
+                                      price=round(d.close[0] * 0.95, 2), cid=own_cid,
+                                      purpose="stop", handoff=h)
+
+    s = _run(sim, creds, tmp_path, 4, script, {})
+    stops = [o for o in _orders(sim, "ACME") if o.type == "stop"]
+    with sim.market.lock:
+        position = sim.market.positions["ACME"].qty
+    assert position == 10 and len(stops) == 1 and stops[0].status in _OPEN
+    assert stops[0].qty == 10 and stops[0].client_order_id.endswith("-stop2")
+    posts = sim.posts  # type: ignore[attr-defined]
+    assert posts.posts[stops[0].client_order_id] == 1 and own_cid not in posts.posts
+    assert (own_cid, "Rejected", 0.0) in s.notes  # never sent: the Strategy is told
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    rows = [r for r in journal.orders() if r.purpose == "stop"]
+    assert [(r.cid, r.state) for r in rows if r.state is JournalState.ACCEPTED] == [
+        (stops[0].client_order_id, JournalState.ACCEPTED)]
+
+
+def test_stop_refused_through_the_market_exits_at_once(sim: SimServer, creds: Credentials,
+                                                       tmp_path: Path) -> None:
+    """Regression (real bars, AAPL 2021-08-25): a stop below the decision bar's close but at
+    or above the current price was refused live ("422 stop price must be less than current
+    price") and the position stayed naked until the Strategy's next bar tried the same stop
+    again. Now the refusal sells the position at market at once, audited with the reason."""
+    bars = [b for b in pd.read_parquet(BARS / "1Min" / "ACME.parquet").itertuples()
+            if b.timestamp >= pd.Timestamp(REPLAY_START)][:4]
+    # decision bar 13:31 (close 111.054); at the 13:32 boundary the price is 13:32's open
+    level = round((bars[1].close + bars[2].open) / 2, 2)
+    assert bars[2].open <= level < bars[1].close
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if step == 1:
+            s.buy(data=d, size=10, exectype=bt.Order.Market,
+                  cid="ratchet-ACME-20251003T133000-entry", purpose="entry")
+        elif step == 2:
+            s.orders["stop"] = s.sell(data=d, size=10, exectype=bt.Order.Stop, price=level,
+                                      cid="ratchet-ACME-20251003T133100-stop1",
+                                      purpose="stop")
+
+    _run(sim, creds, tmp_path, 4, script, {})
+    orders = _orders(sim, "ACME")
+    exits = [o for o in orders if o.client_order_id.endswith("-exit")]
+    assert not any(o.type == "stop" for o in orders)  # refused: never created
+    assert len(exits) == 1 and exits[0].type == "market" and exits[0].qty == 10
+    assert exits[0].status == "filled"
+    with sim.market.lock:
+        pos = sim.market.positions.get("ACME")
+    assert pos is None or pos.qty == 0
+    audit = "\n".join(p.read_text() for p in (tmp_path / "logs").rglob("audit*"))
+    assert "stop_refused" in audit and "less than current price" in audit
