@@ -359,9 +359,9 @@ class AlpacaBroker(bt.BrokerBase):
         """Once per loop: adopt, apply trade updates, reconcile, resolve, release parked."""
         if not self._attached:
             self._attach()
-        self._take_jobs()
         self.store.pump_events(0.0)  # fills that just arrived get their stop before the rest
         self._apply_events()
+        self._take_jobs()  # after the fills are applied: a refused stop sells the position
         if self._reconcile_reasons:
             reasons, self._reconcile_reasons = self._reconcile_reasons, []
             try:

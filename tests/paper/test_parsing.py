@@ -166,3 +166,14 @@ def test_to_decimal() -> None:
     assert parsing.to_decimal(10.0) == Decimal("10.0")
     assert parsing.to_decimal(None) is None
     assert parsing.to_decimal(float("nan")) is None
+
+
+@pytest.mark.parametrize("row", parsing.STOP_THROUGH_MARKET_REFUSALS)
+def test_stop_through_market_refusal_row(row: str) -> None:
+    """Each row is recognised inside the client's rejection text (case aside); other
+    refusals (buying power, a bad price) are not exits."""
+    assert parsing.stop_through_market_refusal(
+        f"order ratchet-X-stop1 rejected: 422 {{'message': '{row.upper()}'}}")
+    assert not parsing.stop_through_market_refusal("403 insufficient buying power")
+    assert not parsing.stop_through_market_refusal("stop price must be greater than current "
+                                                   "price")
