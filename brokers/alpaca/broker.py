@@ -45,6 +45,7 @@ import copy
 import logging
 import math
 import sqlite3
+import sys
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -1655,6 +1656,9 @@ class AlpacaBroker(bt.BrokerBase):
         if self.protector is None and hasattr(self.store, "trade_update_hook"):
             self.protector = StopProtector(self.gateway, self._thread_bar_time)
             self.protector.start()
+            # the bar step holds the GIL; the stream and helper threads need it back after
+            # every read, fsync and socket call: 5 ms each by default, 1 ms from here on
+            sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
             self.store.trade_update_hook = self.protector.on_event
         if self._saved_strategy and hasattr(strat, "restore_state"):
             strat.restore_state(self._saved_strategy)
