@@ -46,6 +46,7 @@ import logging
 import math
 import sqlite3
 import sys
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -222,6 +223,8 @@ class AlpacaBroker(bt.BrokerBase):
         self.stop_latency: list[tuple[str, float]] = []
         #: places an entry fill's stop from its own thread (started when attached)
         self.protector: StopProtector | None = None
+        self._main_thread = threading.current_thread()
+        self._quarantined_later: deque[tuple[str, str, str]] = deque()
 
     # ================================================================ Backtrader interface
 
@@ -593,6 +596,10 @@ class AlpacaBroker(bt.BrokerBase):
 
     def _journal_quarantined(self, cid: str, alpaca_id: str, taken_by: str) -> None:
         """A journal row lost its Alpaca id to another order (see ``Journal``): audit it."""
+        if threading.current_thread() is not self._main_thread:
+            # the stop helper thread's journal write: broker state is the main thread's
+            self._quarantined_later.append((cid, alpaca_id, taken_by))
+            return
         stale = self._by_alpaca.get(alpaca_id)
         if stale is not None and stale.cid == cid:
             del self._by_alpaca[alpaca_id]
@@ -910,6 +917,8 @@ class AlpacaBroker(bt.BrokerBase):
         return n
 
     def _adopt_job(self, job: Job) -> None:
+        while self._quarantined_later:
+            self._journal_quarantined(*self._quarantined_later.popleft())
         symbol, cid = job.armed.symbol, job.spec.client_order_id
         result = job.result or SubmitResult(Outcome.AMBIGUOUS, cid, reason="no answer")
         entry = self._by_cid.get(job.armed.entry_cid)
