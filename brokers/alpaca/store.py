@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -78,13 +79,18 @@ class LatencyProbe:
     samples: list[float] = field(default_factory=list)
     _step_arrived: float | None = None
     _step_source: str = ""
+    _thread: threading.Thread | None = None
 
     def step(self, arrived: float, source: str) -> None:
         """A step was handed to the Strategy; ``arrived`` is when it became complete."""
         self._step_arrived, self._step_source = arrived, source
+        self._thread = threading.current_thread()
 
     def order_sent(self, cid: str) -> None:
-        """An order request is about to be sent."""
+        """An order request is about to be sent (a stop sent by the helper thread on a fill
+        event is not a bar's decision: not counted)."""
+        if threading.current_thread() is not self._thread:
+            return
         if self._step_arrived and self._step_source == "stream":
             self.samples.append(time.perf_counter() - self._step_arrived)
 
