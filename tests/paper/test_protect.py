@@ -462,9 +462,9 @@ def test_stop_refused_through_the_market_exits_at_once(sim: SimServer, creds: Cr
     _run(sim, creds, tmp_path, 4, script, {})
     orders = _orders(sim, "ACME")
     exits = [o for o in orders if o.client_order_id.endswith("-exit")]
-    assert not any(o.type == "stop" for o in orders)  # refused: never created
     assert len(exits) == 1 and exits[0].type == "market" and exits[0].qty == 10
     assert exits[0].status == "filled"
+    assert not any(o.type == "stop" for o in orders)  # refused: never created
     with sim.market.lock:
         pos = sim.market.positions.get("ACME")
     assert pos is None or pos.qty == 0
