@@ -686,6 +686,10 @@ class AlpacaBroker(bt.BrokerBase):
             result = self._place_missing_stop(symbol, qty)
             strategies = self._strategies()
             data = self.store.feed(symbol)
+            if result.outcome is Outcome.REJECTED and strategies \
+                    and parsing.stop_through_market_refusal(result.reason):
+                self._exit_at_once(symbol, strategies[0], result.reason, None)
+                continue
             if self._notifications_pending(symbol) or not strategies \
                     or not hasattr(strategies[0], "adopt_position"):
                 self._hand_over_stop(symbol, result)
