@@ -146,7 +146,11 @@ class Param:
     def describe(self) -> str:
         """How the parameter was given (config.json, messages)."""
         if self.values:
-            return f"{self.name}={','.join(str(v) for v in self.values)}"
+            # in the unit typed: grid values are stored as fractions for percent names
+            shown = [round(v * 100, 10) if self.percent and isinstance(v, int | float)
+                     and not isinstance(v, bool) else v for v in self.values]
+            text = [f"{v:g}" if isinstance(v, float) else str(v) for v in shown]
+            return f"{self.name}={','.join(text)}"
         step = "" if self.step is None else f":{self.step:g}"
         return f"{self.name}={self.low:g}:{self.high:g}{step}"
 
