@@ -71,7 +71,11 @@ STATS: dict[str, tuple[str, str]] = {
     "end_value": ("End value", "money"),
     "bars": ("Bars", "int"),
     "trading_days": ("Trading days", "int"),
+    "buy_hold_return": ("Buy and hold, all symbols", "signed_pct"),
+    "buy_hold_traded_return": ("Buy and hold, traded symbols", "signed_pct"),
 }
+#: stats.json keys shown in their own card (not as a raw value in "All statistics")
+OWN_CARD = ("symbols",)
 
 #: Short runs (at most this many calendar days) also get a daily-returns chart.
 DAILY_CHART_MAX_DAYS = 100
@@ -538,14 +542,35 @@ def _setting_text(value: Any) -> str:
 def _details_grid(run: Run) -> str:
     stats_rows = [(label, _e(format_stat(k, run.stats.get(k)))) for k, (label, _) in
                   STATS.items() if k in run.stats]
-    stats_rows += [(k, _e(v)) for k, v in run.stats.items() if k not in STATS]
+    stats_rows += [(k, _e(v)) for k, v in run.stats.items() if k not in STATS
+                   and k not in OWN_CARD]
     settings = public_run_settings(run.config)
     setting_rows = [(k, _setting_text(v)) for k, v in settings.items()]
-    return ('<div class="grid2">'
+    return (_symbol_card(run.stats.get("symbols"))
+            + '<div class="grid2">'
             + _card("All statistics", _kv_table(stats_rows), "From stats.json.")
             + _card("Settings", _kv_table(setting_rows) if setting_rows else
                     _empty("No settings recorded."), "From config.json.")
             + "</div>")
+
+
+def _symbol_card(symbols: Any) -> str:
+    """stats.json ``symbols`` as the backtest summary's per-symbol table (else nothing)."""
+    if not isinstance(symbols, dict) or not symbols:
+        return ""
+    rows = []
+    for sym, row in symbols.items():
+        row = row if isinstance(row, dict) else {}
+        pnl = row.get("pnl")
+        rows.append([_e(sym), format_value("int", row.get("trades")),
+                     format_value("pct", row.get("win_rate")),
+                     "—" if _is_missing(pnl) else f"{pnl:+,.2f}",
+                     format_value("pct", row.get("exposure")),
+                     format_value("signed_pct", row.get("buy_hold_return"))])
+    return _card("Per symbol", _table(["symbol", "trades", "win rate", "P&L", "exposure",
+                                       "buy & hold"], rows, text_cols=(0,)),
+                 "From stats.json: closed trades, share won, P&L, share of the symbol's bars "
+                 "with a position, and buy-and-hold over the run.")
 
 
 def parity_section(path: Path) -> str:
