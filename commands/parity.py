@@ -15,8 +15,9 @@ from pathlib import Path
 
 import click
 
-from analyzers.parity import compare, console_lines, write_parity
+from analyzers.parity import compare, console_lines, ny_text, write_parity
 from analyzers.runfolder import latest_run
+from commands.output import echo_lines, fit, out_width
 from common.config import load_settings
 from common.logs import setup_logging
 
@@ -56,14 +57,15 @@ def parity(run: Path, tolerance: float, config_file: Path | None, as_json: bool,
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
-        for line in console_lines(report, tolerance):
-            click.echo(line)
-        for d in report.differences[:20]:
-            click.echo(f"  {d.time[:16]} {d.symbol:<6} live {_d(d.live)} | backtest "
-                       f"{_d(d.backtest)} | {d.cause}: {d.detail}")
+        width = out_width()  # wrapped at spaces in a terminal, complete lines when piped
+        lines = list(console_lines(report, tolerance))
+        lines += [f"  {ny_text(d.time)} {d.symbol:<6} live {_d(d.live)} | backtest "
+                  f"{_d(d.backtest)} | {d.cause}: {d.detail}" for d in report.differences[:20]]
         if len(report.differences) > 20:
-            click.echo(f"  ... {len(report.differences) - 20} more in {out}")
-        click.echo(f"{out} ({time.perf_counter() - t0:.1f} s)")
+            lines.append(f"  ... {len(report.differences) - 20} more in {out}")
+        echo_lines([part for line in lines for part in fit(line, width, "    ")])
+        click.echo("Written:")
+        click.echo(f"  {out} ({time.perf_counter() - t0:.1f} s)")
     if not report.passes(tolerance):
         click.echo(f"decisions differ by {100 - report.pct_identical:.1f}% > tolerance "
                    f"{tolerance:g}%", err=True)
