@@ -470,7 +470,8 @@ def plan_backtest(data: Path | None, config_file: Path | None, flags: dict[str, 
 
 @click.command("backtest")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="Folder of <SYMBOL>.parquet files, or one file [bundled data/bars].")
+              help="Folder of <SYMBOL>.parquet files, one file, or a store root "
+                   "(<root>/<interval>/, as `data import` writes) [bundled data/bars].")
 @click.option("--start", type=str, default=None, help="First trading day (YYYY-MM-DD).")
 @click.option("--end", type=str, default=None, help="Last trading day, inclusive.")
 @click.option("--cash", type=float, default=None, help="Starting cash [100000].")

@@ -172,6 +172,17 @@ def test_every_exit_code_is_documented() -> None:
         assert re.search(rf"^\| `{code}` \|", section, re.M), code
 
 
+def test_deliberate_exit_1_is_documented() -> None:
+    """Regression: `cli.py parity` exits 1 when decisions drift (and `alert-test` when a URL
+    is not delivered), but the README's exit-code table called 1 only "a bug"."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Exit codes"):]
+    row = next(ln for ln in section.splitlines() if ln.startswith("| `1` |"))
+    for command in ("parity", "alert-test"):
+        source = (REPO / "commands" / f"{command.replace('-', '_')}.py").read_text()
+        assert "sys.exit(" in source and command in row, command
+
+
 def test_project_files_gitignore_and_notebook_extra() -> None:
     ignored = (REPO / ".gitignore").read_text().split()
     assert "data/realtime-sim/" in ignored
