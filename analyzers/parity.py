@@ -397,8 +397,10 @@ def compare(run_dir: str | Path, settings: Settings | None = None) -> ParityRepo
     """
     run = load_run(run_dir)
     mode = str(run.config.get("mode", ""))
-    if mode == "backtest":
-        raise DataError(f"{run.path} is a backtest: parity compares a paper or dry-run "
+    if mode not in ("paper", "dry_run"):
+        # a backtest, or a sweep's stitched walk-forward-oos folder: nothing live to compare
+        what = "a backtest" if mode == "backtest" else f"a {mode or 'non-paper'} run"
+        raise DataError(f"{run.path} is {what}: parity compares a paper or dry-run "
                         "folder with the backtest of its bars")
     bars_path = run.path / "bars.parquet"
     if not bars_path.is_file():
