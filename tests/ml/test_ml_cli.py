@@ -66,6 +66,9 @@ def test_backtest_with_the_trained_model(trained_file: tuple[Path, str], data_di
     assert "signal ml" in proc.stdout
     # the model saw these bars: the run warns that it is in-sample
     assert "in-sample" in proc.stderr
+    # ...in New York time like every other time the CLI shows (was '13:30:00+00:00' reprs)
+    warning = next(ln for ln in proc.stderr.splitlines() if "in-sample" in ln)
+    assert "(New York time)" in warning and "+00:00" not in warning, warning
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 100, None])
