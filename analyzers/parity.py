@@ -38,7 +38,7 @@ from analyzers.audit import AUDIT_COLUMNS, Audit
 from analyzers.recorder import RunRecorder
 from analyzers.runfolder import load_run
 from brokers.backtest import make_backtest_broker
-from common.config import Settings, settings_from_saved
+from common.config import Settings, public_settings, settings_from_saved
 from common.errors import DataError
 from common.nytime import NY
 from feeds.btfeed import make_feed
@@ -410,11 +410,11 @@ def compare(run_dir: str | Path, settings: Settings | None = None) -> ParityRepo
     run_settings = _settings(run.config)
     start_value = float(run.config.get("start_value") or run_settings.cash)
     used = (settings or run_settings).replace(cash=start_value)
-    changed = {}
-    for k, v in run_settings.to_dict().items():
-        other = used.to_dict()[k]
-        if k != "cash" and other != v:
-            changed[k] = [v, other]
+    changed = {}  # by public name and unit, as config.json and show-config say them
+    mine, theirs = public_settings(run_settings), public_settings(used)
+    for k, v in mine.items():
+        if k != "cash" and theirs[k] != v:
+            changed[k] = [v, theirs[k]]
     live_bars = bars[~bars["warmup"]]
     if live_bars.empty:
         raise DataError(f"{run.path}: no bar reached the Strategy in this run: nothing to "
