@@ -127,3 +127,6 @@ def test_space_is_described_in_the_units_typed() -> None:
     assert parse_grid("max_position_pct=5,10").describe() == "max_position_pct=5,10"
     assert parse_grid("trail=0.02,0.03").describe() == "trail=0.02,0.03"  # old: a fraction
     assert parse_grid("fast=5,10").describe() == "fast=5,10"
+    # messages name settings as users know them (was 'fast_period takes whole numbers')
+    with pytest.raises(ConfigError, match="'fast=5:9.5:1': fast takes whole numbers"):
+        parse_range("fast=5:9.5:1")
