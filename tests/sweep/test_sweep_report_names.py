@@ -34,3 +34,27 @@ def test_sweep_report_uses_public_names_and_units(tmp_path: Path) -> None:
 
     assert setting_text("risk_per_trade_pct", 0.02) == "risk_pct=2%"
     assert setting_text("fast_period", 5) == "fast=5"
+
+
+def test_report_of_a_folder_of_sweeps_is_its_newest_sweep(tmp_path: Path) -> None:
+    """Regression: `cli.py report runs/sweeps` took the name-wise last child (sweep folders
+    are named by hash) and then failed on it as a run folder ('stats.json is missing')."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    res = pd.DataFrame({"key": ["a"], "phase": ["cell"], "window": [-1], "p_fast_period": [5],
+                        "objective": [0.4], "qualified": [True], "trade_count": [9]})
+    for name, created in (("sweep-ffff", "2026-01-01T00:00:00+00:00"),
+                          ("sweep-0000", "2026-02-01T00:00:00+00:00")):
+        folder = tmp_path / "sweeps" / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(
+            {"kind": "sweep", "created_at": created, "objective": "sharpe", "min_trades": 5}))
+        res.to_parquet(folder / "results.parquet")
+    proc = subprocess.run([sys.executable, str(repo / "cli.py"), "report",
+                           str(tmp_path / "sweeps")], capture_output=True, text=True,
+                          timeout=120, cwd=repo)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("sweep-0000/report.html")  # the newer one
