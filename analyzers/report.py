@@ -406,8 +406,10 @@ def _run_header(run: Run, colour: str | None) -> str:
         extra.append(f"data {_e(run.config['data'])}")
     if run.config.get("version"):
         extra.append(f"ratchet {_e(run.config['version'])}")
+    # the --name label, as `cli.py runs` shows it
+    label = f" · {_e(run.config['name'])}" if run.config.get("name") else ""
     return (
-        f'<div class="run-head"><h2>{swatch}{_e(run.name)}'
+        f'<div class="run-head"><h2>{swatch}{_e(run.name)}{label}'
         f'<span class="badge {_e(mode)}">{_e(mode)}</span></h2>'
         f'<div class="sub">{_e(shown) or "no symbols"} &nbsp;·&nbsp; {_e(period)}'
         f'{" &nbsp;·&nbsp; " + " · ".join(extra) if extra else ""}</div>'
@@ -682,7 +684,8 @@ def _comparison(runs: Sequence[Run]) -> str:
         period = f"{_time(start)} → {_time(end)}" if start is not None else "—"
         where = ", ".join(symbols[:6]) + (" …" if len(symbols) > 6 else "")
         row = [f'<td class="text"><span class="swatch" style="background:{theme.run_colour(i)}">'
-               f'</span><a href="#{_e(run.name)}">{_e(run.name)}</a> '
+               f'</span><a href="#{_e(run.name)}">{_e(run.name)}</a>'
+               + (f" {_e(run.config['name'])}" if run.config.get("name") else "") + " "
                f'<span class="badge {_e(run.config.get("mode", ""))}">'
                f'{_e(run.config.get("mode", ""))}</span><br><small>{_e(where)} · '
                f"{_e(period)}</small></td>"]
@@ -768,7 +771,9 @@ def build_report(runs: Sequence[Run], title: str | None = None, max_symbols: int
             f'<a href="#{_e(r.name)}"><span class="swatch" style="background:'
             f'{theme.run_colour(i)}"></span>{_e(r.name)}</a>' for i, r in enumerate(runs)
         ) + "</nav>"
-    title = title or (f"Run {runs[0].name}" if len(runs) == 1 else f"{len(runs)} runs compared")
+    named = f" · {runs[0].config['name']}" if runs[0].config.get("name") else ""
+    title = title or (f"Run {runs[0].name}{named}" if len(runs) == 1
+                      else f"{len(runs)} runs compared")
     generated = datetime.now(UTC).astimezone(ZoneInfo(NY)).strftime("%Y-%m-%d %H:%M")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

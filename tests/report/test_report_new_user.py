@@ -81,3 +81,14 @@ def test_per_symbol_stats_get_a_table_not_a_python_repr(make_run: Callable[..., 
     assert "Buy and hold, all symbols -0.15%" in page
     assert "Buy and hold, traded symbols +1.25%" in page
     assert "Per symbol" in page and "ACME 1 100.0% +437.46 48.1% +4.48%" in page
+
+
+def test_the_run_name_is_in_the_report(make_run: Callable[..., Path]) -> None:
+    """Regression: `backtest --name "slower MAs"` labelled the run for `cli.py runs` only;
+    the README says the report shows it too, and it did not."""
+    run_dir = make_run(trades=ONE_TRADE)
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "name": "slower MAs"}))
+    page = build_report([load_run(run_dir)], max_symbols=1)
+    assert "<title>Run 20251124-120000-backtest · slower MAs" in page
+    assert "slower MAs" in text_of(page[page.index('class="run-head"'):])
