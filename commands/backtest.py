@@ -257,7 +257,8 @@ def run_backtest(
             arrays, sig, atr = arrays.slice(first, len(arrays)), sig[first:], atr[first:]
             codes = codes[first:]
         if len(arrays) == 0:
-            raise DataError(f"{sym}: no bars on or after {start} (check --start/--end)")
+            raise DataError(f"{sym}: no bars on or after {start:%Y-%m-%d %H:%M} UTC "
+                            "(check --start/--end)")
         total_bars += len(arrays)
         cerebro.adddata(make_feed(arrays, sig, atr, codes))
     audit = Audit()

@@ -209,3 +209,12 @@ def test_connection_refused_is_exit_4_with_a_whole_sentence(tmp_path: Path) -> N
     assert last.startswith("error: ") and "Traceback" not in proc.stderr
     assert f"cannot connect to 127.0.0.1:{port} (connection refused" in last
     assert "HTTPConnectionPool" not in proc.stderr
+
+
+def test_start_after_the_data_names_the_time_plainly(tmp_path: Path) -> None:
+    """Regression: the error printed a datetime repr ('2030-01-01 00:00:00+00:00')."""
+    proc = run_cli("backtest", "--symbols", "ACME", "--start", "2030-01-01", "--out",
+                   str(tmp_path), env=_clean_env())
+    assert proc.returncode == 3
+    assert "no bars on or after 2030-01-01 00:00 UTC (check --start/--end)" in proc.stderr
+    assert "+00:00" not in proc.stderr and "Traceback" not in proc.stderr
