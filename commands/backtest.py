@@ -513,7 +513,8 @@ def backtest(data: Path | None, start: str | None, end: str | None, cash: float 
     steps = len(unique_inverse(np.concatenate([a.ts for a in datasets.values()]))[0])
     from commands.output import echo_lines, fit, out_width
 
-    echo_lines(fit(f"Backtesting {', '.join(datasets)} ({settings.bar_interval} bars) from "
+    hours = ", extended hours" if settings.extended_hours else ""
+    echo_lines(fit(f"Backtesting {', '.join(datasets)} ({settings.bar_interval} bars{hours}) from "
                    f"{data_dir}: signal {settings.signal}, risk "
                    f"{settings.risk_per_trade_pct * 100:g}% per trade", out_width(), "  "))
     meta = {"data": str(data_dir), "start": start, "end": end, "name": name}

@@ -218,3 +218,13 @@ def test_start_after_the_data_names_the_time_plainly(tmp_path: Path) -> None:
     assert proc.returncode == 3
     assert "no bars on or after 2030-01-01 00:00 UTC (check --start/--end)" in proc.stderr
     assert "+00:00" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_banner_says_when_the_extended_session_trades(tmp_path: Path) -> None:
+    """Regression: `--extended-hours` changed which bars trade (issue 10) but the banner
+    read exactly like a regular-hours run."""
+    proc = run_cli("backtest", "--symbols", "ACME", "--start", "2025-10-06", "--end",
+                   "2025-10-06", "--extended-hours", "--no-progress", "--out", str(tmp_path),
+                   env=_clean_env())
+    assert proc.returncode == 0, proc.stderr
+    assert "(1Min bars, extended hours)" in " ".join(proc.stdout.split())
