@@ -21,6 +21,7 @@ from analyzers.recorder import write_parquet
 from analyzers.stats import compute_stats
 from common.atomic import atomic_path, write_json_atomic
 from common.config import public_settings
+from common.version import __version__
 
 if TYPE_CHECKING:
     from sweeps.runner import SweepPlan
@@ -90,7 +91,7 @@ def stitch_oos(store: ResultStore, plan: SweepPlan,
         # trading days as a backtest's config.json has them (test_end is exclusive)
         "start": _ny_day(windows[0]["test_start"]) if windows else None,
         "end": _ny_day(windows[-1]["test_end"], exclusive=True) if windows else None,
-        "version": "0.1.0",
+        "version": __version__,
         "note": "stitched out-of-sample test spans of a walk-forward sweep; each window's "
                 "settings are in windows", "windows": windows,
     }
