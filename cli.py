@@ -17,6 +17,7 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common.errors import RatchetError, UserError  # noqa: E402
+from common.version import __version__  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option("0.1.0", prog_name="ratchet")
+@click.version_option(__version__, prog_name="ratchet")
 def cli() -> None:
     """ratchet: one Backtrader strategy, backtested on Parquet bars and run on Alpaca."""
 

@@ -38,8 +38,9 @@ from analyzers.audit import AUDIT_COLUMNS, Audit
 from analyzers.recorder import RunRecorder
 from analyzers.runfolder import load_run
 from brokers.backtest import make_backtest_broker
-from common.config import Settings, settings_from_saved
+from common.config import Settings, public_settings, settings_from_saved
 from common.errors import DataError
+from common.nytime import NY
 from feeds.btfeed import make_feed
 from feeds.store import BarArrays
 from strategies.ratchet import RatchetStrategy
@@ -293,7 +294,7 @@ def _cause(d_time: pd.Timestamp, symbol: str, ctx: _Context, earlier: set[str]
     step = pd.Timedelta(seconds=ctx.bar_seconds)
     for t in (d_time, d_time - step):
         if t in ctx.times and t not in sym_times:
-            return "missed bar", (f"no {symbol} bar at {t:%H:%M} UTC reached the Strategy "
+            return "missed bar", (f"no {symbol} bar at {_hm(t)} New York time reached the Strategy "
                                   "(other symbols had one)")
     audit = ctx.live_audit
     at = audit[audit["_t"] == d_time]
@@ -305,11 +306,12 @@ def _cause(d_time: pd.Timestamp, symbol: str, ctx: _Context, earlier: set[str]
         fresh_before = any(t < d_time and t not in ctx.stale for t in ctx.times)
         why = "replayed after a restart" if ctx.restored and not fresh_before else \
             "backfilled after a stream outage"
-        return "late bar", (f"the {d_time:%H:%M} UTC bar reached the Strategy late ({why}): "
+        return "late bar", (f"the {_hm(d_time)} bar (New York time) reached the Strategy late "
+                            f"({why}): "
                             "no new order goes out on a stale bar")
     if not skip.empty:
-        return "late bar", (f"the {d_time:%H:%M} UTC bar came when the market was closed by "
-                            "Alpaca's clock")
+        return "late bar", (f"the {_hm(d_time)} bar (New York time) came when the market "
+                            "was closed by Alpaca's clock")
     # fills before the difference that were not the backtest's
     prior = [o for o in ctx.live_orders.values() if o["symbol"] == symbol
              and pd.Timestamp(o["created_time"]) <= d_time + step]
@@ -395,8 +397,10 @@ def compare(run_dir: str | Path, settings: Settings | None = None) -> ParityRepo
     """
     run = load_run(run_dir)
     mode = str(run.config.get("mode", ""))
-    if mode == "backtest":
-        raise DataError(f"{run.path} is a backtest: parity compares a paper or dry-run "
+    if mode not in ("paper", "dry_run"):
+        # a backtest, or a sweep's stitched walk-forward-oos folder: nothing live to compare
+        what = "a backtest" if mode == "backtest" else f"a {mode or 'non-paper'} run"
+        raise DataError(f"{run.path} is {what}: parity compares a paper or dry-run "
                         "folder with the backtest of its bars")
     bars_path = run.path / "bars.parquet"
     if not bars_path.is_file():
@@ -406,11 +410,11 @@ def compare(run_dir: str | Path, settings: Settings | None = None) -> ParityRepo
     run_settings = _settings(run.config)
     start_value = float(run.config.get("start_value") or run_settings.cash)
     used = (settings or run_settings).replace(cash=start_value)
-    changed = {}
-    for k, v in run_settings.to_dict().items():
-        other = used.to_dict()[k]
-        if k != "cash" and other != v:
-            changed[k] = [v, other]
+    changed = {}  # by public name and unit, as config.json and show-config say them
+    mine, theirs = public_settings(run_settings), public_settings(used)
+    for k, v in mine.items():
+        if k != "cash" and theirs[k] != v:
+            changed[k] = [v, theirs[k]]
     live_bars = bars[~bars["warmup"]]
     if live_bars.empty:
         raise DataError(f"{run.path}: no bar reached the Strategy in this run: nothing to "
@@ -519,6 +523,23 @@ def _dec_text(d: dict[str, Any] | Decision | None) -> str:
     return f"{d['side'].upper()} {d['qty']:g} ({d['reason']})"
 
 
+def ny_text(when: Any) -> str:
+    """A UTC time (ISO text or Timestamp) as ``YYYY-MM-DD HH:MM`` New York time, as every
+    other time the CLI and the report show."""
+    t = pd.Timestamp(when)
+    t = t.tz_localize(UTC) if t.tzinfo is None else t
+    return f"{t.tz_convert(NY):%Y-%m-%d %H:%M}"
+
+
+def _hm(when: Any) -> str:
+    return ny_text(when)[11:]
+
+
+def _z2(x: float | None) -> float:
+    """``x`` rounded to cents, without a negative zero."""
+    return round(float(x or 0.0), 2) + 0.0
+
+
 def _z(x: float | None) -> float:
     """``x`` rounded, without a negative zero (``-0.00`` reads as a loss)."""
     return round(float(x or 0.0), 4) + 0.0
@@ -530,7 +551,7 @@ def console_lines(report: ParityReport | dict[str, Any], tolerance_pct: float = 
     r = report.to_json() if isinstance(report, ParityReport) else report
     t, p = r["totals"], r["pnl"]
     out = [f"Parity of {r['run']} ({r['mode']}): {len(r['symbols'])} symbols, {r['bars']:,} "
-           f"bars, {r['start'][:16]} .. {r['end'][:16]} UTC",
+           f"bars, {ny_text(r['start'])} -> {ny_text(r['end'])} New York time",
            f"Decisions: {r['identical']} identical of "
            f"{r['identical'] + len(r['differences'])} "
            f"(live {r['live_decisions']}, backtest {r['backtest_decisions']}): "
@@ -540,7 +561,7 @@ def console_lines(report: ParityReport | dict[str, Any], tolerance_pct: float = 
             f"{k} {a} -> {b}" for k, (a, b) in r["settings_changed"].items()))
     first = r["first_difference"]
     if first is not None:
-        out.append(f"First difference: {first['time'][:16]} {first['symbol']}: live "
+        out.append(f"First difference: {ny_text(first['time'])} {first['symbol']}: live "
                    f"{_dec_text(first['live'])}, backtest {_dec_text(first['backtest'])}; "
                    f"cause: {first['cause']} ({first['detail']})")
         out.append("Causes: " + ", ".join(f"{k} x{v}" for k, v in r["causes"].items()))
@@ -551,8 +572,8 @@ def console_lines(report: ParityReport | dict[str, Any], tolerance_pct: float = 
                " + = worse live); decision to fill median "
                + ("-" if med is None else f"{med:.1f} s") + f"; unmatched {t['unmatched_fills']}")
     ex = p["explained_by_slippage"]
-    out.append(f"P&L: live {p['live_pnl']:+,.2f}, backtest {p['backtest_pnl']:+,.2f}, "
-               f"difference {p['difference']:+,.2f}"
+    out.append(f"P&L: live {_z2(p['live_pnl']):+,.2f}, backtest {_z2(p['backtest_pnl']):+,.2f}"
+               f", difference {_z2(p['difference']):+,.2f}"
                + ("" if ex is None else f"; slippage explains {ex * 100:.0f}%"))
     return out
 
@@ -601,11 +622,11 @@ def html_section(run_dir: str | Path) -> str:
     img = f'<img src="{chart}" alt="live vs backtest equity">' if chart else ""
     rows = []
     for d in r["differences"][:50]:
-        rows.append(f"<tr><td>{escape(d['time'][:16])}</td><td>{escape(d['symbol'])}</td>"
+        rows.append(f"<tr><td>{escape(ny_text(d['time']))}</td><td>{escape(d['symbol'])}</td>"
                     f"<td>{escape(_dec_text(d['live']))}</td>"
                     f"<td>{escape(_dec_text(d['backtest']))}</td>"
                     f"<td>{escape(d['cause'])}</td><td>{escape(d['detail'])}</td></tr>")
-    diffs = ("<table><thead><tr><th>bar (UTC)</th><th>symbol</th><th>live</th>"
+    diffs = ("<table><thead><tr><th>bar (New York)</th><th>symbol</th><th>live</th>"
              "<th>backtest</th><th>cause</th><th>detail</th></tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>") if rows else \
         "<p>Every order decision matched the backtest.</p>"

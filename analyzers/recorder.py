@@ -28,6 +28,7 @@ from common import arrow
 from common.atomic import atomic_path, write_json_atomic
 from common.config import Settings, public_settings
 from common.nytime import unique_inverse
+from common.version import __version__
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -425,6 +426,6 @@ def write_run_folder(
     audit.write_csv(run_dir / "audit.csv")
     write_json_atomic(run_dir / "stats.json", stats)
     config = {"run_id": run_dir.name, "settings": public_settings(settings),
-              "created_at": datetime.now(UTC).isoformat(), "version": "0.1.0", **meta}
+              "created_at": datetime.now(UTC).isoformat(), "version": __version__, **meta}
     write_json_atomic(run_dir / "config.json", config)
     return stats

@@ -71,7 +71,11 @@ STATS: dict[str, tuple[str, str]] = {
     "end_value": ("End value", "money"),
     "bars": ("Bars", "int"),
     "trading_days": ("Trading days", "int"),
+    "buy_hold_return": ("Buy and hold, all symbols", "signed_pct"),
+    "buy_hold_traded_return": ("Buy and hold, traded symbols", "signed_pct"),
 }
+#: stats.json keys shown in their own card (not as a raw value in "All statistics")
+OWN_CARD = ("symbols",)
 
 #: Short runs (at most this many calendar days) also get a daily-returns chart.
 DAILY_CHART_MAX_DAYS = 100
@@ -402,8 +406,10 @@ def _run_header(run: Run, colour: str | None) -> str:
         extra.append(f"data {_e(run.config['data'])}")
     if run.config.get("version"):
         extra.append(f"ratchet {_e(run.config['version'])}")
+    # the --name label, as `cli.py runs` shows it
+    label = f" · {_e(run.config['name'])}" if run.config.get("name") else ""
     return (
-        f'<div class="run-head"><h2>{swatch}{_e(run.name)}'
+        f'<div class="run-head"><h2>{swatch}{_e(run.name)}{label}'
         f'<span class="badge {_e(mode)}">{_e(mode)}</span></h2>'
         f'<div class="sub">{_e(shown) or "no symbols"} &nbsp;·&nbsp; {_e(period)}'
         f'{" &nbsp;·&nbsp; " + " · ".join(extra) if extra else ""}</div>'
@@ -538,14 +544,35 @@ def _setting_text(value: Any) -> str:
 def _details_grid(run: Run) -> str:
     stats_rows = [(label, _e(format_stat(k, run.stats.get(k)))) for k, (label, _) in
                   STATS.items() if k in run.stats]
-    stats_rows += [(k, _e(v)) for k, v in run.stats.items() if k not in STATS]
+    stats_rows += [(k, _e(v)) for k, v in run.stats.items() if k not in STATS
+                   and k not in OWN_CARD]
     settings = public_run_settings(run.config)
     setting_rows = [(k, _setting_text(v)) for k, v in settings.items()]
-    return ('<div class="grid2">'
+    return (_symbol_card(run.stats.get("symbols"))
+            + '<div class="grid2">'
             + _card("All statistics", _kv_table(stats_rows), "From stats.json.")
             + _card("Settings", _kv_table(setting_rows) if setting_rows else
                     _empty("No settings recorded."), "From config.json.")
             + "</div>")
+
+
+def _symbol_card(symbols: Any) -> str:
+    """stats.json ``symbols`` as the backtest summary's per-symbol table (else nothing)."""
+    if not isinstance(symbols, dict) or not symbols:
+        return ""
+    rows = []
+    for sym, row in symbols.items():
+        row = row if isinstance(row, dict) else {}
+        pnl = row.get("pnl")
+        rows.append([_e(sym), format_value("int", row.get("trades")),
+                     format_value("pct", row.get("win_rate")),
+                     "—" if _is_missing(pnl) else f"{pnl:+,.2f}",
+                     format_value("pct", row.get("exposure")),
+                     format_value("signed_pct", row.get("buy_hold_return"))])
+    return _card("Per symbol", _table(["symbol", "trades", "win rate", "P&L", "exposure",
+                                       "buy & hold"], rows, text_cols=(0,)),
+                 "From stats.json: closed trades, share won, P&L, share of the symbol's bars "
+                 "with a position, and buy-and-hold over the run.")
 
 
 def parity_section(path: Path) -> str:
@@ -657,7 +684,8 @@ def _comparison(runs: Sequence[Run]) -> str:
         period = f"{_time(start)} → {_time(end)}" if start is not None else "—"
         where = ", ".join(symbols[:6]) + (" …" if len(symbols) > 6 else "")
         row = [f'<td class="text"><span class="swatch" style="background:{theme.run_colour(i)}">'
-               f'</span><a href="#{_e(run.name)}">{_e(run.name)}</a> '
+               f'</span><a href="#{_e(run.name)}">{_e(run.name)}</a>'
+               + (f" {_e(run.config['name'])}" if run.config.get("name") else "") + " "
                f'<span class="badge {_e(run.config.get("mode", ""))}">'
                f'{_e(run.config.get("mode", ""))}</span><br><small>{_e(where)} · '
                f"{_e(period)}</small></td>"]
@@ -743,7 +771,9 @@ def build_report(runs: Sequence[Run], title: str | None = None, max_symbols: int
             f'<a href="#{_e(r.name)}"><span class="swatch" style="background:'
             f'{theme.run_colour(i)}"></span>{_e(r.name)}</a>' for i, r in enumerate(runs)
         ) + "</nav>"
-    title = title or (f"Run {runs[0].name}" if len(runs) == 1 else f"{len(runs)} runs compared")
+    named = f" · {runs[0].config['name']}" if runs[0].config.get("name") else ""
+    title = title or (f"Run {runs[0].name}{named}" if len(runs) == 1
+                      else f"{len(runs)} runs compared")
     generated = datetime.now(UTC).astimezone(ZoneInfo(NY)).strftime("%Y-%m-%d %H:%M")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

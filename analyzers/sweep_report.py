@@ -14,7 +14,7 @@ import itertools
 import json
 import logging
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from analyzers.report import _card, _img, _table
 from analyzers.report_assets import charts, theme
 from analyzers.sweepfolder import Sweep, load_sweep
 from common.atomic import write_text_atomic
+from common.config import BY_FIELD
+from common.nytime import NY
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,44 @@ def _fmt(x: Any, pct: bool = False) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)) or pd.isna(x):
         return "n/a"
     return f"{x * 100:,.2f}%" if pct else f"{x:,.3f}"
+
+
+def param_label(column: str) -> str:
+    """A ``p_<Settings field>`` column by its public setting name (``p_fast_period`` ->
+    ``fast``; ``risk_pct (%)`` for the settings shown in percent), as ``show-config``."""
+    param = BY_FIELD.get(column[2:])
+    if param is None:
+        return column[2:]
+    return f"{param.name} (%)" if param.scale != 1.0 else param.name
+
+
+def param_value(field: str, value: Any) -> Any:
+    """A varied setting's stored value in its public unit (``0.02`` risk -> ``2``)."""
+    param = BY_FIELD.get(field)
+    if param is None or isinstance(value, bool) or not isinstance(value, int | float) \
+            or pd.isna(value):
+        return value
+    return param.to_public(value)
+
+
+def setting_text(field: str, value: Any) -> str:
+    """``risk_per_trade_pct``, ``0.02`` -> ``risk_pct=2%``; ``fast_period``, 5 -> ``fast=5``."""
+    param = BY_FIELD.get(field)
+    if param is None:
+        return f"{field}={value}"
+    shown = param_value(field, value)
+    if isinstance(shown, float):
+        return f"{param.name}={shown:g}" + ("%" if param.scale != 1.0 else "")
+    return f"{param.name}={shown}"
+
+
+def public_params(frame: pd.DataFrame, params: list[str]) -> pd.DataFrame:
+    """``frame`` with its ``p_`` columns in public units (for the tables and heatmaps)."""
+    out = frame.copy()
+    for p in params:
+        if p in out.columns:
+            out[p] = [param_value(p[2:], v) for v in out[p].tolist()]
+    return out
 
 
 @charts.styled
@@ -52,8 +92,8 @@ def heatmap(frame: pd.DataFrame, x: str, y: str, label: str) -> str | None:
     ax.set_xticks(range(len(grid.columns)), [str(c) for c in grid.columns], rotation=45)
     ax.set_yticks(range(len(grid.index)), [str(c) for c in grid.index])
     ax.grid(False)
-    ax.set_xlabel(x[2:])
-    ax.set_ylabel(y[2:])
+    ax.set_xlabel(param_label(x))
+    ax.set_ylabel(param_label(y))
     if data.size <= 120:
         for (i, j), v in np.ndenumerate(data):
             if math.isfinite(v):
@@ -62,12 +102,16 @@ def heatmap(frame: pd.DataFrame, x: str, y: str, label: str) -> str | None:
     return charts.figure_uri(fig)
 
 
+def _cell(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _top_rows(sweep: Sweep, n: int = 20) -> str:
-    top = sweep.top(n)
     params = sweep.params
-    head = ["#", *[p[2:] for p in params], "objective", "Sharpe", "total return", "max DD",
+    top = public_params(sweep.top(n), params)
+    head = ["#", *[param_label(p) for p in params], "objective", "Sharpe", "total return", "max DD",
             "trades", "window"]
-    rows = [[str(i), *[html.escape(str(r[p])) for p in params], _fmt(r["objective"]),
+    rows = [[str(i), *[html.escape(_cell(r[p])) for p in params], _fmt(r["objective"]),
              _fmt(r.get("sharpe")), _fmt(r.get("total_return"), True),
              _fmt(r.get("max_drawdown"), True), str(int(r.get("trade_count") or 0)),
              str(int(r["window"])) if r["window"] >= 0 else "-"]
@@ -83,7 +127,8 @@ def _walk_forward(sweep: Sweep) -> str:
             "OOS return", "deflated Sharpe"]
     rows = []
     for w in wf["windows"]:
-        chosen = ", ".join(f"{k}={v}" for k, v in (w.get("chosen") or {}).items()) or "-"
+        chosen = ", ".join(setting_text(k, v) for k, v in (w.get("chosen") or {}).items()) \
+            or "-"
         rows.append([str(w["window"]), f"{w['train_start'][:10]} .. {w['train_end'][:10]}",
                      f"{w['test_start'][:10]} .. {w['test_end'][:10]}", html.escape(chosen),
                      _fmt(w.get("is_objective")), _fmt(w.get("oos_objective")),
@@ -112,15 +157,16 @@ def build_sweep_report(sweep: Sweep) -> str:
     cfg = sweep.config
     res = sweep.results
     pool = res[res["phase"].isin(["cell", "train"])] if "phase" in res else res
+    pool = public_params(pool, sweep.params)  # axes and tables in show-config's units
     label = f"best {cfg.get('objective', 'objective')}"
     maps = []
     for x, y in itertools.islice(itertools.combinations(sweep.params, 2), MAX_HEATMAPS):
         cols = pool[[x, y]].nunique()
         if (cols > 1).all():
-            maps.append(_img(heatmap(pool, x, y, label), f"{x} vs {y}",
+            maps.append(_img(heatmap(pool, x, y, label), f"{param_label(x)} vs {param_label(y)}",
                              "No qualified cell for this pair."))
     if len(sweep.params) == 1 and not pool.empty:
-        maps.append(_table([sweep.params[0][2:], label],
+        maps.append(_table([param_label(sweep.params[0]), label],
                            [[str(k), _fmt(v)] for k, v in pool[pool["qualified"].astype(bool)]
                             .groupby(sweep.params[0])["objective"].max().items()]))
     heat = _card("Objective over pairs of settings",
@@ -143,7 +189,7 @@ def build_sweep_report(sweep: Sweep) -> str:
     ], text_cols=(0, 1))
     body = (_card("Sweep", info) + heat + _card("Top cells", _top_rows(sweep))
             + _walk_forward(sweep))
-    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(NY).strftime("%Y-%m-%d %H:%M New York time")
     title = f"Sweep {sweep.path.name}"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

@@ -81,30 +81,43 @@ def child_plain(data: Path, out: Path) -> None:
 
 
 def child_opt(data: Path, out: Path, maxcpus: int) -> None:
-    """backtrader ``optstrategy`` over the same cells (stock feeds and indicators)."""
+    """backtrader ``optstrategy`` over the same cells: the plain stock-Backtrader version of
+    the rules (``benchmarks/stock_backtrader.py``: PandasData feeds, ``bt.indicators``)."""
     import backtrader as bt
+    import pandas as pd
 
-    from analyzers.audit import Audit
-    from analyzers.recorder import RunRecorder
-    from benchmarks.stock_strategy import StockRatchetStrategy, read_frames
-    from brokers.backtest import make_backtest_broker
-    from common.config import Settings
-    from feeds.store import resolve_datasets
 
-    paths = resolve_datasets(data, None)
-    base = Settings(symbols=tuple(paths))
     cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True, optreturn=True,
                          maxcpus=maxcpus)
-    cerebro.setbroker(make_backtest_broker(base))
-    for sym, frame in read_frames(paths).items():
-        cerebro.adddata(bt.feeds.PandasData(dataname=frame, name=sym))
-    grid = [base.replace(fast_period=f, slow_period=s) for f, s in cells()]
-    cerebro.optstrategy(StockRatchetStrategy, settings=grid, audit=Audit())
-    cerebro.addanalyzer(RunRecorder, _name="recorder")
+    cerebro.broker.setcash(100_000.0)
+    cerebro.broker.setcommission(commission=0.0)
+    for path in sorted(Path(data).glob("*.parquet")):
+        frame = pd.read_parquet(path).set_index("timestamp")
+        cerebro.adddata(bt.feeds.PandasData(dataname=frame, name=path.stem))
+    fast, slow = zip(*cells(), strict=True)
+    # optstrategy crosses every list it is given: pair the cells through one index instead
+    cerebro.optstrategy(_cell_strategy(), cell=list(range(len(fast))), fasts=[fast], slows=[slow])
     t0 = time.perf_counter()
     results = cerebro.run()
     out.write_text(json.dumps({"loop_seconds": time.perf_counter() - t0,
                                "runs": len(results)}))
+
+
+def _cell_strategy() -> type:
+    from benchmarks.stock_backtrader import Ratchet
+
+    class Cell(Ratchet):  # one (fast, slow) cell of the grid, picked by index
+        params = dict(cell=0, fasts=(), slows=())
+
+        def __init__(self) -> None:
+            self.p.fast, self.p.slow = self.p.fasts[self.p.cell], self.p.slows[self.p.cell]
+            super().__init__()
+
+    # optstrategy pickles the class for its worker processes: make it findable by name
+    Cell.__qualname__ = Cell.__name__ = "Cell"
+    Cell.__module__ = __name__
+    globals()["Cell"] = Cell
+    return Cell
 
 
 def start_cluster(work: Path, workers: int) -> tuple[str, list[subprocess.Popen]]:

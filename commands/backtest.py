@@ -257,7 +257,8 @@ def run_backtest(
             arrays, sig, atr = arrays.slice(first, len(arrays)), sig[first:], atr[first:]
             codes = codes[first:]
         if len(arrays) == 0:
-            raise DataError(f"{sym}: no bars on or after {start} (check --start/--end)")
+            raise DataError(f"{sym}: no bars on or after {start:%Y-%m-%d %H:%M} UTC "
+                            "(check --start/--end)")
         total_bars += len(arrays)
         cerebro.adddata(make_feed(arrays, sig, atr, codes))
     audit = Audit()
@@ -470,7 +471,8 @@ def plan_backtest(data: Path | None, config_file: Path | None, flags: dict[str, 
 
 @click.command("backtest")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="Folder of <SYMBOL>.parquet files, or one file [bundled data/bars].")
+              help="Folder of <SYMBOL>.parquet files, one file, or a store root "
+                   "(<root>/<interval>/, as `data import` writes) [bundled data/bars].")
 @click.option("--start", type=str, default=None, help="First trading day (YYYY-MM-DD).")
 @click.option("--end", type=str, default=None, help="Last trading day, inclusive.")
 @click.option("--cash", type=float, default=None, help="Starting cash [100000].")
@@ -511,7 +513,8 @@ def backtest(data: Path | None, start: str | None, end: str | None, cash: float 
     steps = len(unique_inverse(np.concatenate([a.ts for a in datasets.values()]))[0])
     from commands.output import echo_lines, fit, out_width
 
-    echo_lines(fit(f"Backtesting {', '.join(datasets)} ({settings.bar_interval} bars) from "
+    hours = ", extended hours" if settings.extended_hours else ""
+    echo_lines(fit(f"Backtesting {', '.join(datasets)} ({settings.bar_interval} bars{hours}) from "
                    f"{data_dir}: signal {settings.signal}, risk "
                    f"{settings.risk_per_trade_pct * 100:g}% per trade", out_width(), "  "))
     meta = {"data": str(data_dir), "start": start, "end": end, "name": name}

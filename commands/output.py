@@ -1,10 +1,10 @@
 """Terminal output that fits: tables that stack instead of cutting values, plain text when piped.
 
-Rules (README "Output"): in a terminal every line fits its width (``COLUMNS`` or the real
-width); a table too wide for it is printed as one block per row (``key: value`` pairs) and
-never truncated. When stdout is not a terminal the text is plain (no colour, no box
-characters) and complete: a table is aligned columns, as wide as its longest values, unless
-``COLUMNS`` asks for a width (then it stacks the same way).
+Rules (docs/CONTRACTS.md, "Terminal output"): in a terminal every line fits its width
+(``COLUMNS`` or the real width); a table too wide for it is printed as one block per row
+(``key: value`` pairs) and never truncated. When stdout is not a terminal the text is plain
+(no colour, no box characters) and complete: a table is aligned columns, as wide as its
+longest values, unless ``COLUMNS`` asks for a width (then it stacks the same way).
 """
 
 from __future__ import annotations

@@ -222,20 +222,25 @@ def _install_signals(store: AlpacaStore, console_note: Callable[[str], None]) ->
     return restore
 
 
+def check_paper_settings(settings: Settings) -> None:
+    """Settings paper trading cannot honour: refused before anything starts."""
+    if settings.bar_seconds >= 86_400:
+        raise ConfigError(
+            f"--interval {settings.bar_interval} is not supported for paper trading: "
+            "Alpaca streams minute bars; use 1Min..1Hour (or backtest daily bars)")
+    if settings.fractional_shares:
+        raise ConfigError(
+            "--fractional is not supported for paper trading: Alpaca takes fractional "
+            "quantities only on DAY orders and the resting stop is GTC; drop --fractional")
+
+
 class PaperSession:
     """One paper session, wired: client, store, feeds, broker, Strategy, audit, state file."""
 
     def __init__(self, opts: PaperOptions) -> None:
         self.opts = opts
         settings = self.settings = opts.settings
-        if settings.bar_seconds >= 86_400:
-            raise ConfigError(
-                f"--interval {settings.bar_interval} is not supported for paper trading: "
-                "Alpaca streams minute bars; use 1Min..1Hour (or backtest daily bars)")
-        if settings.fractional_shares:
-            raise ConfigError(
-                "--fractional is not supported for paper trading: Alpaca takes fractional "
-                "quantities only on DAY orders and the resting stop is GTC; drop --fractional")
+        check_paper_settings(settings)
         self.mode = LIVE if opts.live else DRY_RUN
         check_endpoint(opts.base_url, True)  # the command checks the flag; this never guesses
         state_dir = self.state_dir = Path(opts.state_dir)
@@ -827,6 +832,7 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
     log_file = Path(log_dir) / f"trading_{datetime.now(UTC):%Y-%m-%d}.log"
     setup_logging(verbose, log_file)
     settings = settings_from_flags(config_file, flags)
+    check_paper_settings(settings)  # before a --sim server starts or a banner prints
     urls, level = alert_settings(config_file, alert_urls, alert_level)
     dispatcher = _alert_dispatcher(urls, level, live, sim)  # a bad URL stops us here
     if sim and base_url:

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import click
 
-from analyzers.parity import compare, console_lines, write_parity
+from analyzers.parity import compare, console_lines, ny_text, write_parity
 from analyzers.runfolder import latest_run
+from commands.output import echo_lines, fit, out_width
 from common.config import load_settings
+from common.errors import DataError
 from common.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -40,12 +42,17 @@ def parity(run: Path, tolerance: float, config_file: Path | None, as_json: bool,
            verbose: int) -> None:
     """Compare a paper run folder with the backtest of exactly the bars it traded.
 
-    RUN is a paper or dry-run folder (runs/<run id>), or runs/ for the newest run.
+    RUN is a paper or dry-run folder (runs/<run id>), or runs/ for the newest of those.
     """
     setup_logging(verbose)
     t0 = time.perf_counter()
     # runs/ (a folder of run folders) stands for its newest run, as in `cli.py report`
-    path = run if (run / "config.json").exists() or not run.is_dir() else latest_run(run)
+    from analyzers.sweepfolder import is_sweep_folder
+
+    path = run if (run / "config.json").exists() or not run.is_dir() else _latest_live(run)
+    if is_sweep_folder(path):
+        raise DataError(f"{path} is a sweep folder: parity compares a paper or dry-run run "
+                        "folder (runs/<run id>) with the backtest of its bars")
     settings = None
     if config_file is not None:
         from analyzers.parity import run_settings
@@ -56,18 +63,34 @@ def parity(run: Path, tolerance: float, config_file: Path | None, as_json: bool,
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
-        for line in console_lines(report, tolerance):
-            click.echo(line)
-        for d in report.differences[:20]:
-            click.echo(f"  {d.time[:16]} {d.symbol:<6} live {_d(d.live)} | backtest "
-                       f"{_d(d.backtest)} | {d.cause}: {d.detail}")
+        width = out_width()  # wrapped at spaces in a terminal, complete lines when piped
+        lines = list(console_lines(report, tolerance))
+        lines += [f"  {ny_text(d.time)} {d.symbol:<6} live {_d(d.live)} | backtest "
+                  f"{_d(d.backtest)} | {d.cause}: {d.detail}" for d in report.differences[:20]]
         if len(report.differences) > 20:
-            click.echo(f"  ... {len(report.differences) - 20} more in {out}")
-        click.echo(f"{out} ({time.perf_counter() - t0:.1f} s)")
+            lines.append(f"  ... {len(report.differences) - 20} more in {out}")
+        echo_lines([part for line in lines for part in fit(line, width, "    ")])
+        click.echo("Written:")
+        click.echo(f"  {out} ({time.perf_counter() - t0:.1f} s)")
     if not report.passes(tolerance):
         click.echo(f"decisions differ by {100 - report.pct_identical:.1f}% > tolerance "
                    f"{tolerance:g}%", err=True)
         sys.exit(DIFFERS)
+
+
+def _latest_live(out: Path) -> Path:
+    """The newest paper or dry-run folder under ``out`` (a backtest run after it is not what
+    `parity runs/` means)."""
+    found = []
+    for mode in ("paper", "dryrun"):
+        try:
+            found.append(latest_run(out, mode))
+        except DataError:
+            continue
+    if not found:
+        raise DataError(f"no paper or dry-run folder under {out}: run `python cli.py paper` "
+                        "(or `paper --sim`) first")
+    return max(found, key=lambda p: p.name)
 
 
 def _d(d: object) -> str:

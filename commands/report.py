@@ -28,12 +28,36 @@ def report(runs: tuple[Path, ...], output: Path | None, title: str | None,
     objective, the top cells and, for walk-forward, in-sample vs out-of-sample.
     The file is self-contained (charts embedded) and opens offline.
     """
+    from analyzers.report import resolve_run_path
     from analyzers.sweepfolder import is_sweep_folder
 
-    if len(runs) == 1 and is_sweep_folder(runs[0]):
+    # runs/sweeps (a folder of sweeps) stands for its newest sweep, as runs/ for its newest run
+    first = (_newest_sweep(runs[0]) or resolve_run_path(runs[0])) if len(runs) == 1 \
+        else runs[0]
+    if len(runs) == 1 and is_sweep_folder(first):
         from analyzers.sweep_report import write_sweep_report
 
-        click.echo(str(write_sweep_report(runs[0], output)))
+        click.echo(str(write_sweep_report(first, output)))
         return
     out = write_report(list(runs), output, title=title, max_symbols=max_symbols)
     click.echo(str(out))
+
+
+def _newest_sweep(folder: Path) -> Path | None:
+    """The most recently created sweep folder directly under ``folder`` (sweep folders are
+    named by hash, so by their config.json's created_at), or None."""
+    import json
+
+    from analyzers.sweepfolder import is_sweep_folder
+
+    if not folder.is_dir() or (folder / "config.json").exists():
+        return None
+    sweeps = [p for p in folder.iterdir() if p.is_dir() and is_sweep_folder(p)]
+    if not sweeps or any((p / "stats.json").exists() for p in folder.iterdir() if p.is_dir()):
+        return None  # a folder of runs (or mixed): the newest run, as before
+
+    def created(p: Path) -> str:
+        return str(json.loads((p / "config.json").read_text(encoding="utf-8"))
+                   .get("created_at") or "")
+
+    return max(sweeps, key=created)

@@ -143,7 +143,7 @@ def _ny(t_ns: int) -> str:
 
 def _banner(app: SimApp, port: int, data_dir: Path) -> None:
     base = f"http://127.0.0.1:{port}"
-    mode = "stepped (POST /_sim/advance)" if app.clock.stepped else f"{app.clock.speed:g}x"
+    mode = "stepped by POST /_sim/advance" if app.clock.stepped else f"at {app.clock.speed:g}x"
     secret = app.options.secret
     shown = secret if secret == TEST_SECRET else "<your secret>"
     from commands.output import echo_lines, fit, out_width
@@ -154,7 +154,7 @@ def _banner(app: SimApp, port: int, data_dir: Path) -> None:
         *fit(f"alpaca-sim: {len(app.book.symbols)} symbols "
              f"({', '.join(app.book.symbols[:8])}{'...' if len(app.book.symbols) > 8 else ''})"
              f" from {app.book.source}", width, "  "),
-        f"  replay from {_ny(app.market.now_ns)} New York time at {mode}",
+        f"  replay from {_ny(app.market.now_ns)} New York time, {mode}",
         *([f"  state: {app.options.state_path} ({len(app.market.orders)} orders, "
            f"{len(app.market.positions)} positions kept)"]
           if app.options.state_path is not None else []),

@@ -75,8 +75,7 @@ def sweep(grids: tuple[str, ...], ranges: tuple[str, ...], constraints: tuple[st
 
     Example: cli.py sweep --grid fast=5,10,20 --grid slow=30,50,100 --objective sharpe
     """
-    from rich.console import Console
-
+    from commands.output import console as make_console
     from sweeps.cluster import open_client
     from sweeps.plan import SweepRequest, build_plan
     from sweeps.runner import Sweeper
@@ -84,7 +83,7 @@ def sweep(grids: tuple[str, ...], ranges: tuple[str, ...], constraints: tuple[st
     from sweeps.summary import print_outcome
 
     setup_logging(verbose)
-    console = Console()
+    console: Any = make_console()  # plain, complete text when piped (README "Output")
     flags.update(cash=cash, commission=commission, volume_participation=volume_participation)
     req = SweepRequest(grids, ranges, constraints, search, trials, seed, objective, min_trades,
                        walk_forward, anchored, data, start, end, drop_bad_rows, out, name)
@@ -96,18 +95,21 @@ def sweep(grids: tuple[str, ...], ranges: tuple[str, ...], constraints: tuple[st
     console.print(f"Sweep of {n_cells} cells{per} over {', '.join(plan.base.symbols)} "
                   f"({plan.base.bar_interval}) from {plan.spec.data}; objective {objective}"
                   + (f"; {sum(skipped.values())} combinations skipped (invalid or against a "
-                     "constraint)" if skipped else ""))
+                     "constraint)" if skipped else ""), markup=False)
     if resuming:
         console.print(f"Resuming {plan.folder}: {len(store.done_keys())} backtests already "
-                      "done are reused, not run again")
-    where = scheduler or f"a local cluster of {workers or 'one per CPU'} worker processes"
+                      "done are reused, not run again", markup=False)
+    where = scheduler or (f"a local cluster of {workers} worker process"
+                          + ("" if workers == 1 else "es") if workers
+                          else "a local cluster, one worker process per CPU")
     if not Sweeper(None, plan, store).needs_cluster():
         console.print("Every cell is already done: nothing to run")
         outcome = Sweeper(None, plan, store).run()
     else:
         with open_client(scheduler, workers, connect_timeout) as client:
-            console.print(f"Running on {where} ({len(client.scheduler_info()['workers'])} "
-                          "workers now)")
+            now = len(client.scheduler_info()["workers"])
+            console.print(f"Running on {where} ({now} worker{'' if now == 1 else 's'} now)",
+                          markup=False)
             outcome = _run(Sweeper, client, plan, store, console, no_progress)
     print_outcome(outcome, plan, console, top)
 

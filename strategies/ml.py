@@ -819,6 +819,12 @@ def fold_model(result: FoldResult, final: TrainedModel) -> TrainedModel:
 # The signal
 
 
+def _ny(t: Any) -> str:
+    """A UTC bar time as the CLI shows times: New York, to the minute."""
+    ts = pd.Timestamp(t)
+    return f"{ts.tz_convert('America/New_York'):%Y-%m-%d %H:%M}" if ts.tzinfo else str(ts)
+
+
 class MLSignal:
     """SPEC ``ml`` signal: BUY when p >= enter, SELL when p <= exit, nothing in between.
 
@@ -898,9 +904,9 @@ class MLSignal:
         if overlap:
             self._training_span = None  # once is enough
             logger.warning(
-                "bars %s..%s overlap the model's training range %s..%s: results there are "
-                "in-sample and flattering (the train command's fold backtests are out of sample)",
-                first, last, lo, hi,
+                "bars %s..%s overlap the model's training range %s..%s (New York time): "
+                "results there are in-sample and flattering (the train command's fold "
+                "backtests are out of sample)", *(_ny(t) for t in (first, last, lo, hi)),
             )
 
     def __repr__(self) -> str:

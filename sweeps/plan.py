@@ -21,6 +21,7 @@ import pandas as pd
 
 from common.config import Settings
 from common.errors import ConfigError
+from common.version import __version__
 from sweeps.cell import DataSpec, code_version, fingerprint, load_bars
 from sweeps.objective import OBJECTIVES
 from sweeps.runner import SweepPlan
@@ -135,7 +136,7 @@ def build_plan(req: SweepRequest, config_file: Path | None,
     digest = hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode())
     def_hash = digest.hexdigest()[:16]
     folder = Path(req.out) / (req.name or f"sweep-{def_hash[:10]}")
-    config = {"kind": "sweep", "definition_hash": def_hash, "version": "0.1.0",
+    config = {"kind": "sweep", "definition_hash": def_hash, "version": __version__,
               "created_at": datetime.now(UTC).isoformat(), **definition,
               "windows": [w.describe() for w in windows]}
     plan = SweepPlan(folder, spec, base, space, req.search, req.trials, req.seed, req.objective,

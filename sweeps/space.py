@@ -146,7 +146,11 @@ class Param:
     def describe(self) -> str:
         """How the parameter was given (config.json, messages)."""
         if self.values:
-            return f"{self.name}={','.join(str(v) for v in self.values)}"
+            # in the unit typed: grid values are stored as fractions for percent names
+            shown = [round(v * 100, 10) if self.percent and isinstance(v, int | float)
+                     and not isinstance(v, bool) else v for v in self.values]
+            text = [f"{v:g}" if isinstance(v, float) else str(v) for v in shown]
+            return f"{self.name}={','.join(text)}"
         step = "" if self.step is None else f":{self.step:g}"
         return f"{self.name}={self.low:g}:{self.high:g}{step}"
 
@@ -158,6 +162,13 @@ def _split(spec: str, flag: str) -> tuple[str, str]:
     if not name.strip():
         raise ConfigError(f"{flag} {spec!r}: the setting name is missing")
     return name.strip(), rest.strip()
+
+
+def _shown(field_name: str) -> str:
+    """A Settings field as users know it (``fast_period`` -> ``fast``)."""
+    from common.config import BY_FIELD
+
+    return BY_FIELD[field_name].name if field_name in BY_FIELD else field_name
 
 
 def parse_grid(spec: str) -> Param:
@@ -179,7 +190,8 @@ def parse_range(spec: str) -> Param:
     field_name = resolve_name(name)
     kind = _field_kind(field_name)
     if kind not in ("int", "float"):
-        raise ConfigError(f"--range {name}: {field_name} is not numeric; use --grid {name}=a,b")
+        raise ConfigError(f"--range {name}: {_shown(field_name)} is not numeric; use --grid "
+                          f"{name}=a,b")
     parts = rest.split(":")
     if len(parts) not in (2, 3):
         raise ConfigError(f"--range {spec!r}: write NAME=LOW:HIGH[:STEP], e.g. fast=5:50:5")
@@ -195,7 +207,7 @@ def parse_range(spec: str) -> Param:
         raise ConfigError(f"--range {spec!r}: STEP must be > 0")
     if kind == "int" and (not low.is_integer() or not high.is_integer()
                           or (step is not None and not step.is_integer())):
-        raise ConfigError(f"--range {spec!r}: {field_name} takes whole numbers")
+        raise ConfigError(f"--range {spec!r}: {_shown(field_name)} takes whole numbers")
     return Param(name, field_name, low=low, high=high, step=step, kind=kind,
                  percent=_is_percent(name))
 
@@ -257,7 +269,8 @@ class Space:
         seen: dict[str, str] = {}
         for p in self.params:
             if p.field in seen:
-                raise ConfigError(f"{p.name} and {seen[p.field]} both vary {p.field}: keep one")
+                raise ConfigError(f"{p.name} and {seen[p.field]} both vary {_shown(p.field)}: "
+                                  "keep one")
             seen[p.field] = p.name
 
     @property

@@ -21,6 +21,7 @@ from analyzers.recorder import write_parquet
 from analyzers.stats import compute_stats
 from common.atomic import atomic_path, write_json_atomic
 from common.config import public_settings
+from common.version import __version__
 
 if TYPE_CHECKING:
     from sweeps.runner import SweepPlan
@@ -87,10 +88,20 @@ def stitch_oos(store: ResultStore, plan: SweepPlan,
         "settings": public_settings(plan.base), "data": spec.data,
         "symbols": list(plan.base.symbols),
         "interval": plan.base.bar_interval,
-        "start": windows[0]["test_start"] if windows else None,
-        "end": windows[-1]["test_end"] if windows else None, "version": "0.1.0",
+        # trading days as a backtest's config.json has them (test_end is exclusive)
+        "start": _ny_day(windows[0]["test_start"]) if windows else None,
+        "end": _ny_day(windows[-1]["test_end"], exclusive=True) if windows else None,
+        "version": __version__,
         "note": "stitched out-of-sample test spans of a walk-forward sweep; each window's "
                 "settings are in windows", "windows": windows,
     }
     write_json_atomic(out / "config.json", config)
     return out, stats
+
+
+def _ny_day(iso: str, exclusive: bool = False) -> str:
+    """A window bound (UTC ISO) as its New York trading day, ``YYYY-MM-DD``."""
+    t = pd.Timestamp(iso)
+    if exclusive:
+        t = t - pd.Timedelta(1, "ns")
+    return f"{t.tz_convert('America/New_York'):%Y-%m-%d}"

@@ -52,82 +52,94 @@ def _param(value: Any, percent: bool) -> str:
 
 
 def top_table(results: pd.DataFrame, objective: str, n: int, phase: str = "cell",
-              names: dict[str, str] | None = None, percent: set[str] | None = None) -> Any:
-    """A rich table of the best qualified rows."""
-    from rich.table import Table
+              names: dict[str, str] | None = None, percent: set[str] | None = None,
+              width: int | None = None) -> list[str]:
+    """The best qualified rows as text lines: a title, then an aligned table, or one block
+    per row when the table is wider than ``width`` (values are never cut)."""
+    from commands.output import table_lines
 
     rows = results[(results["phase"] == phase) & results["qualified"].astype(bool)]
     rows = rows.sort_values("objective", ascending=False).head(n)
     params = [c for c in results.columns if c.startswith("p_")]
-    table = Table(title=f"Top {len(rows)} cells by {OBJECTIVES[objective]}", title_justify="left")
-    table.add_column("#", justify="right")
-    for p in params:
-        table.add_column((names or {}).get(p[2:], p[2:]), justify="right")
-    for c in ("objective", "sharpe", "total return", "max DD", "trades"):
-        table.add_column(c, justify="right")
+    head = ["#", *[(names or {}).get(p[2:], p[2:]) for p in params],
+            "objective", "sharpe", "total return", "max DD", "trades"]
     show = _pct if objective == "total_return" else _num
-    for i, (_, r) in enumerate(rows.iterrows(), 1):
-        table.add_row(str(i), *[_param(r[p], p[2:] in (percent or set())) for p in params],
-                      show(r["objective"]),
-                      _num(r.get("sharpe")), _pct(r.get("total_return")),
-                      _pct(r.get("max_drawdown")), str(int(r.get("trade_count") or 0)))
-    return table
+    body = [[str(i), *[_param(r[p], p[2:] in (percent or set())) for p in params],
+             show(r["objective"]), _num(r.get("sharpe")), _pct(r.get("total_return")),
+             _pct(r.get("max_drawdown")), str(int(r.get("trade_count") or 0))]
+            for i, (_, r) in enumerate(rows.iterrows(), 1)]
+    return [f"Top {len(rows)} cells by {OBJECTIVES[objective]}",
+            *table_lines(head, body, width, right=range(len(head)))]
 
 
-def walk_forward_table(wf: dict[str, Any], names: dict[str, str] | None = None) -> Any:
-    """Per window: the chosen cell, its in-sample and out-of-sample objective."""
-    from rich.table import Table
+def walk_forward_table(wf: dict[str, Any], names: dict[str, str] | None = None,
+                       width: int | None = None, percent: set[str] | None = None) -> list[str]:
+    """Per window: the chosen cell, its in-sample and out-of-sample objective (text lines)."""
+    from commands.output import table_lines
 
-    table = Table(title=f"Walk-forward: in-sample vs out-of-sample ({wf['objective']})",
-                  title_justify="left")
-    for c in ("window", "train", "test", "chosen", "IS", "OOS", "OOS return", "DSR"):
-        table.add_column(c, justify="right" if c not in ("chosen",) else "left")
+    head = ["window", "train", "test", "chosen", "IS", "OOS", "OOS return", "DSR"]
+    body = []
     for w in wf["windows"]:
         chosen = "-" if not w.get("chosen") else ", ".join(
-            f"{(names or {}).get(k, k)}={_param(v, False)}" for k, v in w["chosen"].items())
-        table.add_row(str(w["window"]), f"{w['train_start'][:10]}..{w['train_end'][:10]}",
-                      f"{w['test_start'][:10]}..{w['test_end'][:10]}", chosen,
-                      _num(w.get("is_objective")), _num(w.get("oos_objective")),
-                      _pct(w.get("oos_total_return")), _num(w.get("dsr")))
-    return table
+            f"{(names or {}).get(k, k)}={_param(v, k in (percent or set()))}"
+            for k, v in w["chosen"].items())
+        body.append([str(w["window"]), f"{w['train_start'][:10]}..{w['train_end'][:10]}",
+                     f"{w['test_start'][:10]}..{w['test_end'][:10]}", chosen,
+                     _num(w.get("is_objective")), _num(w.get("oos_objective")),
+                     _pct(w.get("oos_total_return")), _num(w.get("dsr"))])
+    return [f"Walk-forward: in-sample vs out-of-sample ({wf['objective']})",
+            *table_lines(head, body, width, right=(0, 4, 5, 6, 7))]
 
 
 def print_outcome(outcome: Any, plan: Any, console: Any, top: int) -> None:
-    """The end-of-sweep summary."""
+    """The end-of-sweep summary: plain text that fits the terminal (``commands.output``)."""
+    from commands.output import out_width
+
+    width = out_width()
+
+    def say(text: str, whole: bool = False) -> None:
+        # markup off: '[last window; ...]' and paths are text, not rich tags; a path is
+        # printed whole (soft wrap), never broken by a newline mid-path
+        console.print(text, markup=False, highlight=False, soft_wrap=whole)
+
     res = outcome.results
     names = {p.field: p.name for p in plan.space.params}
     percent = {p.field for p in plan.space.params if p.percent}
     cells = res[res["phase"].isin(["cell", "train"])] if not res.empty else res
     qualified = int(cells["qualified"].sum()) if not cells.empty else 0
-    console.print(f"Sweep finished: {outcome.computed} backtests run, {outcome.reused} reused "
-                  f"from earlier runs, {qualified}/{len(cells)} qualified "
-                  f"(>= {plan.min_trades} trades) in {outcome.seconds:,.1f}s")
+    say(f"Sweep finished: {outcome.computed} backtests run, {outcome.reused} reused "
+        f"from earlier runs, {qualified}/{len(cells)} qualified "
+        f"(>= {plan.min_trades} trades) in {outcome.seconds:,.1f}s")
     if outcome.walk_forward is None:
         if qualified:
-            console.print(top_table(res, plan.objective, top, names=names, percent=percent))
+            for line in top_table(res, plan.objective, top, names=names, percent=percent,
+                                  width=width):
+                say(line)
         else:
-            console.print(f"No cell has {plan.min_trades}+ trades and a defined "
-                          f"{plan.objective}: lower --min-trades or widen the sweep")
-        console.print(explain_dsr(outcome.dsr, outcome.n_trials))
+            say(f"No cell has {plan.min_trades}+ trades and a defined "
+                f"{plan.objective}: lower --min-trades or widen the sweep")
+        say(explain_dsr(outcome.dsr, outcome.n_trials))
     else:
         wf = outcome.walk_forward
-        console.print(walk_forward_table(wf, names))
+        for line in walk_forward_table(wf, names, width=width, percent=percent):
+            say(line)
         oos = wf["oos_stats"]
-        console.print(f"In-sample (mean of the chosen cells): {_num(wf['is_objective_mean'])}  "
-                      f"| out-of-sample (stitched): {_num(wf['oos_objective'])}, total return "
-                      f"{_pct(oos.get('total_return'))}, Sharpe {_num(oos.get('sharpe'))}, "
-                      f"max DD {_pct(oos.get('max_drawdown'))}, {oos.get('trade_count', 0)} "
-                      "trades")
+        say(f"In-sample (mean of the chosen cells): {_num(wf['is_objective_mean'])}  "
+            f"| out-of-sample (stitched): {_num(wf['oos_objective'])}, total return "
+            f"{_pct(oos.get('total_return'))}, Sharpe {_num(oos.get('sharpe'))}, "
+            f"max DD {_pct(oos.get('max_drawdown'))}, {oos.get('trade_count', 0)} trades")
         dsrs = [w["dsr"] for w in wf["windows"] if w.get("dsr") is not None]
         last = wf["windows"][-1]
-        console.print(explain_dsr(last.get("dsr"), int(last.get("trials") or 0))
-                      + (f" [last window; all windows: {', '.join(f'{d:.2f}' for d in dsrs)}]"
-                         if len(dsrs) > 1 else ""))
-        console.print(f"Out-of-sample run folder: {outcome.oos_dir}  (cli.py report "
-                      f"{outcome.oos_dir})")
-    console.print(f"Sweep folder: [bold]{outcome.folder}[/bold]  (results.parquet; notebook: "
-                  f"from analyzers import load_sweep; s = load_sweep('{outcome.folder}'); "
-                  f"report: cli.py report {outcome.folder})")
+        say(explain_dsr(last.get("dsr"), int(last.get("trials") or 0))
+            + (f" [last window; all windows: {', '.join(f'{d:.2f}' for d in dsrs)}]"
+               if len(dsrs) > 1 else ""))
+        say("Out-of-sample run folder (a run folder for cli.py report):")
+        say(f"  {outcome.oos_dir}", whole=True)
+    # the folder on a line of its own, as the backtest prints its run folder: never split
+    say("Sweep folder (results.parquet; cli.py report FOLDER for the HTML report):")
+    say(f"  {outcome.folder}", whole=True)
+    say("In Python: from analyzers import load_sweep")
+    say(f"  s = load_sweep('{outcome.folder}')", whole=True)
 
 
 def params_text(params: str) -> str:

@@ -172,6 +172,17 @@ def test_every_exit_code_is_documented() -> None:
         assert re.search(rf"^\| `{code}` \|", section, re.M), code
 
 
+def test_deliberate_exit_1_is_documented() -> None:
+    """Regression: `cli.py parity` exits 1 when decisions drift (and `alert-test` when a URL
+    is not delivered), but the README's exit-code table called 1 only "a bug"."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Exit codes"):]
+    row = next(ln for ln in section.splitlines() if ln.startswith("| `1` |"))
+    for command in ("parity", "alert-test"):
+        source = (REPO / "commands" / f"{command.replace('-', '_')}.py").read_text()
+        assert "sys.exit(" in source and command in row, command
+
+
 def test_project_files_gitignore_and_notebook_extra() -> None:
     ignored = (REPO / ".gitignore").read_text().split()
     assert "data/realtime-sim/" in ignored
@@ -198,3 +209,22 @@ def test_connection_refused_is_exit_4_with_a_whole_sentence(tmp_path: Path) -> N
     assert last.startswith("error: ") and "Traceback" not in proc.stderr
     assert f"cannot connect to 127.0.0.1:{port} (connection refused" in last
     assert "HTTPConnectionPool" not in proc.stderr
+
+
+def test_start_after_the_data_names_the_time_plainly(tmp_path: Path) -> None:
+    """Regression: the error printed a datetime repr ('2030-01-01 00:00:00+00:00')."""
+    proc = run_cli("backtest", "--symbols", "ACME", "--start", "2030-01-01", "--out",
+                   str(tmp_path), env=_clean_env())
+    assert proc.returncode == 3
+    assert "no bars on or after 2030-01-01 00:00 UTC (check --start/--end)" in proc.stderr
+    assert "+00:00" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_banner_says_when_the_extended_session_trades(tmp_path: Path) -> None:
+    """Regression: `--extended-hours` changed which bars trade (issue 10) but the banner
+    read exactly like a regular-hours run."""
+    proc = run_cli("backtest", "--symbols", "ACME", "--start", "2025-10-06", "--end",
+                   "2025-10-06", "--extended-hours", "--no-progress", "--out", str(tmp_path),
+                   env=_clean_env())
+    assert proc.returncode == 0, proc.stderr
+    assert "(1Min bars, extended hours)" in " ".join(proc.stdout.split())

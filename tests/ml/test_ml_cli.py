@@ -66,6 +66,9 @@ def test_backtest_with_the_trained_model(trained_file: tuple[Path, str], data_di
     assert "signal ml" in proc.stdout
     # the model saw these bars: the run warns that it is in-sample
     assert "in-sample" in proc.stderr
+    # ...in New York time like every other time the CLI shows (was '13:30:00+00:00' reprs)
+    warning = next(ln for ln in proc.stderr.splitlines() if "in-sample" in ln)
+    assert "(New York time)" in warning and "+00:00" not in warning, warning
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 100, None])
@@ -93,3 +96,33 @@ def test_train_unknown_symbol(data_dir: Path, tmp_path: Path, run_cli: Run) -> N
     proc = run_cli("train", "--data", str(data_dir), "--symbols", "NOPE",
                    "--out", str(tmp_path / "m.rmodel"))
     assert "NOPE" in _one_line_error(proc)
+
+
+def test_train_tables_fit_80_columns_without_folding_a_value() -> None:
+    """Regression: the walk-forward table took 83 columns, so an 80-column terminal folded
+    values mid-number ('17,49' over '0', '0.51' over '3')."""
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+
+    from commands.train import FoldBacktest, backtest_table, validation_table
+    from strategies.ml import Fold, FoldResult, Validation
+
+    t0, t1 = pd.Timestamp("2025-10-06 18:55", tz="UTC"), pd.Timestamp("2025-10-10 17:49",
+                                                                        tz="UTC")
+    m = {"rows": 8970, "base_rate": 0.485, "accuracy": 0.504, "auc": 0.513,
+         "buy_share": 0.492, "buy_hit_rate": 0.491}
+    folds = [FoldResult(Fold(i, 1, 2, 3), None, 17490, t0, t1, m) for i in (1, 2)]
+    stats = {"trade_count": 1544, "win_rate": 0.325, "total_return": -0.0018,
+             "max_drawdown": -0.0444, "sharpe": -6.37}
+    for table in (validation_table(Validation(folds, m, 15, 0.55, 0.45)),
+                  backtest_table([FoldBacktest(1, t0, t1, stats, -0.0403)])):
+        buf = io.StringIO()
+        Console(file=buf, width=80).print(table)
+        lines = [ln.rstrip() for ln in buf.getvalue().splitlines()]
+        assert all(len(ln) <= 80 for ln in lines)
+        rows = [ln for ln in lines if ln.strip()[:1].isdigit()]
+        assert rows and all("10-06 18:55" not in ln for ln in rows)  # New York time shown
+        assert any("17,490" in ln or " 1544 " in ln for ln in rows), lines
+        assert not [ln for ln in lines if ln.strip() and ln.strip() in ("0", "3", "1")], lines

@@ -83,6 +83,15 @@ def test_fractional_is_refused_in_one_line() -> None:
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_sim_refuses_fractional_before_starting_anything(tmp_path: Path) -> None:
+    """Regression: `paper --sim --fractional` started the loopback server and printed the
+    rehearsal banner and state folder before refusing (the check ran in the session)."""
+    out = _cli("--sim", "--fractional", "--state-dir", str(tmp_path / "state"),
+               "--log-dir", str(tmp_path / "logs"))
+    assert out.returncode == 2 and "--fractional" in out.stderr
+    assert out.stdout == "" and not (tmp_path / "state").exists(), out.stdout
+
+
 def test_sighup_stops_as_cleanly_as_ctrl_c(sim: SimServer, tmp_path: Path) -> None:
     """Regression (finding 5): SIGHUP (terminal or ssh session closed) killed the bot without
     the graceful shutdown INT/TERM get: now the state is saved and the exit code is 0."""

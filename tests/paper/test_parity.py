@@ -39,7 +39,8 @@ def test_clean_rehearsal_is_identical_and_faults_are_named(sim: SimServer, creds
     assert saved["pnl"]["difference"] == 0.0
     assert "Parity with the backtest" in parity_section(first.run_dir)
     other = compare(first.run_dir, run_settings(first.run_dir).replace(max_position_pct=0.05))
-    assert other.settings_changed == {"max_position_pct": [0.1, 0.05]}
+    # public names and units, as config.json says them (was the fraction 0.1 -> 0.05)
+    assert other.settings_changed == {"max_position_pct": [10.0, 5.0]}
     assert set(other.causes) == {"setting changed"} and other.pct_identical < 100
 
     # 2. a restart on the same state (BOLT adopted), a data-stream outage while the market

@@ -64,3 +64,31 @@ def test_open_position_at_the_end_gets_its_price_panel(make_run: Callable[..., P
     # a run folder written before the public setting names still shows its settings right
     assert "2% risk per trade" in text and "10% max position" in text
     assert "3% trailing stop" in text and "MA 10/30 crossover" in text
+
+
+def test_per_symbol_stats_get_a_table_not_a_python_repr(make_run: Callable[..., Path]) -> None:
+    """Regression: after per-symbol rows and buy-and-hold joined stats.json (issue 15) the
+    report's "All statistics" showed them raw: `buy_hold_return -0.0015113749621521455` and
+    the `symbols` dict as a Python repr."""
+    run_dir = make_run(trades=ONE_TRADE)
+    stats = json.loads((run_dir / "stats.json").read_text())
+    stats.update(buy_hold_return=-0.0015113749621521455, buy_hold_traded_return=0.0125,
+                 symbols={"ACME": {"trades": 1, "win_rate": 1.0, "pnl": 437.4572,
+                                   "exposure": 0.48051, "buy_hold_return": 0.0448}})
+    (run_dir / "stats.json").write_text(json.dumps(stats))
+    page = _page(run_dir, max_symbols=1)
+    assert "{'" not in page and "0.0015113749621521455" not in page
+    assert "Buy and hold, all symbols -0.15%" in page
+    assert "Buy and hold, traded symbols +1.25%" in page
+    assert "Per symbol" in page and "ACME 1 100.0% +437.46 48.1% +4.48%" in page
+
+
+def test_the_run_name_is_in_the_report(make_run: Callable[..., Path]) -> None:
+    """Regression: `backtest --name "slower MAs"` labelled the run for `cli.py runs` only;
+    the README says the report shows it too, and it did not."""
+    run_dir = make_run(trades=ONE_TRADE)
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "name": "slower MAs"}))
+    page = build_report([load_run(run_dir)], max_symbols=1)
+    assert "<title>Run 20251124-120000-backtest · slower MAs" in page
+    assert "slower MAs" in text_of(page[page.index('class="run-head"'):])

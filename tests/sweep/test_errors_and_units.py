@@ -118,3 +118,15 @@ def test_worker_cache_loads_once_and_refuses_other_bars_or_code(tmp_path: Path) 
         DataCache().get(replace(spec, fingerprint="0" * 32), "tcp://w2")
     with pytest.raises(DataError, match="worker tcp://w3 runs other ratchet code"):
         DataCache().get(replace(spec, code_version="x"), "tcp://w3")
+
+
+def test_space_is_described_in_the_units_typed() -> None:
+    """Regression: `--grid risk_pct=1,2` was recorded in config.json's "space" (and the
+    sweep report) as 'risk_pct=0.01,0.02', the stored fractions under the percent name."""
+    assert parse_grid("risk_pct=1,2").describe() == "risk_pct=1,2"
+    assert parse_grid("max_position_pct=5,10").describe() == "max_position_pct=5,10"
+    assert parse_grid("trail=0.02,0.03").describe() == "trail=0.02,0.03"  # old: a fraction
+    assert parse_grid("fast=5,10").describe() == "fast=5,10"
+    # messages name settings as users know them (was 'fast_period takes whole numbers')
+    with pytest.raises(ConfigError, match="'fast=5:9.5:1': fast takes whole numbers"):
+        parse_range("fast=5:9.5:1")

@@ -72,6 +72,10 @@ def test_test_span_never_changes_the_choice(tmp_path: Path, local_client: object
     assert len(wf_a["windows"]) == 2 and sweep.walk_forward["oos_stats"] == oos.stats
     assert oos.stats["start_value"] == 100_000.0
     assert oos.equity["timestamp"].is_monotonic_increasing
+    # config.json start/end as trading days, like a backtest's (were raw UTC ISO stamps,
+    # '2025-12-31T05:00:00.000000001+00:00', in the report's "settings that differ")
+    first_day = oos.equity["timestamp"].min().tz_convert("America/New_York").strftime("%Y-%m-%d")
+    assert oos.config["start"] == first_day and len(oos.config["end"]) == 10
     # `cli.py report SWEEP_DIR`: heatmaps, top cells, in-sample vs out-of-sample.
     proc = run_cli("report", str(sweep.path))
     assert proc.returncode == 0, proc.stderr
