@@ -180,8 +180,9 @@ def inprocess(variant: str, data: Path, work: Path) -> dict[str, float]:
     import resource
 
     if variant == "ratchet":
-        from commands.backtest import load_datasets, run_backtest
         from common.config import Settings
+        from engine.backtest import run_backtest
+        from engine.datasets import load_datasets
     else:
         from benchmarks import stock_backtrader
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

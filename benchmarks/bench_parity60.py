@@ -46,9 +46,10 @@ import pandas as pd  # noqa: E402
 from analyzers import load_run  # noqa: E402
 from brokers.alpaca.client import AlpacaClient  # noqa: E402
 from brokers.alpaca.credentials import Credentials  # noqa: E402
-from commands.backtest import load_datasets, run_backtest  # noqa: E402
 from commands.paper import PaperOptions, run_paper  # noqa: E402
 from common.config import Settings  # noqa: E402
+from engine.backtest import run_backtest  # noqa: E402
+from engine.datasets import load_datasets  # noqa: E402
 
 TARGET_P99_MS = 20.0
 KEY, SECRET = "BENCHKEY60", "BENCH-SECRET-60"

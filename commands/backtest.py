@@ -1,149 +1,31 @@
 """``python cli.py backtest``: the Strategy over Parquet bars, leaving a run folder.
 
-``run_backtest`` is the reusable runner (tests, ML validation, benchmarks call it); the click
-command parses flags into ``Settings``, shows progress and prints the summary.
+The command parses flags into ``Settings`` (``engine.datasets.plan_backtest``), runs
+``engine.backtest.run_backtest`` with a progress bar and prints the summary. The strategy flags
+(``strategy_options``) are shared with ``paper`` and ``show-config``.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
-import backtrader as bt
 import click
 import numpy as np
 
-from analyzers.audit import Audit
-from analyzers.recorder import RunRecorder, run_stats, trades_frame, write_run_folder
-from analyzers.runfolder import make_run_dir
-from brokers.backtest import make_backtest_broker
-from common.arrow import micros
 from common.config import INTERVAL_SECONDS, Settings, load_settings_with_sources
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError
 from common.logs import setup_logging
 from common.nytime import unique_inverse
-from common.paths import BUNDLED_BARS
-from feeds.btfeed import make_feed
-from feeds.sessions import codes_from_callable, session_codes, tradeable
-from feeds.store import (
-    BarArrays,
-    arrays_from_frame,
-    read_arrays,
-    read_bars,
-    resample_bars,
-    resolve_datasets,
-    typical_spacing,
-)
-from strategies.ratchet import RatchetStrategy
-from strategies.rules import atr_wilder
-from strategies.signals import Signal, make_signal
-
-if TYPE_CHECKING:
-    import pandas as pd
+from engine.backtest import BacktestResult, run_backtest
+from engine.datasets import load_datasets, plan_backtest
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BARS = BUNDLED_BARS
-
-
-@dataclass
-class BacktestResult:
-    """What a backtest produced. ``trades`` (a DataFrame) is built on first use, so a run
-    that does not ask for it never imports pandas."""
-
-    run_dir: Path | None
-    stats: dict[str, Any]
-    strategy: RatchetStrategy
-    audit: Audit
-    recorder: RunRecorder
-    seconds: float
-    bars: int
-    _trades: pd.DataFrame | None = field(default=None, repr=False)
-
-    @property
-    def trades(self) -> pd.DataFrame:
-        """Closed trades (``analyzers.recorder.TRADE_COLUMNS``)."""
-        if self._trades is None:
-            self._trades = trades_frame(self.strategy.closed_trades)
-        return self._trades
-
-
-def native_interval(path: Path, arrays: BarArrays | None = None) -> str | None:
-    """The bar interval of a dataset folder: its name (``.../1Min``) or the typical spacing."""
-    for part in (path.name, path.parent.name):
-        if part in INTERVAL_SECONDS:
-            return part
-    if arrays is not None and len(arrays) > 2:
-        return interval_from_spacing(int(np.median(np.diff(arrays.ts[:5000])) // 1_000_000_000))
-    return None
-
-
-def interval_from_spacing(step: int | None) -> str | None:
-    """Interval name for a typical spacing in seconds (daily bars: 23-25 h across DST)."""
-    if step is None:
-        return None
-    if step >= 86_400 - 3600:
-        return "1Day"
-    for name, secs in INTERVAL_SECONDS.items():
-        if secs == step:
-            return name
-    return None
-
-
-def _folder_interval(data: Path) -> str | None:
-    """Native interval of a data folder or file, from its name or its first dataset."""
-    named = native_interval(data)
-    if named is not None or not data.exists():
-        return named
-    try:
-        first = next(iter(resolve_datasets(data, None).values()))
-    except DataError:
-        return None  # the real load reports the problem with its proper message
-    return interval_from_spacing(typical_spacing(first))
-
-
-def store_intervals(data: Path) -> list[str]:
-    """Interval folders (``1Day``, ``1Min``...) directly under ``data`` when it is a store
-    root (``data/bars``, what ``data import/info/download`` and ``alpaca-sim`` take)."""
-    if not data.is_dir():
-        return []
-    return sorted(p.name for p in data.iterdir() if p.is_dir() and p.name in INTERVAL_SECONDS)
-
-
-def pick_store_interval(data: Path, interval: str | None) -> Path:
-    """The dataset folder to read for ``--data``: ``data`` itself, or for a store root its
-    ``--interval`` folder, else its only interval folder; several and none asked for: a
-    one-line error naming them."""
-    present = store_intervals(data)
-    if not present:
-        return data
-    if interval is not None:
-        if interval in present:
-            return data / interval
-        finer = [i for i in present if INTERVAL_SECONDS[i] < INTERVAL_SECONDS[interval]
-                 and INTERVAL_SECONDS[interval] % INTERVAL_SECONDS[i] == 0]
-        if finer:  # resampled from the finest that divides it (5Min from 1Min)
-            return data / max(finer, key=lambda i: INTERVAL_SECONDS[i])
-        raise ConfigError(f"{data} is a bar store with {', '.join(present)} bars; none makes "
-                          f"{interval} bars (use --interval {' or '.join(present)})")
-    if len(present) == 1:
-        return data / present[0]
-    raise ConfigError(f"{data} is a bar store with several intervals ({', '.join(present)}): "
-                      f"pick one with --interval, e.g. --interval {present[-1]}")
-
-
-def default_data_dir(interval: str) -> Path:
-    """Bundled bars at ``interval`` if present, else the bundled 1-minute bars."""
-    exact = DEFAULT_BARS / interval
-    return exact if exact.is_dir() else DEFAULT_BARS / "1Min"
 
 
 def _parse_when(text: str | None, end: bool = False) -> datetime | None:
@@ -166,132 +48,6 @@ def _parse_when(text: str | None, end: bool = False) -> datetime | None:
     if end and len(text.strip()) <= 10:  # a bare date means the whole day
         when = when + timedelta(days=1) - timedelta(microseconds=1)
     return when.astimezone(UTC)
-
-
-def load_datasets(
-    data: Path,
-    symbols: tuple[str, ...] | None,
-    interval: str,
-    end: datetime | None = None,
-    drop_bad: bool = False,
-) -> dict[str, BarArrays]:
-    """Read (and if needed resample) every symbol's bars up to ``end``."""
-    datasets = resolve_datasets(data, symbols)
-    out: dict[str, BarArrays] = {}
-    for sym, path in datasets.items():
-        arrays = read_arrays(path, end=end, drop_bad=drop_bad, symbol=sym)
-        native = native_interval(Path(data) if Path(data).is_dir() else path, arrays)
-        if native is not None and native != interval:
-            if INTERVAL_SECONDS[native] > INTERVAL_SECONDS[interval]:
-                raise ConfigError(
-                    f"{path} holds {native} bars; cannot make {interval} bars from them "
-                    f"(use --interval {native} or a finer data set)"
-                )
-            frame = resample_bars(read_bars(path, end=end, drop_bad=drop_bad), interval)
-            arrays = arrays_from_frame(sym, frame)
-        if len(arrays) == 0:
-            raise DataError(f"{sym}: no bars in {path}" if end is None else
-                            f"{sym}: no bars up to {end} in {path} (check --start/--end)")
-        out[sym] = arrays
-    return out
-
-
-def prepare_lines(
-    arrays: BarArrays, signal: Signal, atr_period: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``signal`` and ``atr`` lines of one symbol, in one vectorised pass each."""
-    from_close = getattr(signal, "compute_close", None)
-    if from_close is not None:  # the MA signal needs the closes only: no DataFrame
-        sig = np.asarray(from_close(arrays.close)[0], dtype=np.float64)
-    else:
-        sig = signal.compute(arrays.to_frame())["signal"].to_numpy(np.float64)
-    atr = atr_wilder(arrays.high, arrays.low, arrays.close, atr_period)
-    return sig, atr
-
-
-def _ns(when: datetime) -> int:
-    """Epoch nanoseconds of a datetime or pandas Timestamp (naive = UTC)."""
-    value = getattr(when, "value", None)  # pd.Timestamp: exact nanoseconds
-    return int(value) if value is not None else micros(when) * 1000
-
-
-def run_backtest(
-    settings: Settings,
-    datasets: dict[str, BarArrays],
-    out: Path | None = Path("runs"),
-    start: datetime | None = None,
-    signal: Signal | None = None,
-    progress: Callable[[int], None] | None = None,
-    meta: dict[str, Any] | None = None,
-    session: Callable[[Any], str] | None = None,
-) -> BacktestResult:
-    """Run the Strategy over ``datasets`` (bars up to the end date) and write a run folder.
-
-    Bars before ``start`` only warm up the indicators; trading starts at ``start``.
-    ``out=None`` writes nothing (tests, ML validation). Sessions come from the NYSE calendar
-    (``feeds.sessions``): bars outside regular hours (outside the extended session with
-    ``settings.extended_hours``) are dropped before the indicators, as in paper; ``session``
-    (bar time -> ``regular``/``extended``/``closed``) replaces the calendar (tests).
-    """
-    t0 = time.perf_counter()
-    signal = signal or make_signal(settings)
-    cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True)
-    cerebro.setbroker(make_backtest_broker(settings, session))
-    start_ns = None if start is None else _ns(start)
-    total_bars = 0
-    for sym, arrays in datasets.items():
-        codes = session_codes(arrays.ts, settings.bar_seconds, settings.extended_hours) \
-            if session is None else codes_from_callable(arrays.ts, session)
-        keep = tradeable(codes, settings.extended_hours)
-        if not keep.all():
-            # Outside the session: not traded, and not fed to the indicators (as in paper).
-            arrays, codes = arrays.take(keep), codes[keep]
-            if len(arrays) == 0:
-                hours = "extended or regular" if settings.extended_hours else "regular"
-                raise DataError(f"{sym}: no bars in {hours} trading hours (NYSE calendar); "
-                                "check the data's timestamps (UTC bar starts) or "
-                                "--extended-hours")
-        sig, atr = prepare_lines(arrays, signal, settings.atr_period)
-        if start_ns is not None:
-            first = int(np.searchsorted(arrays.ts, start_ns))
-            arrays, sig, atr = arrays.slice(first, len(arrays)), sig[first:], atr[first:]
-            codes = codes[first:]
-        if len(arrays) == 0:
-            raise DataError(f"{sym}: no bars on or after {start:%Y-%m-%d %H:%M} UTC "
-                            "(check --start/--end)")
-        total_bars += len(arrays)
-        cerebro.adddata(make_feed(arrays, sig, atr, codes))
-    audit = Audit()
-    cerebro.addstrategy(RatchetStrategy, settings=settings, audit=audit, session=session)
-    cerebro.addanalyzer(RunRecorder, _name="recorder", progress=progress)
-    # The bar loop allocates many short-lived objects and almost no reference cycles (a
-    # 20 x 21 run leaves ~100 unreachable objects): the cyclic collector's passes over the
-    # run's growing heap cost ~5-15% of its CPU. It runs again once the run is over.
-    collect = gc.isenabled()
-    gc.disable()
-    try:
-        strategy = cerebro.run()[0]
-    finally:
-        if collect:
-            gc.enable()
-    recorder: RunRecorder = strategy.analyzers.recorder
-    elapsed = time.perf_counter() - t0
-    open_positions = {
-        d._name: float(strategy.getposition(d).size)
-        for d in strategy.datas if strategy.getposition(d).size
-    }
-    run_dir = None
-    meta = dict(meta or {})
-    meta.update(mode="backtest", symbols=list(datasets), interval=settings.bar_interval,
-                signal=repr(signal), start_value=settings.cash, open_positions=open_positions,
-                seconds=round(elapsed, 3), symbol_bars=total_bars)
-    if out is not None:
-        run_dir = make_run_dir(Path(out), "backtest")
-        stats = write_run_folder(run_dir, recorder, strategy.closed_trades, audit, settings, meta)
-    else:
-        stats = run_stats(recorder, strategy.closed_trades, settings.cash,
-                          list(settings.symbols))
-    return BacktestResult(run_dir, stats, strategy, audit, recorder, elapsed, total_bars)
 
 
 # ------------------------------------------------------------------------------- the command
@@ -447,27 +203,6 @@ def settings_and_sources(config_file: Path | None, flags: dict[str, Any],
     """Settings and where each value came from (``show-config``)."""
     overrides = {k: v for k, v in flags.items() if v is not None}
     return load_settings_with_sources(config_file, overrides, base=base)
-
-
-def plan_backtest(data: Path | None, config_file: Path | None, flags: dict[str, Any]
-                  ) -> tuple[Settings, dict[str, str], Path, tuple[str, ...] | None]:
-    """Settings, their sources, the data folder and the symbols asked for (None: every
-    symbol in the folder), resolved as ``backtest`` does before it reads any bars."""
-    base = Settings(symbols=("X",))  # symbols default to what the data folder holds
-    settings, sources = settings_and_sources(config_file, flags, base=base)
-    data_dir = Path(data) if data is not None else default_data_dir(settings.bar_interval)
-    interval_asked = flags.get("interval") is not None or \
-        settings.bar_interval != Settings.bar_interval
-    data_dir = pick_store_interval(data_dir, settings.bar_interval if interval_asked else None)
-    if flags.get("interval") is None and settings.bar_interval == Settings.bar_interval:
-        # No interval asked for: trade the bars at the interval they are stored in.
-        native = _folder_interval(data_dir)
-        if native is not None and native != settings.bar_interval:
-            settings = settings.replace(bar_interval=native)
-            sources["interval"] = f"the bars in {data_dir}"
-    explicit = flags.get("symbols") is not None or settings.symbols != ("X",)
-    return settings, sources, data_dir, settings.symbols if explicit else None
-
 
 @click.command("backtest")
 @click.option("--data", type=click.Path(path_type=Path), default=None,

@@ -15,11 +15,12 @@ from typing import Any
 
 import click
 
-from commands.backtest import plan_backtest, strategy_options
+from commands.backtest import strategy_options
 from commands.output import fit
 from common.config import PARAMS, public_settings
 from common.errors import DataError
 from common.logs import setup_logging
+from engine.datasets import plan_backtest
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Steps: read bars (resampled to ``--interval`` if asked), compute the shared features, label
 each bar "close rises over the next H bars", validate on expanding time-ordered folds with a
 purged gap, backtest every fold's model on its own test span with the real Strategy
-(``commands.backtest.run_backtest``), then fit on all bars and save the model with its metadata.
+(``engine.backtest.run_backtest``), then fit on all bars and save the model with its metadata.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def backtest_folds(
     progress: Callable[[int], None] | None = None,
 ) -> list[FoldBacktest]:
     """Backtest each fold's model over its test span (earlier bars only warm up indicators)."""
-    from commands.backtest import run_backtest
+    from engine.backtest import run_backtest
     from feeds.store import arrays_from_frame
 
     out: list[FoldBacktest] = []

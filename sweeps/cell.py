@@ -1,6 +1,6 @@
 """One sweep cell: the settings, the span, and the backtest that produces its stats.
 
-Cells run the very code path of ``cli.py backtest`` (``commands.backtest.run_backtest`` over
+Cells run the very code path of ``cli.py backtest`` (``engine.backtest.run_backtest`` over
 ``load_datasets``), so a cell's stats equal a backtest with those settings. ``run_backtest``
 is called only through ``backtest_cell`` below: if its signature changes, this is the one
 place to fix.
@@ -45,7 +45,8 @@ DELAY_ENV = "SWEEPS_TEST_CELL_DELAY"
 #: Sources whose change changes a cell's result (part of every cell's key).
 CODE_GLOBS: tuple[str, ...] = (
     "strategies/*.py", "feeds/*.py", "brokers/backtest.py", "analyzers/recorder.py",
-    "analyzers/stats.py", "analyzers/audit.py", "common/*.py", "commands/backtest.py",
+    "analyzers/stats.py", "analyzers/audit.py", "common/*.py", "engine/backtest.py",
+    "engine/datasets.py",
     "sweeps/cell.py",
 )
 
@@ -77,7 +78,7 @@ def fingerprint(datasets: Mapping[str, BarArrays]) -> str:
 def load_bars(data: str, symbols: tuple[str, ...] | None, interval: str, end_ns: int | None,
               drop_bad: bool) -> dict[str, BarArrays]:
     """The backtest's loader (same files, same resampling, same validation)."""
-    from commands.backtest import load_datasets
+    from engine.datasets import load_datasets
 
     end = None if end_ns is None else pd.Timestamp(end_ns, tz="UTC")
     return load_datasets(Path(data), symbols, interval, end, drop_bad)
@@ -97,7 +98,7 @@ def backtest_cell(settings: Settings, datasets: dict[str, BarArrays], start: pd.
                   keep_frames: bool = False) -> CellOutcome:
     """``run_backtest`` without a run folder: the one call into the backtest (adapter)."""
     from analyzers.recorder import orders_table
-    from commands.backtest import run_backtest
+    from engine.backtest import run_backtest
 
     t0 = time.perf_counter()
     result = run_backtest(settings, datasets, out=None, start=start)
@@ -192,7 +193,7 @@ class DataCachePlugin(WorkerPlugin):  # type: ignore[misc]
         """Called by Dask on each worker."""
         self.cache = DataCache()
         # Import the backtest stack now, not inside the first cell (keeps ETAs honest).
-        import commands.backtest  # noqa: F401
+        import engine.backtest  # noqa: F401
 
 
 # -------------------------------------------------------------------------------- the task

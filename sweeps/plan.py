@@ -59,7 +59,7 @@ def base_settings(config_file: Path | None, flags: dict[str, Any],
                   data: Path | None) -> tuple[Settings, Path, bool]:
     """(settings, data folder, symbols given explicitly), exactly as ``cli.py backtest``
     resolves them (``plan_backtest``: native interval, store root, symbols)."""
-    from commands.backtest import plan_backtest
+    from engine.datasets import plan_backtest
 
     settings, _, data_dir, wanted = plan_backtest(data, config_file, flags)
     return settings, data_dir, wanted is not None

@@ -19,8 +19,9 @@ import pytest
 
 from benchmarks.bench_backtest import trade_rows_from_dicts
 from benchmarks.stock_backtrader import SpecCross, run
-from commands.backtest import load_datasets, run_backtest
 from common.config import Settings
+from engine.backtest import run_backtest
+from engine.datasets import load_datasets
 from feeds.store import write_bars
 from feeds.synthetic import random_walk_bars, trading_minutes
 from strategies.signals import MASignal

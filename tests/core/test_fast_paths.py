@@ -21,8 +21,9 @@ import pytest
 
 from analyzers.recorder import benchmark_values, bt_nums_to_us, prices_table
 from brokers.backtest import SimBroker
-from commands.backtest import load_datasets, run_backtest
 from common.config import Settings
+from engine.backtest import run_backtest
+from engine.datasets import load_datasets
 from feeds import sessions
 from feeds.store import write_bars
 from feeds.synthetic import random_walk_bars, trading_minutes

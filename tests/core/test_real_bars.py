@@ -141,7 +141,7 @@ def test_a_mixed_exit_records_the_reason_of_each_fill(tmp_path: Path) -> None:
 def test_store_root_picks_the_interval(tmp_path: Path) -> None:
     """Regression (issue 10.8): ``backtest --data data/bars`` read the interval folders
     ``1Day`` and ``1Min`` as symbols, printed nonsense and exited 0."""
-    from commands.backtest import pick_store_interval
+    from engine.datasets import pick_store_interval
 
     root = REPO / "data" / "bars"
     assert pick_store_interval(root, "1Day") == root / "1Day"

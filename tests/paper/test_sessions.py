@@ -16,9 +16,10 @@ import pytest
 from analyzers import load_run
 from brokers.alpaca.credentials import Credentials
 from brokers.alpaca_sim.testing import SimServer
-from commands.backtest import load_datasets, run_backtest
 from commands.paper import PaperResult
 from common.config import Settings
+from engine.backtest import run_backtest
+from engine.datasets import load_datasets
 from tests.paper.conftest import BARS, REPLAY_START, SYMBOLS, decisions, session
 
 

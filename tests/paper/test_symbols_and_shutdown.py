@@ -93,7 +93,8 @@ def test_paper_and_backtest_drop_the_same_out_of_session_bars(
     20% above its regular prices right before the replayed session; both paths drop them
     (they would move the SMAs and the ATR), so the paper session decides exactly as the
     backtest of the same bar file, the 13:42 crossover included."""
-    from commands.backtest import load_datasets, run_backtest
+    from engine.backtest import run_backtest
+    from engine.datasets import load_datasets
 
     folder = tmp_path / "bars" / "1Min"
     crux = read_bars(BARS / "1Min" / "CRUX.parquet")
