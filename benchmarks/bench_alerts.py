@@ -34,8 +34,10 @@ from alerts.dispatch import AlertDispatcher  # noqa: E402
 from benchmarks.bench_paper import percentile  # noqa: E402
 from brokers.alpaca.credentials import Credentials  # noqa: E402
 from brokers.alpaca_sim.testing import SimServer  # noqa: E402
-from commands.paper import PaperOptions, run_paper  # noqa: E402
+from common.alpaca_config import AlpacaConfig  # noqa: E402
 from common.config import Settings  # noqa: E402
+from engine.paper import run_paper  # noqa: E402
+from engine.paper_run import PaperRun, SessionHooks  # noqa: E402
 
 
 class SlowReceiver:
@@ -85,14 +87,15 @@ def replay(symbols: tuple[str, ...], minutes: int, start: str, alerts: Any) -> t
 
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
-            opts = PaperOptions(
-                settings=Settings(symbols=symbols), credentials=creds, live=True,
+            cfg = AlpacaConfig(
                 base_url=sim.base_url, data_stream_url=sim.data_stream_url,
-                trading_stream_url=sim.trading_stream_url, state_dir=root / "state",
-                log_dir=root / "logs", out=None, clock_poll=5.0, silence=30.0,
-                on_idle=idle, on_store=lambda st: box.__setitem__("store", st),
-                install_signals=False, requests_per_minute=1e6, alerts=alerts)
-            result = run_paper(opts)
+                trading_stream_url=sim.trading_stream_url, clock_poll=5.0, stream_silence=30.0,
+                requests_per_minute=1e6)
+            run = PaperRun(settings=Settings(symbols=symbols), credentials=creds, alpaca=cfg,
+                           live=True, state_dir=root / "state", log_dir=root / "logs", out=None)
+            hooks = SessionHooks(on_store=lambda st: box.__setitem__("store", st),
+                                 install_signals=False)
+            result = run_paper(run, hooks=hooks, alerts=alerts, on_idle=lambda _store: idle())
     return [s * 1000 for s in result.latency], result.orders_sent
 
 

@@ -38,8 +38,10 @@ sys.path.insert(0, str(REPO))
 from brokers.alpaca.client import AlpacaClient  # noqa: E402
 from brokers.alpaca.credentials import Credentials  # noqa: E402
 from brokers.alpaca_sim.testing import SimServer  # noqa: E402
-from commands.paper import PaperOptions, run_paper  # noqa: E402
+from common.alpaca_config import AlpacaConfig  # noqa: E402
 from common.config import Settings  # noqa: E402
+from engine.paper import run_paper  # noqa: E402
+from engine.paper_run import PaperRun, SessionHooks  # noqa: E402
 
 TARGET_P99_MS = 50.0
 
@@ -90,17 +92,17 @@ def main() -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
-            opts = PaperOptions(
-                settings=Settings(symbols=symbols), credentials=creds, live=True,
+            cfg = AlpacaConfig(
                 base_url=sim.base_url, data_stream_url=sim.data_stream_url,
-                trading_stream_url=sim.trading_stream_url, state_dir=root / "state",
-                log_dir=root / "logs", out=None, clock_poll=5.0, silence=30.0,
-                on_idle=idle, on_store=lambda st: box.__setitem__("store", st),
-                install_signals=False,
+                trading_stream_url=sim.trading_stream_url, clock_poll=5.0, stream_silence=30.0,
                 # the replay runs ~500x real time; Alpaca's 200/min budget scales with it
                 requests_per_minute=1e6)
+            run = PaperRun(settings=Settings(symbols=symbols), credentials=creds, alpaca=cfg,
+                           live=True, state_dir=root / "state", log_dir=root / "logs", out=None)
+            hooks = SessionHooks(on_store=lambda st: box.__setitem__("store", st),
+                                 install_signals=False)
             t0 = time.perf_counter()
-            result = run_paper(opts)
+            result = run_paper(run, hooks=hooks, on_idle=lambda _store: idle())
             wall = time.perf_counter() - t0
     samples = [s * 1000 for s in result.latency]
     if not samples:

@@ -46,10 +46,12 @@ import pandas as pd  # noqa: E402
 from analyzers import load_run  # noqa: E402
 from brokers.alpaca.client import AlpacaClient  # noqa: E402
 from brokers.alpaca.credentials import Credentials  # noqa: E402
-from commands.paper import PaperOptions, run_paper  # noqa: E402
+from common.alpaca_config import AlpacaConfig  # noqa: E402
 from common.config import Settings  # noqa: E402
 from engine.backtest import run_backtest  # noqa: E402
 from engine.datasets import load_datasets  # noqa: E402
+from engine.paper import run_paper  # noqa: E402
+from engine.paper_run import PaperRun, SessionHooks  # noqa: E402
 
 TARGET_P99_MS = 20.0
 KEY, SECRET = "BENCHKEY60", "BENCH-SECRET-60"
@@ -111,13 +113,13 @@ def run_once(args: argparse.Namespace, fill_bar: str) -> dict[str, Any]:
                 probe.get_clock()
                 rtts.append(time.perf_counter() - t0)
             settings = Settings(symbols=SYMBOLS)
-            opts = PaperOptions(
-                settings=settings, credentials=creds, live=True, base_url=base,
+            run = PaperRun(
+                settings=settings, credentials=creds, live=True,
+                alpaca=AlpacaConfig(base_url=base, clock_poll=5.0, requests_per_minute=60_000.0),
                 state_dir=root / "state", log_dir=root / "logs", out=root / "runs",
-                clock_poll=5.0, max_steps=args.minutes, install_signals=False,
-                requests_per_minute=60_000.0)
+                max_steps=args.minutes)
             t0 = time.perf_counter()
-            result = run_paper(opts)
+            result = run_paper(run, hooks=SessionHooks(install_signals=False))
             wall = time.perf_counter() - t0
         finally:
             server.send_signal(signal.SIGTERM)

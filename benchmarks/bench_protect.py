@@ -68,8 +68,8 @@ def stop_and_dump(self):
 testing.SimServer.stop = stop_and_dump
 run_paper = paper.run_paper
 
-def run_and_keep(opts, note=lambda s: None):
-    result = run_paper(opts, note)
+def run_and_keep(opts, *args, **kwargs):  # this checkout passes the view etc. by keyword
+    result = run_paper(opts, *args, **kwargs)
     dump["state_dir"] = str(opts.state_dir)
     dump["stop_latency"] = [list(x) for x in getattr(result, "stop_latency", None) or []]
     return result

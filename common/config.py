@@ -32,7 +32,18 @@ ENV_PREFIX = "RATCHET_"
 
 #: keys a config file (and ``RATCHET_*``) may hold that are not ``Settings``: the alert URLs
 #: are secrets and must never reach ``Settings`` (it is written to every run folder)
-NOT_SETTINGS: frozenset[str] = frozenset({"alerts", "alert_level"})
+NOT_SETTINGS: frozenset[str] = frozenset({"alerts", "alert_level", "alpaca"})
+
+#: the ``[alpaca]`` table and ``RATCHET_ALPACA_*``: ``common.alpaca_config.AlpacaConfig``
+ALPACA_ENV_NAMES = "alpaca_"
+
+#: Names that once were settings and no longer do anything: accepted with a warning so an
+#: old config file still loads. ``loop_interval_seconds`` (SPEC's table, 60) never drove
+#: anything: the live loop steps on each closed bar of ``interval``, as the backtest does.
+IGNORED: dict[str, str] = {
+    "loop_interval_seconds": "the paper loop steps on every closed bar of --interval "
+                             "(1Min: every 60 s); set the interval instead",
+}
 
 #: 20 liquid US stocks (SPEC default universe for paper trading).
 DEFAULT_SYMBOLS: tuple[str, ...] = (
@@ -70,7 +81,6 @@ class Settings:
 
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     bar_interval: str = "1Min"
-    loop_interval_seconds: int = 60
     # Signal
     signal: str = "ma"
     fast_period: int = 10
@@ -148,8 +158,6 @@ class Settings:
             problems.append(
                 f"volume_participation: {self.volume_participation} must be in (0, 1]"
             )
-        if self.loop_interval_seconds < 1:
-            problems.append("loop_interval_seconds: must be at least 1")
         if not self.strategy_id or not self.strategy_id.replace("_", "").isalnum():
             problems.append(
                 f"strategy_id: {self.strategy_id!r} must be letters, digits or '_' "
@@ -232,7 +240,6 @@ PARAMS: tuple[Param, ...] = (
     Param("cash", "cash", "$"),
     Param("commission", "commission", "fraction of value"),
     Param("volume_participation", "volume_participation", "fraction of bar volume"),
-    Param("loop_interval_seconds", "loop_interval_seconds", "seconds"),
 )
 PUBLIC: dict[str, Param] = {p.name: p for p in PARAMS}
 BY_FIELD: dict[str, Param] = {p.field: p for p in PARAMS}
@@ -345,6 +352,10 @@ def to_fields(raw: Mapping[str, Any], source: str,
     out: dict[str, tuple[Any, str]] = {}
     for key, value in raw.items():
         name = str(key).lower()
+        if name in IGNORED:
+            logger.warning("%s: %s is ignored and will be removed: %s.", source,
+                           _spell(name, source), IGNORED[name])
+            continue
         if name in PUBLIC:
             param = PUBLIC[name]
         elif name in DEPRECATED:
@@ -384,6 +395,19 @@ def to_fields(raw: Mapping[str, Any], source: str,
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read a TOML or JSON config file of ``name = value`` settings (raw public names)."""
+    return {k: v for k, v in _read_raw(path).items() if k not in NOT_SETTINGS}
+
+
+def read_config_table(path: Path, table: str) -> dict[str, Any]:
+    """The ``[table]`` of a config file (e.g. ``[alpaca]``), empty when it has none."""
+    value = _read_raw(path).get(table, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"config file {path}: {table} must be a table ([{table}])")
+    return value
+
+
+def _read_raw(path: Path) -> dict[str, Any]:
+    """A config file's top-level table (settings under ``[ratchet]`` lifted to the top)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found: check the --config path")
@@ -396,10 +420,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML/JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: expected a table of settings at the top level")
-    # Allow the settings to sit under a [ratchet] table too.
-    if set(raw) == {"ratchet"} and isinstance(raw["ratchet"], dict):
-        raw = raw["ratchet"]
-    return {k: v for k, v in raw.items() if k not in NOT_SETTINGS}
+    # Allow the settings to sit under a [ratchet] table too (beside [alpaca] and alerts).
+    if isinstance(raw.get("ratchet"), dict) and set(raw) <= {"ratchet", *NOT_SETTINGS}:
+        raw = {**{k: v for k, v in raw.items() if k != "ratchet"}, **raw["ratchet"]}
+    return raw
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -410,7 +434,8 @@ def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         if not key.startswith(ENV_PREFIX):
             continue
         name = key[len(ENV_PREFIX) :].lower()
-        if name in ("config", "run_dir") or name in NOT_SETTINGS:  # files, alerts: not settings
+        if name in ("config", "run_dir") or name in NOT_SETTINGS \
+                or name.startswith(ALPACA_ENV_NAMES):  # files, alerts, AlpacaConfig
             continue
         out[name] = value
     return out

@@ -43,8 +43,7 @@ ALIASES: dict[str, str] = {
     "volume-participation": "volume_participation",
 }
 #: Settings a sweep may not vary (they pick the data or name orders, not the strategy).
-FIXED: frozenset[str] = frozenset({"symbols", "strategy_id", "loop_interval_seconds",
-                                   "bar_interval"})
+FIXED: frozenset[str] = frozenset({"symbols", "strategy_id", "bar_interval"})
 #: Names whose value is typed in percent and stored as a fraction.
 PERCENT: frozenset[str] = frozenset({"risk"})
 

@@ -64,6 +64,7 @@ from brokers.alpaca.parsing import (
     to_decimal,
 )
 from brokers.alpaca.throttle import Backoff, TokenBucket
+from common.alpaca_config import DATA_URL, LIVE_URL, PAPER_URL
 from common.errors import (
     AmbiguousOrderError,
     BrokerError,
@@ -75,9 +76,6 @@ from common.errors import (
 
 logger = logging.getLogger(__name__)
 
-PAPER_URL = "https://paper-api.alpaca.markets"
-LIVE_URL = "https://api.alpaca.markets"
-DATA_URL = "https://data.alpaca.markets"
 
 T = TypeVar("T")
 

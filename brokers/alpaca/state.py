@@ -22,9 +22,10 @@ import fcntl
 import json
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import backtrader as bt
 
@@ -35,6 +36,9 @@ from common.atomic import write_text_atomic
 from common.errors import UserError
 from common.logs import REDACTOR
 from common.perms import private_dir
+
+if TYPE_CHECKING:
+    from brokers.alpaca.store import AlpacaStore
 
 logger = logging.getLogger(__name__)
 
@@ -223,9 +227,10 @@ class DryRunBroker(SimBroker):
     bar they were decided on. This broker only runs it when a new step was delivered.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, store: AlpacaStore | None = None) -> None:
         super().__init__()
-        self.store: Any = None
+        #: the store whose delivered steps gate ``next`` (None: never fills)
+        self.store = store
         self._seen_steps = 0
 
     def next(self) -> None:
@@ -264,9 +269,13 @@ class DryRunBroker(SimBroker):
         return BrokerView(self.getcash(), self.getvalue(), positions, stops, working)
 
 
-def make_dry_run_broker(cash: float, commission: float) -> DryRunBroker:
-    """A ``DryRunBroker`` with the backtest's fill settings."""
-    broker = DryRunBroker()
+def make_dry_run_broker(cash: float, commission: float, store: AlpacaStore,
+                        session: Callable[[datetime], str] | None = None) -> DryRunBroker:
+    """A ``DryRunBroker`` on ``store``'s steps with the backtest's fill settings; ``session``
+    (bar time -> ``regular``/``extended``/``closed``) makes stops sleep outside regular
+    hours as at Alpaca (extended-hours sessions)."""
+    broker = DryRunBroker(store=store)
+    broker.session = session
     broker.setcash(cash)
     broker.setcommission(commission=commission)
     broker.set_coc(False)

@@ -16,7 +16,7 @@ def test_spec_defaults() -> None:
     assert (s.atr_period, s.atr_stop_multiplier, s.trail_stop_pct) == (14, 2.0, 0.03)
     assert (s.use_limit_orders, s.limit_order_timeout) == (True, 30.0)
     assert (s.fast_period, s.slow_period, s.bar_interval) == (10, 30, "1Min")
-    assert len(s.symbols) == 20 and s.loop_interval_seconds == 60
+    assert len(s.symbols) == 20
     assert s.fractional_shares is False
 
 

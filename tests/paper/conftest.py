@@ -7,6 +7,7 @@ output.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,9 +21,11 @@ import pytest
 from brokers.alpaca.credentials import Credentials
 from brokers.alpaca_sim.bars import BarBook
 from brokers.alpaca_sim.testing import SimServer
-from commands.paper import PaperOptions, PaperResult, run_paper
+from common.alpaca_config import AlpacaConfig
 from common.config import Settings
 from common.logs import REDACTOR
+from engine.paper import run_paper
+from engine.paper_run import PaperResult, PaperRun, SessionHooks
 
 REPO = Path(__file__).resolve().parents[2]
 BARS = REPO / "data" / "bars"
@@ -121,7 +124,10 @@ class Lockstep:
 def session(sim: SimServer, creds: Credentials, root: Path, minutes: int, live: bool = True,
             symbols: tuple[str, ...] = SYMBOLS, hooks: dict[int, Callable[[], None]] | None = None,
             **extra: Any) -> PaperResult:
-    """Run ``run_paper`` in this process against ``sim`` for ``minutes`` replayed minutes."""
+    """Run ``run_paper`` in this process against ``sim`` for ``minutes`` replayed minutes.
+
+    ``extra``: ``settings``, ``alerts``, ``PaperRun``, ``AlpacaConfig`` or ``SessionHooks``
+    fields by name."""
     settings = extra.pop("settings", None) or Settings(symbols=symbols)
     driver = Lockstep(sim, minutes, hooks, bar_minutes=max(1, settings.bar_seconds // 60))
     also = extra.pop("on_store", None)
@@ -131,14 +137,36 @@ def session(sim: SimServer, creds: Credentials, root: Path, minutes: int, live: 
         if also is not None:
             also(store)
 
-    opts = PaperOptions(
-        settings=settings, credentials=creds, live=live, base_url=sim.base_url,
-        data_stream_url=sim.data_stream_url, trading_stream_url=sim.trading_stream_url,
-        state_dir=root / "state", log_dir=root / "logs", out=root / "runs", warmup_days=5,
-        clock_poll=1.0, silence=extra.pop("silence", 30.0), on_idle=driver,
-        on_store=on_store, install_signals=False,
-        requests_per_minute=extra.pop("requests_per_minute", 60_000.0), **extra)
-    return run_paper(opts)
+    run, hooks_ = paper_run(sim, creds, root, settings, live=live, on_store=on_store, **extra)
+    return run_paper(run, hooks=hooks_, on_idle=lambda _store: driver(),
+                     alerts=extra.get("alerts"))
+
+
+def paper_run(sim: SimServer, creds: Credentials, root: Path, settings: Settings,
+              **extra: Any) -> tuple[PaperRun, SessionHooks]:
+    """(run, hooks) of a test session against ``sim`` in ``root``: files under
+    ``root``, lockstep-friendly timings, ``extra`` routed to ``PaperRun``, ``AlpacaConfig``
+    or ``SessionHooks`` by field name (``alerts`` is the caller's)."""
+    extra.pop("alerts", None)
+    cfg = {"base_url": sim.base_url, "data_stream_url": sim.data_stream_url,
+           "trading_stream_url": sim.trading_stream_url, "warmup_days": 5, "clock_poll": 1.0,
+           "stream_silence": 30.0, "requests_per_minute": 60_000.0}
+    run: dict[str, Any] = {"state_dir": root / "state", "log_dir": root / "logs",
+                           "out": root / "runs"}
+    hook: dict[str, Any] = {"install_signals": False}
+    for name, value in extra.items():
+        target = cfg if name in ALPACA_FIELDS else run if name in RUN_FIELDS else \
+            hook if name in HOOK_FIELDS else None
+        if target is None:
+            raise TypeError(f"session(): unknown option {name!r}")
+        target[name] = value
+    return (PaperRun(settings=settings, credentials=creds, alpaca=AlpacaConfig(**cfg), **run),
+            SessionHooks(**hook))
+
+
+ALPACA_FIELDS = frozenset(f.name for f in dataclasses.fields(AlpacaConfig))
+RUN_FIELDS = frozenset(f.name for f in dataclasses.fields(PaperRun))
+HOOK_FIELDS = frozenset(f.name for f in dataclasses.fields(SessionHooks))
 
 
 def decisions(audit: pd.DataFrame, since: datetime | None = None) -> list[tuple[Any, ...]]:

@@ -248,7 +248,7 @@ def test_stop_canceled_by_someone_else_is_noticed_and_replaced(
 
     hooks: dict[int, Callable[[], None]] = {4: cancel_by_hand}
     hooks.update({k: (lambda: time.sleep(0.25)) for k in range(5, 16)})  # ~3 s real time
-    strat = _run(sim, creds, tmp_path, 16, script, hooks, stop_grace_s=0.5, stop_audit_s=0.5)
+    strat = _run(sim, creds, tmp_path, 16, script, hooks, stop_grace=0.5, stop_audit=0.5)
     assert strat.orders["stop"].status == bt.Order.Canceled  # read at Alpaca, not streamed
     with sim.market.lock:
         stops = {o.client_order_id: o for o in sim.market.orders.values() if o.type == "stop"}

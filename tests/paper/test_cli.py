@@ -16,7 +16,8 @@ from brokers.alpaca.broker import BrokerView
 from brokers.alpaca.client import ClockInfo
 from brokers.alpaca.store import StoreStatus
 from brokers.alpaca_sim.testing import SimServer
-from commands.paper import Dashboard, _Snapshot
+from commands.paper_view import Dashboard
+from engine.paper import Snapshot
 from tests.paper.conftest import REPO, SENTINEL_KEY, SENTINEL_SECRET, wait_until
 
 
@@ -136,7 +137,7 @@ def test_dashboard_header_fits_80_columns() -> None:
     buf = io.StringIO()
     console = Console(file=buf, width=80, force_terminal=False, color_system=None)
     board = Dashboard(console, start_value=1_200_000.0)
-    console.print(board.render(_Snapshot("live", "https://paper-api.alpaca.markets", store,  # type: ignore[arg-type]
+    console.print(board.render(Snapshot("live", "https://paper-api.alpaca.markets", store,  # type: ignore[arg-type]
                                          view, {})))
     lines = buf.getvalue().splitlines()
     assert all(len(line) <= 80 for line in lines)

@@ -31,8 +31,9 @@ from brokers.alpaca.credentials import Credentials
 from brokers.alpaca.journal import Journal, JournalState
 from brokers.alpaca_sim.calendar import ns_to_utc
 from brokers.alpaca_sim.testing import SimServer
-from commands.paper import PaperOptions, PaperResult, run_paper
 from common.config import Settings
+from engine.paper import run_paper
+from engine.paper_run import PaperResult
 from feeds.store import read_bars
 from strategies import rules
 from tests.paper.conftest import (
@@ -41,6 +42,7 @@ from tests.paper.conftest import (
     REPO,
     SENTINEL_KEY,
     SENTINEL_SECRET,
+    paper_run,
     session,
     wait_until,
 )
@@ -97,14 +99,10 @@ def run(sim: SimServer, creds: Credentials, root: Path, clock: Clock,
     def on_store(store: Any) -> None:
         clock.store = store
 
-    opts = PaperOptions(
-        settings=extra.pop("settings", None) or Settings(symbols=symbols), credentials=creds,
-        live=extra.pop("live", True), base_url=sim.base_url,
-        data_stream_url=sim.data_stream_url, trading_stream_url=sim.trading_stream_url,
-        state_dir=root / "state", log_dir=root / "logs", out=root / "runs", warmup_days=5,
-        clock_poll=1.0, silence=30.0, on_idle=clock, on_store=on_store, install_signals=False,
-        requests_per_minute=60_000.0, **extra)
-    return run_paper(opts)
+    run_, hooks = paper_run(sim, creds, root,
+                            extra.pop("settings", None) or Settings(symbols=symbols),
+                            live=extra.pop("live", True), on_store=on_store, **extra)
+    return run_paper(run_, hooks=hooks, on_idle=lambda _store: clock())
 
 
 def _orders(sim: SimServer, symbol: str) -> list[Any]:

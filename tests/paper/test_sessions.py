@@ -16,10 +16,10 @@ import pytest
 from analyzers import load_run
 from brokers.alpaca.credentials import Credentials
 from brokers.alpaca_sim.testing import SimServer
-from commands.paper import PaperResult
 from common.config import Settings
 from engine.backtest import run_backtest
 from engine.datasets import load_datasets
+from engine.paper_run import PaperResult
 from tests.paper.conftest import BARS, REPLAY_START, SYMBOLS, decisions, session
 
 
@@ -106,7 +106,7 @@ def test_silent_stream_is_reconnected_by_the_watchdog(sim: SimServer, creds: Cre
     """Connected but silent while the market is open (alpaca-py #740): reconnect, backfill."""
     minutes = 40
     hooks = {10: lambda: sim.faults.silence_stream("data", seconds=2.5)}
-    result = session(sim, creds, tmp_path, minutes, hooks=hooks, silence=0.6)
+    result = session(sim, creds, tmp_path, minutes, hooks=hooks, stream_silence=0.6)
     data_stream = next(s for s in result.streams if s.name == "market data")
     assert data_stream.silent_reconnects >= 1
     assert result.steps == minutes

@@ -14,23 +14,20 @@ import pandas as pd
 
 from brokers.alpaca.credentials import Credentials
 from brokers.alpaca_sim.testing import SimServer
-from commands.paper import PaperOptions, PaperResult, run_paper
 from common.config import Settings
-from tests.paper.conftest import REPLAY_START, session
+from engine.paper import run_paper
+from engine.paper_run import PaperResult
+from tests.paper.conftest import REPLAY_START, paper_run, session
 
 ENTRY = "ratchet-CRUX-20251003T134200-entry"  # the CRUX crossover of the 13:42 bar
 FALLBACK = "ratchet-CRUX-20251003T134300-fallback"
 
 
 def _once(sim: SimServer, creds: Credentials, root: Path) -> PaperResult:
-    opts = PaperOptions(
-        settings=Settings(symbols=("CRUX",)), credentials=creds, live=True, once=True,
-        base_url=sim.base_url, data_stream_url=sim.data_stream_url,
-        trading_stream_url=sim.trading_stream_url, state_dir=root / "state",
-        log_dir=root / "logs", out=root / "runs", warmup_days=5, clock_poll=1.0,
-        install_signals=False, requests_per_minute=60_000.0,
-        once_fill_wait_s=0.3)  # the fallback cannot fill here (no volume)
-    return run_paper(opts)
+    run, hooks = paper_run(sim, creds, root, Settings(symbols=("CRUX",)), live=True, once=True,
+                           stream_silence=None,
+                           once_fill_wait=0.3)  # the fallback cannot fill here (no volume)
+    return run_paper(run, hooks=hooks)
 
 
 def _status(sim: SimServer, cid: str) -> str:

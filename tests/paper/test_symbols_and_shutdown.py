@@ -60,7 +60,7 @@ def test_a_symbol_whose_data_stops_does_not_stall_the_others(
     symbol is decided from its own bars (``prenext`` runs the same loop)."""
     symbols = ("CRUX", "QUIET")
     result = session(quiet_sim, creds, tmp_path / "run", 14, symbols=symbols,
-                     settings=Settings(symbols=symbols), grace=0.05)
+                     settings=Settings(symbols=symbols), bar_grace=0.05)
     got = decisions(pd.read_csv(result.audit_path))
     assert ("2025-10-03T13:42:00+00:00", "CRUX", "buy", "signal", 30.0) in got
     assert not [d for d in got if d[1] == "QUIET" and d[2] not in ("wait", "ready")]
