@@ -53,22 +53,22 @@ def _parse_when(text: str | None, end: bool = False) -> datetime | None:
 # ------------------------------------------------------------------------------- the command
 
 
-def _pct(x: Any) -> str:
+def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 100:,.2f}%"
 
 
-def _spct(x: Any) -> str:
+def _spct(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 100:+,.2f}%"
 
 
-def _num(x: Any, fmt: str = "{:,.2f}") -> str:
+def _num(x: float | None, fmt: str = "{:,.2f}") -> str:
     return "n/a" if x is None else fmt.format(x)
 
 
 NY_TZ = "America/New_York"
 
 
-def _ny(text: Any) -> str:
+def _ny(text: object) -> str:
     """A stats.json time as New York wall time (the zone is named once, in the heading)."""
     if not text:
         return "?"
@@ -132,14 +132,14 @@ def summary_lines(result: BacktestResult, width: int | None) -> list[str]:
     return lines
 
 
-def print_summary(result: BacktestResult, console: Any = None) -> None:
+def print_summary(result: BacktestResult, console: object = None) -> None:
     """Print the end-of-run summary to stdout (fits the terminal; complete when piped)."""
     from commands.output import echo_lines, out_width
 
     echo_lines(summary_lines(result, out_width()))
 
 
-STRATEGY_OPTIONS: list[tuple[str, Any, str]] = [
+STRATEGY_OPTIONS: list[tuple[str, click.ParamType | type, str]] = [
     # flag (= setting name, see common.config.PARAMS), click type, help
     ("--signal", click.Choice(["ma", "ml"]), "Signal: MA crossover or ML model [ma]."),
     ("--model", click.Path(dir_okay=False), "Model file for --signal ml."),

@@ -87,7 +87,7 @@ def run_backtest(
     signal: Signal | None = None,
     progress: Callable[[int], None] | None = None,
     meta: dict[str, Any] | None = None,
-    session: Callable[[Any], str] | None = None,
+    session: Callable[[datetime], str] | None = None,
 ) -> BacktestResult:
     """Run the Strategy over ``datasets`` (bars up to the end date) and write a run folder.
 

@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import backtrader as bt
 from alpaca.trading.enums import OrderSide, OrderType
@@ -83,6 +83,11 @@ from brokers.alpaca.reconcile import (
 from common.errors import BrokerError, RetryableError, UnknownStateError
 from feeds.btfeed import ns_to_bt
 from strategies import rules
+
+if TYPE_CHECKING:
+    from analyzers.audit import Audit
+    from brokers.alpaca.store import AlpacaStore
+    from common.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -169,9 +174,10 @@ class AlpacaBroker(bt.BrokerBase):
 
     params = ()
 
-    def __init__(self, store: Any = None, gateway: OrderGateway | None = None,
-                 journal: Journal | None = None, settings: Any = None, audit: Any = None,
-                 strategies: Callable[[], list[Any]] | None = None,
+    def __init__(self, store: AlpacaStore | None = None, gateway: OrderGateway | None = None,
+                 journal: Journal | None = None, settings: Settings | None = None,
+                 audit: Audit | None = None,
+                 strategies: Callable[[], list[bt.Strategy]] | None = None,
                  cancel_confirm_s: float = 2.0, fence_s: float | None = 0.5,
                  sleep: Callable[[float], None] = time.sleep,
                  stop_grace_s: float | None = None, stop_audit_s: float = 60.0) -> None:

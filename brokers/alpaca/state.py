@@ -38,6 +38,7 @@ from common.logs import REDACTOR
 from common.perms import private_dir
 
 if TYPE_CHECKING:
+    from brokers.alpaca.broker import BrokerView
     from brokers.alpaca.store import AlpacaStore
 
 logger = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ class DryRunBroker(SimBroker):
         self._seen_steps = steps
         super().next()
 
-    def view(self) -> Any:
+    def view(self) -> BrokerView:
         """Positions and working orders of the shadow book (dashboard, state file)."""
         from brokers.alpaca.broker import BrokerView, is_stop_order
 
