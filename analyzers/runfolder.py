@@ -139,3 +139,29 @@ def latest_run(out: str | Path = "runs", mode: str | None = None) -> Path:
     if not candidates:
         raise DataError(f"no run folders under {out}: run `python cli.py backtest` first")
     return candidates[-1]
+
+
+def _json_or_empty(path: Path) -> dict[str, Any]:
+    """A JSON object file, or {} when missing or unreadable (listing skips nothing)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def list_runs(out: Path) -> list[dict[str, Any]]:
+    """One dict per run folder under ``out`` (newest first): id, name, mode, created (ISO
+    UTC), symbols, total_return, trade_count, path."""
+    rows = []
+    for p in Path(out).iterdir() if Path(out).is_dir() else []:
+        if not p.is_dir() or not (p / "config.json").exists():
+            continue
+        config, stats = _json_or_empty(p / "config.json"), _json_or_empty(p / "stats.json")
+        symbols = config.get("symbols") or config.get("settings", {}).get("symbols") or []
+        rows.append({"id": p.name, "name": config.get("name"), "mode": config.get("mode"),
+                     "created": config.get("created_at"), "symbols": list(symbols),
+                     "total_return": stats.get("total_return"),
+                     "trade_count": stats.get("trade_count"), "path": str(p)})
+    rows.sort(key=lambda r: (r["created"] or "", r["id"]), reverse=True)
+    return rows

@@ -5,38 +5,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import click
 
+from analyzers.runfolder import list_runs
 from common.errors import DataError
 
 logger = logging.getLogger(__name__)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def list_runs(out: Path) -> list[dict[str, Any]]:
-    """One dict per run folder under ``out`` (newest first): id, name, mode, created (ISO
-    UTC), symbols, total_return, trade_count, path."""
-    rows = []
-    for p in Path(out).iterdir() if Path(out).is_dir() else []:
-        if not p.is_dir() or not (p / "config.json").exists():
-            continue
-        config, stats = _read(p / "config.json"), _read(p / "stats.json")
-        symbols = config.get("symbols") or config.get("settings", {}).get("symbols") or []
-        rows.append({"id": p.name, "name": config.get("name"), "mode": config.get("mode"),
-                     "created": config.get("created_at"), "symbols": list(symbols),
-                     "total_return": stats.get("total_return"),
-                     "trade_count": stats.get("trade_count"), "path": str(p)})
-    rows.sort(key=lambda r: (r["created"] or "", r["id"]), reverse=True)
-    return rows
 
 
 def _when(created: str | None) -> str:

@@ -8,6 +8,7 @@ The output is valid TOML (comments aside), so it can be saved as a config file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -17,6 +18,7 @@ import click
 
 from commands.backtest import strategy_options
 from commands.output import fit
+from common.alpaca_config import load_alpaca_config
 from common.config import PARAMS, public_settings
 from common.errors import DataError
 from common.logs import setup_logging
@@ -38,9 +40,9 @@ def _toml(value: Any) -> str:
 
 
 def config_lines(values: dict[str, Any], sources: dict[str, str],
-                 width: int | None) -> list[str]:
+                 width: int | None, units: dict[str, str] | None = None) -> list[str]:
     """``name = value  # unit; source`` lines; a comment that does not fit goes above."""
-    units = {p.name: p.unit for p in PARAMS}
+    units = units if units is not None else {p.name: p.unit for p in PARAMS}
     out: list[str] = []
     for name, value in values.items():
         # an unset optional setting is a comment: TOML has no null
@@ -97,9 +99,22 @@ def show_config(data: Path | None, cash: float | None, commission: float | None,
         settings = settings.replace(symbols=symbols)
         where = f"a backtest on {data_dir}"
     values = public_settings(settings)
+    # paper: its own [alpaca] table too (defaults < [alpaca] < RATCHET_ALPACA_*)
+    alpaca, alpaca_sources = load_alpaca_config(config_file) if paper else (None, {})
+    alpaca_values = dataclasses.asdict(alpaca) if alpaca is not None else {}
     if as_json:
-        click.echo(json.dumps({"settings": values, "sources": sources}, indent=2))
+        out = {"settings": values, "sources": sources}
+        if alpaca is not None:
+            out.update(alpaca=alpaca_values, alpaca_sources=alpaca_sources)
+        click.echo(json.dumps(out, indent=2))
         return
     width = out_width()
-    echo_lines([*fit(f"# Settings for {where}", width, "#   "), "# (defaults < config file < "
-                "RATCHET_* environment < flags)", *config_lines(values, sources, width)])
+    lines = [*fit(f"# Settings for {where}", width, "#   "), "# (defaults < config file < "
+             "RATCHET_* environment < flags)", *config_lines(values, sources, width)]
+    if alpaca is not None:
+        units = {n: "seconds" if isinstance(v, float) else "" for n, v in alpaca_values.items()}
+        units.update(warmup_days="calendar days", requests_per_minute="each API",
+                     stream_silence="seconds", stop_grace="seconds")
+        lines += ["", "[alpaca]  # paper only (RATCHET_ALPACA_<NAME>, paper flags override)",
+                  *config_lines(alpaca_values, alpaca_sources, width, units)]
+    echo_lines(lines)

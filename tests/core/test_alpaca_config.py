@@ -108,3 +108,19 @@ def test_paper_refuses_a_bad_alpaca_table_in_one_line(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "feed: 'xyz' must be one of iex, sip" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_show_config_paper_prints_the_alpaca_table_it_reads_back(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "r.toml"
+    cfg_file.write_text('[alpaca]\nfeed = "sip"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RATCHET_")}
+    env["RATCHET_ALPACA_CLOCK_POLL"] = "12"
+    out = subprocess.run([sys.executable, str(REPO / "cli.py"), "show-config", "--paper",
+                          "--config", str(cfg_file)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "feed = \"sip\"" in out.stdout and "env RATCHET_ALPACA_CLOCK_POLL" in out.stdout
+    saved = tmp_path / "saved.toml"
+    saved.write_text(out.stdout)
+    again, _ = load_alpaca_config(saved, environ={})
+    assert (again.feed, again.clock_poll) == ("sip", 12.0)
