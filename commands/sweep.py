@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from commands.backtest import strategy_options
 from common.logs import setup_logging
+
+if TYPE_CHECKING:
+    from distributed import Client
+    from rich.console import Console
+
+    from sweeps.runner import Sweeper, SweepOutcome, SweepPlan
+    from sweeps.store import ResultStore
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +121,8 @@ def sweep(grids: tuple[str, ...], ranges: tuple[str, ...], constraints: tuple[st
     print_outcome(outcome, plan, console, top)
 
 
-def _run(sweeper: Any, client: Any, plan: Any, store: Any, console: Any,
-         no_progress: bool) -> Any:
+def _run(sweeper: type[Sweeper], client: Client, plan: SweepPlan, store: ResultStore,
+         console: Console, no_progress: bool) -> SweepOutcome:
     """Run the sweep with a progress bar (terminal) or progress lines (logs)."""
     from sweeps.summary import TextProgress
 
