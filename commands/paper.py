@@ -18,19 +18,18 @@ confirmation, prints the banner, then calls ``engine.paper.run_paper`` with the 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import secrets
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from brokers.alpaca.clock import NEW_YORK
-from brokers.alpaca.credentials import Credentials, load_credentials, mask
+from brokers.alpaca.credentials import load_credentials, mask
 from commands.backtest import settings_from_flags, strategy_options
 from commands.paper_view import Dashboard, StepPrinter
 from common.alpaca_config import FEEDS, PAPER_URL, load_alpaca_config
@@ -47,7 +46,7 @@ from engine.paper_run import (
     PaperRun,
     check_paper_settings,
 )
-from engine.rehearsal import SimDriver, session_close, sim_server
+from engine.rehearsal import start_rehearsal
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -186,29 +185,18 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
     check_endpoint(base, real_money)
     if live:
         _confirm_live(base, confirm_live)
-    server = None
+    rehearsal = None
     if sim:
-        server = sim_server(sim_data or DEFAULT_SIM_DATA, sim_speed, sim_start, sim_symbols,
-                            settings.cash).start()
-        if sim_symbols is None:
-            settings = dataclasses.replace(settings, symbols=tuple(server.book.symbols))
-        # a rehearsal replays far faster than real time against a server with no limit
-        cfg = cfg.replace(base_url=server.base_url, requests_per_minute=60_000.0,
-                          clock_poll=5.0 if sources["clock_poll"] == "default"
-                          else cfg.clock_poll)
-        credentials = Credentials(server.key, server.secret, "loopback simulator")
+        rehearsal = start_rehearsal(sim_data or DEFAULT_SIM_DATA, sim_speed, sim_start,
+                                    sim_minutes, settings, cfg, sim_symbols is None,
+                                    sources["clock_poll"] != "default", max_steps)
+        settings, cfg, credentials, max_steps = rehearsal.settings, rehearsal.alpaca, \
+            rehearsal.credentials, rehearsal.max_steps
         echo(fit(f"OFFLINE REHEARSAL against the loopback Alpaca at {cfg.base_url} (replay "
-                 f"from {server.now().astimezone(NEW_YORK):%Y-%m-%d %H:%M}, speed "
+                 f"from {rehearsal.server.now().astimezone(NEW_YORK):%Y-%m-%d %H:%M}, speed "
                  f"{sim_speed or 'lockstep'})", width, "  "))
     else:
         credentials = load_credentials(keys_file)
-    driver = None
-    if server is not None and sim_speed == 0:
-        until = server.now() + timedelta(minutes=sim_minutes) if sim_minutes else \
-            session_close(server)
-        driver = SimDriver(server, settings.bar_seconds, until)
-    if server is not None and sim_speed > 0 and sim_minutes and max_steps is None:
-        max_steps = max(1, int(sim_minutes * 60 // settings.bar_seconds))
     run = PaperRun(settings=settings, credentials=credentials, alpaca=cfg, live=live,
                    once=once, state_dir=state_dir, log_dir=log_dir, out=out,
                    max_steps=max_steps, rebuild_journal=rebuild_journal)
@@ -230,14 +218,15 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
         if board is not None:
             board.__enter__()
         result = run_paper(run, note=lambda s: console.print(f"[yellow]{s}[/yellow]"),
-                           view=view, alerts=sink, on_idle=driver)
+                           view=view, alerts=sink,
+                           on_idle=rehearsal.driver if rehearsal is not None else None)
     finally:
         if board is not None:
             board.__exit__(None, None, None)
         if dispatcher is not None:
             dispatcher.close(timeout=10.0)
-        if server is not None:
-            server.stop()
+        if rehearsal is not None:
+            rehearsal.server.stop()
     _print_summary(console, result, live)
     if not result.reconciled:
         raise UnknownStateError(result.reconcile)

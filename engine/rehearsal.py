@@ -8,13 +8,18 @@ session is idle (``SimDriver``, the session's ``on_idle``) until the session clo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from brokers.alpaca.credentials import Credentials
+from common.alpaca_config import AlpacaConfig
+from common.config import Settings
 from common.logs import REDACTOR
 
 if TYPE_CHECKING:
@@ -69,3 +74,39 @@ def session_close(sim: SimServer) -> datetime | None:
     except Exception:  # noqa: BLE001 - a rehearsal without a known close runs until stopped
         return None
     return None
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    """A started loopback Alpaca and what a session against it uses instead of the user's."""
+
+    server: SimServer
+    settings: Settings
+    alpaca: AlpacaConfig
+    credentials: Credentials
+    #: the lockstep driver (``speed`` 0), the session's ``on_idle``; None: real-time replay
+    driver: SimDriver | None
+    max_steps: int | None
+
+
+def start_rehearsal(data: Path, speed: float, start: str | None, minutes: float | None,
+                    settings: Settings, alpaca: AlpacaConfig, every_symbol: bool,
+                    clock_poll_set: bool, max_steps: int | None) -> Rehearsal:
+    """Start the loopback on ``data`` and adapt the session to it: its URL and keys, every
+    symbol it has (``every_symbol``), a request budget and clock poll (unless set) that fit a
+    replay far faster than real time, and the stop after ``minutes`` replayed minutes (None:
+    the session close)."""
+    server = sim_server(data, speed, start, None if every_symbol else settings.symbols,
+                        settings.cash).start()
+    if every_symbol:
+        settings = dataclasses.replace(settings, symbols=tuple(server.book.symbols))
+    alpaca = alpaca.replace(base_url=server.base_url, requests_per_minute=60_000.0,
+                            clock_poll=alpaca.clock_poll if clock_poll_set else 5.0)
+    driver = None
+    if speed == 0:
+        until = server.now() + timedelta(minutes=minutes) if minutes else session_close(server)
+        driver = SimDriver(server, settings.bar_seconds, until)
+    elif minutes and max_steps is None:
+        max_steps = max(1, int(minutes * 60 // settings.bar_seconds))
+    credentials = Credentials(server.key, server.secret, "loopback simulator")
+    return Rehearsal(server, settings, alpaca, credentials, driver, max_steps)
