@@ -97,8 +97,11 @@ class AlpacaConfig:
             problems.append(f"feed: {self.feed!r} must be one of {', '.join(FEEDS)}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, float) and not value > 0 and f.name != "bar_grace":
-                problems.append(f"{f.name}: {value:g} must be > 0 seconds")
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if number and not value > 0 and f.name != "bar_grace":
+                unit = {"warmup_days": " days", "requests_per_minute": " requests"}.get(
+                    f.name, " seconds")
+                problems.append(f"{f.name}: {value:g} must be > 0{unit}")
         if self.bar_grace < 0:
             problems.append(f"bar_grace: {self.bar_grace:g} must be >= 0 seconds")
         if problems:
@@ -115,31 +118,31 @@ class AlpacaConfig:
 
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in fields(AlpacaConfig)}
+#: field name -> its annotation as written (``from __future__ import annotations``)
+HINTS: dict[str, str] = {f.name: str(f.type) for f in fields(AlpacaConfig)}
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
+def _coerce(name: str, value: object, source: str) -> str | float | bool | None:
     """``value`` (a file, env or flag value) as the type of field ``name``."""
     if name not in FIELDS:
         raise ConfigError(f"{source}: unknown alpaca setting {name!r}; known: "
                           f"{', '.join(FIELDS)}")
-    default = FIELDS[name].default
-    optional = default is None
+    kind = HINTS[name]  # "str", "str | None", "float", "float | None" or "bool"
     try:
-        if value is None or (optional and isinstance(value, str)
+        if value is None or ("None" in kind and isinstance(value, str)
                              and value.strip().lower() in ("", "none")):
-            if optional:
+            if "None" in kind:
                 return None
             raise ValueError("a value is required")
-        if isinstance(default, bool):
+        if kind == "bool":
             text = str(value).strip().lower()
-            if isinstance(value, bool) or text in ("1", "true", "yes", "on", "0", "false",
-                                                   "no", "off"):
-                return value if isinstance(value, bool) else text in ("1", "true", "yes", "on")
-            raise ValueError("expected true/false")
-        if isinstance(default, float) or (optional and name not in
-                                          ("data_url", "data_stream_url",
-                                           "trading_stream_url")):
             if isinstance(value, bool):
+                return value
+            if text in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return text in ("1", "true", "yes", "on")
+            raise ValueError("expected true/false")
+        if kind.startswith("float"):
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
                 raise ValueError("expected a number")
             return float(value)
         return str(value).strip()
