@@ -6,13 +6,10 @@ A leaf module (no project imports), so the signal implementations (``strategies.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import pandas as pd
-
-logger = logging.getLogger(__name__)
 
 BUY = 1.0
 SELL = -1.0

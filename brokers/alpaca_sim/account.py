@@ -9,14 +9,11 @@ orders); sells need shares not already held by other open sell orders (no shorti
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from brokers.alpaca_sim.models import EPS, SimOrder, SimPosition
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ imports them, nothing imports the server back. ``server.SimApp`` is the one impl
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,6 @@ from brokers.alpaca_sim.bars import BarBook
 from brokers.alpaca_sim.clock import ReplayClock
 from brokers.alpaca_sim.faults import Faults
 from brokers.alpaca_sim.market import Market
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

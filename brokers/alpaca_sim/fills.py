@@ -16,17 +16,14 @@ backtest:
 - Partial fills: at most ``volume_participation x bar volume`` per order per bar (whole
   shares for whole-share orders).
 
-Which bars an order may trade on, and the bookkeeping of a fill, are ``market.Market``'s.
+Which bars an order may trade on, and the bookkeeping of a fill: ``engine.MatchingEngine``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 
 from brokers.alpaca_sim.models import EPS
-
-logger = logging.getLogger(__name__)
 
 
 def crosses_limit(buy: bool, price: float, limit: float | None) -> bool:

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 from collections.abc import Iterable
 from typing import Any
 
 from brokers.alpaca_sim import errors
 from brokers.alpaca_sim.models import Fill, SimOrder
-
-logger = logging.getLogger(__name__)
 
 
 class OrderRegistry:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 
 from aiohttp import web
@@ -12,8 +11,6 @@ from aiohttp import web
 from brokers.alpaca_sim import errors
 from brokers.alpaca_sim.httputil import json_body, ok, state, time_param
 from brokers.alpaca_sim.serialization import ts
-
-logger = logging.getLogger(__name__)
 
 _NS = 1_000_000_000
 

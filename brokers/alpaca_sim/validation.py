@@ -10,14 +10,11 @@ client order id and buying-power checks.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Container, Sequence
 
 from brokers.alpaca_sim import errors
 from brokers.alpaca_sim.models import EPS, OrderRequest, ReplaceRequest, SimOrder
 from brokers.alpaca_sim.serialization import num
-
-logger = logging.getLogger(__name__)
 
 #: Prices each order type requires; the others must be absent.
 REQUIRED_PRICES: dict[str, tuple[str, ...]] = {

@@ -7,7 +7,6 @@ so this library never imports the command layer.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,8 +26,6 @@ from strategies.ml.validation import (
     fold_model,
     walk_forward,
 )
-
-logger = logging.getLogger(__name__)
 
 #: ``run_backtest(settings, datasets, out=None, start=..., signal=...)`` -> a result with
 #: ``.stats`` (``commands.backtest.run_backtest``'s signature).
