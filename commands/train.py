@@ -29,7 +29,7 @@ from strategies.ml import (
     load_training_bars,
     save_model,
 )
-from strategies.ml.training import FoldBacktest, run_training
+from strategies.ml.training import BacktestFn, FoldBacktest, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -223,9 +223,11 @@ def train(data: Path | None, symbols: str | None, start: str | None, end: str | 
                   f"{data}: label = close rises over the next {horizon} bars; {folds} folds, "
                   f"gap {gap} bars")
     show = not no_progress and console.is_terminal
-    backtest_fn = None
+    backtest_fn: BacktestFn | None = None
     if not no_backtest:
-        from commands.backtest import run_backtest as backtest_fn
+        from commands.backtest import run_backtest
+
+        backtest_fn = run_backtest
     with _progress(show, console) as progress:
         run = run_training(frames, bar_interval, settings, horizon=horizon, folds=folds,
                            gap=gap, seed=seed, params=params, threads=threads,

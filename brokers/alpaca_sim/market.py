@@ -34,6 +34,9 @@ _NS = 1_000_000_000
 #: version of ``Market.snapshot``'s layout
 STATE_SCHEMA = 1
 _DAY_NS = 86_400 * _NS
+#: Order fields a ``PATCH`` may change (``validation.replace_changes``); the rest carry over.
+_REPLACEABLE = ("time_in_force", "qty", "limit_price", "stop_price", "trail_price",
+                "trail_percent")
 
 
 class Market(MatchingEngine):
@@ -69,16 +72,11 @@ class Market(MatchingEngine):
                 raise errors.forbidden("order parameters are not changed")
             cid = req.client_order_id or self._uuid()
             self._check_cid(cid)
+            kept: dict[str, Any] = {k: changes.get(k, getattr(old, k)) for k in _REPLACEABLE}
             new_req = OrderRequest(
-                symbol=old.symbol, side=old.side, type=old.type,
-                time_in_force=changes.get("time_in_force", old.time_in_force),
-                qty=changes.get("qty", old.qty), notional=old.notional,
-                limit_price=changes.get("limit_price", old.limit_price),
-                stop_price=changes.get("stop_price", old.stop_price),
-                trail_price=changes.get("trail_price", old.trail_price),
-                trail_percent=changes.get("trail_percent", old.trail_percent),
+                symbol=old.symbol, side=old.side, type=old.type, notional=old.notional,
                 extended_hours=old.extended_hours, client_order_id=cid,
-                position_intent=old.position_intent,
+                position_intent=old.position_intent, **kept,
             )
             self._validate(new_req, replacing=old)
             new = self._make_order(new_req, cid)
