@@ -152,7 +152,7 @@ def _parse_when(text: str | None, end: bool = False) -> datetime | None:
     naive = UTC; a bare date as ``--end`` means the whole day)."""
     if text is None:
         return None
-    return parse_when(text, UTC_DAYS, end=end).to_pydatetime()
+    return parse_when(text, UTC_DAYS, end=end)
 
 
 def load_datasets(

@@ -85,8 +85,9 @@ def parse_range(start: str, end: str | None, now: pd.Timestamp) -> tuple[pd.Time
                                                                           pd.Timestamp]:
     """Validated download range [start, end) in UTC (``common.dates.NY_DAYS``: New York
     dates, ``--end`` inclusive of its day); ``end`` defaults to (and is clipped at) ``now``."""
-    t0 = parse_when(start, NY_DAYS, option="--start", now=now)
-    t1 = parse_when(end, NY_DAYS, end=True, option="--end", now=now) if end else now
+    t0 = pd.Timestamp(parse_when(start, NY_DAYS, option="--start", now=now))
+    t1 = pd.Timestamp(parse_when(end, NY_DAYS, end=True, option="--end", now=now)) if end \
+        else now
     if t0 >= now:
         raise ConfigError(f"--start {start} is in the future: Alpaca only has past bars")
     if t0 >= t1:

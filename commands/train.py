@@ -58,7 +58,7 @@ class FoldBacktest:
 def _when(text: str | None, end: bool = False) -> pd.Timestamp | None:
     """A UTC timestamp from ``YYYY-MM-DD`` or ISO text (``common.dates.UTC_DAYS``: naive =
     UTC; a bare end date means the whole day)."""
-    return None if text is None else parse_when(text, UTC_DAYS, end=end)
+    return None if text is None else pd.Timestamp(parse_when(text, UTC_DAYS, end=end))
 
 
 def backtest_folds(

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-
-import pandas as pd
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from common.errors import ConfigError
 
@@ -50,34 +50,65 @@ NY_DAYS = DateConvention(
         "ISO 8601 such as 2025-10-01T09:30 or 2025-10-01T13:30Z")
 
 
-def _midnight(day: pd.Timestamp, zone: str) -> pd.Timestamp:
-    """00:00 of ``day``'s calendar date in ``zone``, as UTC."""
-    return pd.Timestamp(day.date()).tz_localize(zone).tz_convert("UTC")
+def _read(value: str, fix: str) -> datetime:
+    """ISO 8601 by the standard library (no pandas import on the backtest's start-up path);
+    other spellings pandas understands (``2025/10/01``, ``Oct 1 2025``) as a fallback."""
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        pass
+    import pandas as pd
 
-
-def parse_when(text: str, convention: DateConvention, *, end: bool = False,
-               option: str = "--start", now: pd.Timestamp | None = None) -> pd.Timestamp:
-    """``text`` (a ``--start`` or, with ``end=True``, an ``--end`` value) as a UTC timestamp
-    under ``convention`` (see the module docstring). ``now`` defaults to the current time."""
-    value = text.strip()
-    fix = convention.fix.format(option=option, text=text)
-    current = now if now is not None else pd.Timestamp.now(tz="UTC")
-    if value.lower() == "now":
-        return current.tz_convert("UTC")
-    if value.lower() == "today":
-        value = current.tz_convert(convention.zone).strftime("%Y-%m-%d")
     try:
         ts = pd.Timestamp(value)
     except (ValueError, TypeError, OverflowError):
         raise ConfigError(fix) from None
     if pd.isna(ts):
         raise ConfigError(fix)
-    if ":" not in value and ts.tzinfo is None and ts == ts.normalize():
+    return ts.to_pydatetime()
+
+
+def _localize(naive: datetime, zone: str) -> datetime:
+    """``naive`` as wall time in ``zone``: a time skipped by a DST change moves forward to
+    the change, a repeated one is read as standard time (pandas' ``nonexistent=
+    "shift_forward", ambiguous=False``)."""
+    tz = ZoneInfo(zone)
+    first, second = naive.replace(tzinfo=tz, fold=0), naive.replace(tzinfo=tz, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return first  # the usual case: one reading
+    import pandas as pd  # a DST edge: let pandas apply the documented rule
+
+    return pd.Timestamp(naive).tz_localize(zone, nonexistent="shift_forward",
+                                           ambiguous=False).to_pydatetime()
+
+
+def _midnight(day: datetime, zone: str) -> datetime:
+    """00:00 of ``day``'s calendar date in ``zone``, as UTC (midnight is never a DST edge in
+    the zones we use)."""
+    return datetime.combine(day.date(), time(), tzinfo=ZoneInfo(zone)).astimezone(UTC)
+
+
+def parse_when(text: str, convention: DateConvention, *, end: bool = False,
+               option: str = "--start", now: datetime | None = None) -> datetime:
+    """``text`` (a ``--start`` or, with ``end=True``, an ``--end`` value) as an aware UTC
+    datetime under ``convention`` (see the module docstring). ``now`` defaults to the
+    current time."""
+    value = text.strip()
+    fix = convention.fix.format(option=option, text=text)
+    current = now if now is not None else datetime.now(UTC)
+    if value.lower() == "now":
+        return current.astimezone(UTC)
+    if value.lower() == "today":
+        value = current.astimezone(ZoneInfo(convention.zone)).strftime("%Y-%m-%d")
+    if not value:
+        raise ConfigError(fix)
+    when = _read(value, fix)
+    if ":" not in value and when.tzinfo is None and when.time() == time():
         # a bare date (no time of day): a whole day in the convention's zone
         if not end:
-            return _midnight(ts, convention.zone)
-        after = _midnight(ts + pd.Timedelta(days=1), convention.zone)
-        return after - pd.Timedelta(microseconds=1) if convention.end_inclusive else after
-    if ts.tzinfo is None:
-        ts = ts.tz_localize(convention.zone, nonexistent="shift_forward", ambiguous=False)
-    return ts.tz_convert("UTC")
+            return _midnight(when, convention.zone)
+        after = _midnight(when + timedelta(days=1), convention.zone)
+        return after - timedelta(microseconds=1) if convention.end_inclusive else after
+    if when.tzinfo is None:
+        when = _localize(when, convention.zone)
+    return when.astimezone(UTC)
