@@ -61,9 +61,11 @@ from brokers.alpaca.transport import (
     DATA_URL,
     LIVE_URL,
     PAPER_URL,
+    ReadFailure,
     SubmitOutcome,
     ThrottledSession,
     api_status,
+    classify_read_error,
     classify_submit_error,
     data_client,
     is_retryable_read_error,
@@ -273,13 +275,14 @@ class AlpacaClient:
             try:
                 return call()
             except Exception as exc:
-                status = api_status(exc)
-                if status in (401, 403) and what in ("account", "clock"):
+                failure = classify_read_error(exc)
+                if failure in (ReadFailure.AUTH, ReadFailure.FORBIDDEN) \
+                        and what in ("account", "clock"):
                     raise ConfigError(
-                        f"Alpaca refused the keys ({status}) at {self.base_url}: check "
-                        "APCA_API_KEY_ID / APCA_API_SECRET_KEY and the endpoint"
+                        f"Alpaca refused the keys ({api_status(exc)}) at {self.base_url}: "
+                        "check APCA_API_KEY_ID / APCA_API_SECRET_KEY and the endpoint"
                     ) from None
-                if not is_retryable_read_error(exc):
+                if failure is not ReadFailure.RETRYABLE:
                     raise
                 last = exc
                 if attempt + 1 < tries:
