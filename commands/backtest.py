@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -19,6 +19,7 @@ import click
 import numpy as np
 
 from common.config import INTERVAL_SECONDS, Settings, load_settings_with_sources
+from common.dates import UTC_DAYS, parse_when
 from common.errors import ConfigError
 from common.logs import setup_logging
 from common.nytime import unique_inverse
@@ -29,25 +30,11 @@ logger = logging.getLogger(__name__)
 
 
 def _parse_when(text: str | None, end: bool = False) -> datetime | None:
-    """A ``--start``/``--end`` value as an aware UTC datetime (naive = UTC); a bare date as
-    ``--end`` means the whole day."""
+    """A ``--start``/``--end`` value as an aware UTC datetime (``common.dates.UTC_DAYS``:
+    naive = UTC; a bare date as ``--end`` means the whole day)."""
     if text is None:
         return None
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        import pandas as pd  # other spellings pandas understands
-
-        try:
-            when = pd.Timestamp(text).to_pydatetime()
-        except (ValueError, TypeError):
-            raise ConfigError(f"bad date {text!r}: use YYYY-MM-DD or an ISO timestamp") \
-                from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    if end and len(text.strip()) <= 10:  # a bare date means the whole day
-        when = when + timedelta(days=1) - timedelta(microseconds=1)
-    return when.astimezone(UTC)
+    return parse_when(text, UTC_DAYS, end=end)
 
 
 # ------------------------------------------------------------------------------- the command
