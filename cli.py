@@ -9,15 +9,12 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common.errors import RatchetError, UserError  # noqa: E402
-from common.version import __version__  # noqa: E402
+from common.errors import RatchetError, UserError
+from common.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +59,10 @@ def cli() -> None:
     """ratchet: one Backtrader strategy, backtested on Parquet bars and run on Alpaca."""
 
 
-def main(argv: list[str] | None = None) -> Any:
+def main(argv: list[str] | None = None, prog_name: str = "cli.py") -> Any:
     """Entry point: user errors become one line on stderr and a non-zero exit code."""
     try:
-        return cli.main(args=argv, prog_name="cli.py", standalone_mode=False)
+        return cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return sys.exit(130)
@@ -84,6 +81,11 @@ def main(argv: list[str] | None = None) -> Any:
         return sys.exit(130)
 
 
-if __name__ == "__main__":
-    code = main()
+def console(prog_name: str = "ratchet") -> None:
+    """The installed ``ratchet`` command (setup.cfg ``console_scripts``); exits the process."""
+    code = main(prog_name=prog_name)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    console(prog_name="cli.py")

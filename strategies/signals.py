@@ -49,22 +49,10 @@ def sma(values: np.ndarray, period: int) -> np.ndarray:
     return out
 
 
-def sma_exact(values: np.ndarray, period: int) -> np.ndarray:
-    """SMA with each window summed exactly (``math.fsum(window) / period``), as Backtrader's
-    ``bt.indicators.SMA`` does, bit for bit. Slow (one Python call per window): the
-    reference that ``MASignal`` matches where it matters."""
-    n = values.shape[0]
-    out = np.full(n, np.nan)
-    if n < period:
-        return out
-    windows = np.lib.stride_tricks.sliding_window_view(values.astype(np.float64), period)
-    out[period - 1 :] = np.fromiter(map(math.fsum, windows.tolist()), np.float64) / period
-    return out
-
-
 def sma_window(values: np.ndarray, period: int) -> np.ndarray:
     """SMA with each window summed by numpy (no running-sum drift); within a few ulps of
-    ``sma_exact``."""
+    Backtrader's ``bt.indicators.SMA`` (``math.fsum`` per window; the tests hold that
+    reference)."""
     n = values.shape[0]
     out = np.full(n, np.nan)
     if n < period:
