@@ -9,7 +9,6 @@ out of ``common.config.Settings``: Settings are written to run folders, alert UR
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -19,8 +18,6 @@ from typing import Any
 from alerts.dispatch import split_urls
 from alerts.events import LEVELS
 from common.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 
 def _file_values(path: Path) -> dict[str, Any]:

@@ -22,7 +22,6 @@ entry on the session's last bar), so a clean rehearsal is 100% identical.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -46,8 +45,6 @@ from feeds.store import BarArrays
 from strategies.ratchet import RatchetStrategy
 from strategies.rules import atr_wilder
 from strategies.signals import make_signal
-
-logger = logging.getLogger(__name__)
 
 ORDER_ACTIONS = ("buy", "sell")
 PARITY_FILE = "parity.json"
@@ -446,8 +443,8 @@ def compare(run_dir: str | Path, settings: Settings | None = None) -> ParityRepo
     identical = 0
     diffs: list[Difference] = []
     diverged: set[str] = set()
-    for k in sorted(set(live_by) | set(back_by)):
-        ls, bs = live_by.get(k, []), back_by.get(k, [])
+    for dkey in sorted(set(live_by) | set(back_by)):
+        ls, bs = live_by.get(dkey, []), back_by.get(dkey, [])
         for i in range(max(len(ls), len(bs))):
             a = ls[i] if i < len(ls) else None
             b = bs[i] if i < len(bs) else None

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 KEY_ENV = "APCA_API_KEY_ID"
-SECRET_ENV = "APCA_API_SECRET_KEY"
+SECRET_ENV = "APCA_API_SECRET_KEY"  # noqa: S105 - the variable's name, not a secret
 DATA_URL_ENV = "APCA_API_DATA_URL"
 FEEDS: tuple[str, ...] = ("iex", "sip")
 ADJUSTMENTS: tuple[str, ...] = ("raw", "split", "dividend", "all")

@@ -595,10 +595,11 @@ class RatchetStrategy(bt.Strategy):
                                 bt.Order.Canceled) and _same(order, book.stop) \
                     and self._adopt_broker_stop(book):
                 # a live broker already replaced it (someone else canceled it): ours now
+                adopted: bt.Order = book.stop  # set by _adopt_broker_stop
                 self.audit.record(now, "decision", book.symbol, "adopt_stop",
-                                  status_name(order), qty=abs(book.stop.executed.remsize),
-                                  price=book.stop.created.price,
-                                  client_order_id=book.stop.info.get("cid", ""), replaces=cid)
+                                  status_name(order), qty=abs(adopted.executed.remsize),
+                                  price=adopted.created.price,
+                                  client_order_id=adopted.info.get("cid", ""), replaces=cid)
             elif order.status in (bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired,
                                   bt.Order.Canceled) and _same(order, book.stop):
                 logger.error("%s: protective stop %s is %s; re-placing it", book.symbol, cid,

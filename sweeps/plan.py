@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,8 +26,6 @@ from sweeps.objective import OBJECTIVES
 from sweeps.runner import SweepPlan
 from sweeps.space import build_space, explain_empty
 from sweeps.walkforward import make_windows, parse_walk_forward
-
-logger = logging.getLogger(__name__)
 
 SEARCHES = ("grid", "random", "optuna")
 

@@ -25,3 +25,22 @@ def test_cli_help_lists_every_command() -> None:
     assert proc.returncode == 0
     for name in ("backtest", "paper", "alpaca-sim", "data", "report", "train"):
         assert name in proc.stdout
+
+
+#: Modules other issue-14 branches are splitting: tools/drop_unused_loggers.py runs on them
+#: after those merges (then this tuple is emptied).
+LOGGER_PENDING = ("brokers/alpaca/", "brokers/alpaca_sim/", "strategies/ml.py",
+                  "strategies/signals.py", "strategies/rules.py", "commands/backtest.py",
+                  "commands/train.py", "commands/data.py", "commands/paper.py",
+                  "feeds/download.py", "benchmarks/bench_sim.py")
+
+
+def test_no_module_defines_a_logger_it_never_uses() -> None:
+    """docs/DEVELOPING.md: a logger in every module that logs, and only there."""
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import drop_unused_loggers
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    found = drop_unused_loggers.offenders([], LOGGER_PENDING)
+    assert not found, f"unused loggers (python tools/drop_unused_loggers.py fixes them): {found}"

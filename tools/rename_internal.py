@@ -38,12 +38,14 @@ MOVED = ("common", "commands")
 SKIP = (re.compile(r"^tools/rename_internal\.py$"), re.compile(r"^tests/sim/alpaca-spec/"),
         re.compile(r"^data/"), re.compile(r"\.(parquet|npz|png|jpg|ico|gz|zip|pkl|skops)$"))
 
-PACKAGE_INIT = '"""ratchet: the project\'s own code that has no place in the design-card folders\n' \
-    '(``ratchet.common``: settings, errors, logging, files; ``ratchet.commands``: the CLI\n' \
+PACKAGE_INIT = (
+    '"""ratchet: the project\'s own code that has no place in the design-card folders\n'
+    "(``ratchet.common``: settings, errors, logging, files; ``ratchet.commands``: the CLI\n"
     'commands; ``ratchet.cli``: the ``ratchet`` console command)."""\n'
+)
 
-CLI_SHIM = '''"""``python cli.py ...`` from a checkout: the same program as the installed ``ratchet``
-command, whose code is ``ratchet/cli.py`` (this file is not installed)."""
+CLI_SHIM = '''"""``python cli.py ...`` from a checkout: the same program as the installed
+``ratchet`` command, whose code is ``ratchet/cli.py`` (this file is not installed)."""
 
 from __future__ import annotations
 
@@ -76,7 +78,8 @@ def move_tree(dry: bool, say: Callable[[str], None]) -> None:
         src, dst = ROOT / name, pkg / name
         if dst.exists():
             if src.exists() and git("ls-files", name).strip():
-                raise SystemExit(f"both {name}/ and {NEW}/{name}/ hold tracked files: merge by hand")
+                raise SystemExit(f"both {name}/ and {NEW}/{name}/ hold tracked files: "
+                                 "merge them by hand")
             continue
         say(f"git mv {name} {NEW}/{name}")
         if not dry:

@@ -370,7 +370,7 @@ class BarRecorder:
             return {}
         try:
             frame = pd.read_parquet(path)
-        except Exception:  # an unreadable part is rewritten from what we have
+        except Exception:  # noqa: BLE001 - an unreadable part is rewritten from what we have
             logger.warning("cannot read %s; it will be rewritten", path)
             return {}
         out: dict[datetime, BarRecord] = {}

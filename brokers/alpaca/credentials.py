@@ -26,7 +26,7 @@ from common.perms import warn_if_readable_by_others
 logger = logging.getLogger(__name__)
 
 ENV_KEY_ID = "APCA_API_KEY_ID"
-ENV_SECRET = "APCA_API_SECRET_KEY"
+ENV_SECRET = "APCA_API_SECRET_KEY"  # noqa: S105 - the variable's name, not a secret
 
 
 def mask(value: str) -> str:

@@ -6,9 +6,7 @@ trees, so the whole folder runs in well under a minute.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 

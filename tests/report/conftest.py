@@ -80,7 +80,7 @@ def _order_row(oid: str, sym: str, side: str, purpose: str, qty: float, price: f
     }
 
 
-def write_run_folder(path: Path, spec: RunSpec = RunSpec()) -> Path:  # noqa: C901
+def write_run_folder(path: Path, spec: RunSpec = RunSpec()) -> Path:
     """Write a contract-conformant run folder at ``path`` and return it."""
     path.mkdir(parents=True, exist_ok=True)
     bars = _bars(spec)
