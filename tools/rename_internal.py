@@ -144,6 +144,17 @@ DEEPER = (re.compile(r"Path\(__file__\)\.resolve\(\)\.parent\.parent\b"),
 def rewrite_setup_cfg(text: str) -> str:
     """setup.cfg: no top-level ``cli`` module, one ``ratchet*`` entry in the package list."""
     text = re.sub(r"(?m)^py_modules\s*=\s*cli\s*\n", "", text)
+
+    def files_line(m: re.Match[str]) -> str:  # mypy's `files =`: one `ratchet` for both
+        names = [n.strip() for n in m.group(2).split(",")]
+        out: list[str] = []
+        for n in names:
+            n = NEW if n in MOVED else n
+            if n not in out:
+                out.append(n)
+        return m.group(1) + ", ".join(out)
+
+    text = re.sub(r"(?m)^(files\s*=\s*)(.*)$", files_line, text)
     lines = text.splitlines(keepends=True)
     kept: list[str] = []
     for line in lines:
