@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "backtest": ("commands.backtest", "backtest", "Run the strategy over Parquet bars."),
     "paper": ("commands.paper", "paper", "Run the strategy on Alpaca paper trading."),
-    "alpaca-sim": ("commands.sim", "alpaca_sim", "Run the loopback Alpaca-compatible server."),
+    "alpaca-sim": ("commands.sim", "alpaca_sim",
+                   "Run the loopback Alpaca-compatible server."),
     "data": ("commands.data", "data", "Download, import and inspect bar data."),
     "sweep": ("commands.sweep", "sweep", "Sweep settings on Dask; walk-forward optimisation."),
     "report": ("commands.report", "report", "Write an HTML report of one or more runs."),

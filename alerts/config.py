@@ -3,7 +3,8 @@
 URLs: ``--alert`` flags if any, else ``RATCHET_ALERTS`` (space separated), else ``alerts =
 [...]`` in the config file (``--config`` or ``RATCHET_CONFIG``). Level: ``--alert-level``,
 else ``RATCHET_ALERT_LEVEL``, else ``alert_level`` in the file, else ``all``. They are kept
-out of ``common.config.Settings``: Settings are written to run folders, alert URLs are secrets.
+out of ``common.config.Settings``: Settings are written to run folders, alert URLs are
+secrets.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """One sweep cell: the settings, the span, and the backtest that produces its stats.
 
-Cells run the very code path of ``cli.py backtest`` (``commands.backtest.run_backtest`` over
-``load_datasets``), so a cell's stats equal a backtest with those settings. ``run_backtest``
-is called only through ``backtest_cell`` below: if its signature changes, this is the one
-place to fix.
+Cells run the very code path of ``cli.py backtest``
+(``commands.backtest.run_backtest`` over ``load_datasets``), so a cell's stats equal a
+backtest with those settings. ``run_backtest`` is called only through ``backtest_cell``
+below: if its signature changes, this is the one place to fix.
 
 On Dask, each worker keeps the bars it loaded in ``DataCachePlugin`` (a worker plugin,
 registered once per sweep, set up again on a replacement worker) keyed by the data spec, so a
@@ -46,8 +46,8 @@ DELAY_ENV = "SWEEPS_TEST_CELL_DELAY"
 #: Sources whose change changes a cell's result (part of every cell's key).
 CODE_GLOBS: tuple[str, ...] = (
     "strategies/*.py", "feeds/*.py", "brokers/backtest.py", "analyzers/recorder.py",
-    "analyzers/stats.py", "analyzers/audit.py", "common/*.py", "commands/backtest.py",
-    "sweeps/cell.py",
+    "analyzers/stats.py", "analyzers/audit.py", "common/*.py",
+    "commands/backtest.py", "sweeps/cell.py",
 )
 
 
