@@ -224,7 +224,7 @@ def tidy(say: Callable[[str], None]) -> None:
     fixed = subprocess.run([ruff, "check", "--fix", "--select", "I001", "--output-format",  # noqa: S603 - our own ruff, fixed arguments
                             "concise", "--exit-zero", "."], cwd=ROOT, capture_output=True,
                            text=True, check=True)
-    count = re.search(r"Fixed (\d+) error", fixed.stdout + fixed.stderr)
+    count = re.search(r"(\d+) fixed", fixed.stdout + fixed.stderr)
     if count:
         say(f"ruff: sorted {count.group(1)} import blocks")
     long = subprocess.run([ruff, "check", "--select", "E501", "--output-format", "concise",  # noqa: S603 - same
