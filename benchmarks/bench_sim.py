@@ -40,8 +40,6 @@ from brokers.alpaca_sim.testing import SimServer
 from feeds.store import write_bars
 from feeds.synthetic import random_walk_bars, trading_minutes
 
-logger = logging.getLogger(__name__)
-
 NEEDED_BARS_PER_S = 20.0  # 20 symbols x 1 bar per replayed minute, 60 replayed minutes/s
 NEEDED_ORDERS_PER_S = 5.0  # "a handful": every symbol trading every few minutes
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,28 @@ from common.errors import ConfigError
 from common.version import __version__
 from sweeps.cell import DataSpec, code_version, fingerprint, load_bars
 from sweeps.objective import OBJECTIVES
-from sweeps.runner import SweepPlan
-from sweeps.space import build_space, explain_empty
-from sweeps.walkforward import make_windows, parse_walk_forward
+from sweeps.space import Space, build_space, explain_empty
+from sweeps.walkforward import Window, make_windows, parse_walk_forward
 
 SEARCHES = ("grid", "random", "optuna")
+
+
+@dataclass
+class SweepPlan:
+    """Everything that defines a sweep (its hash names and guards the sweep folder)."""
+
+    folder: Path
+    spec: DataSpec
+    base: Settings
+    space: Space
+    search: str  # grid | random | optuna
+    trials: int | None
+    seed: int
+    objective: str
+    min_trades: int
+    start_ns: int | None
+    cells: list[dict[str, Any]] = field(default_factory=list)  # grid/random
+    windows: list[Window] = field(default_factory=list)  # walk-forward
 
 
 @dataclass

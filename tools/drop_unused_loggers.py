@@ -27,8 +27,10 @@ def unused_logger(text: str) -> bool:
 
 def fixed(text: str) -> str:
     """``text`` without the unused logger (and without ``import logging`` if now unused)."""
+    # the line and one of the blank lines around it (imports, one blank line, the next code)
+    text = re.sub(r"\n\nlogger = logging\.getLogger\(__name__\)\n(?=\n)", "\n", text, count=1)
     text = DEFINITION.sub("", text, count=1)
-    text = re.sub(r"\n\n\n\n+", "\n\n\n", text)  # the blank lines around the removed line
+    text = re.sub(r"\n\n\n\n+", "\n\n\n", text)
     if not re.search(r"\blogging\b", IMPORT.sub("", text)):
         text = IMPORT.sub("", text, count=1)
     return text
