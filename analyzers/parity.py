@@ -451,12 +451,12 @@ def compare(run_dir: str | Path, settings: Settings | None = None) -> ParityRepo
             if a is not None and b is not None and abs(a.qty - b.qty) < 1e-9:
                 identical += 1
                 continue
-            when = pd.Timestamp(k[0])
-            cause, detail = _cause(when, k[1], ctx, diverged)
+            when = pd.Timestamp(dkey[0])
+            cause, detail = _cause(when, dkey[1], ctx, diverged)
             if a is not None and b is not None:
                 detail = f"size {a.qty:g} live vs {b.qty:g} in the backtest; {detail}"
-            diffs.append(Difference(k[0], k[1], a, b, cause, detail))
-            diverged.add(k[1])
+            diffs.append(Difference(dkey[0], dkey[1], a, b, cause, detail))
+            diverged.add(dkey[1])
     total = identical + len(diffs)
     pct = 100.0 if total == 0 else 100.0 * identical / total
     decision_times = {d.cid: pd.Timestamp(d.time) for d in live if d.cid}
