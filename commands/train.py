@@ -9,7 +9,6 @@ metadata.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ import click
 import pandas as pd
 
 from common.config import INTERVAL_SECONDS, load_settings
+from common.dates import UTC_DAYS, parse_when
 from common.errors import ConfigError
 from common.logs import setup_logging
 from common.paths import BUNDLED_BARS
@@ -32,23 +32,13 @@ from strategies.ml import (
 )
 from strategies.ml.training import BacktestFn, FoldBacktest, run_training
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_OUT = Path("models") / "model.rmodel"
 
 
 def _when(text: str | None, end: bool = False) -> pd.Timestamp | None:
-    """A UTC timestamp from ``YYYY-MM-DD`` or ISO text; a bare end date means the whole day."""
-    if text is None:
-        return None
-    try:
-        ts = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        raise ConfigError(f"bad date {text!r}: use YYYY-MM-DD or an ISO timestamp") from None
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    if end and len(text.strip()) <= 10:
-        ts = ts + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
-    return ts
+    """A UTC timestamp from ``YYYY-MM-DD`` or ISO text (``common.dates.UTC_DAYS``: naive =
+    UTC; a bare end date means the whole day)."""
+    return None if text is None else pd.Timestamp(parse_when(text, UTC_DAYS, end=end))
 
 
 # ------------------------------------------------------------------------------- printing

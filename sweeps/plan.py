@@ -99,15 +99,16 @@ def _check_request(req: SweepRequest) -> None:
 def build_plan(req: SweepRequest, config_file: Path | None,
                flags: dict[str, Any]) -> tuple[SweepPlan, dict[str, Any], dict[str, int]]:
     """Validate everything and load the bars once here; returns (plan, config, skipped)."""
-    from commands.backtest import _parse_when
+    from common.dates import UTC_DAYS, parse_when
 
     _check_request(req)
     space = build_space(req.grids, req.ranges, req.constraints)
     windows_spec = parse_walk_forward(req.walk_forward) if req.walk_forward else None
     base, data_dir, explicit = base_settings(config_file, flags, req.data)
     # run_backtest takes datetimes; the sweep's window arithmetic uses pandas Timestamps
-    start_ts, end_ts = (None if w is None else pd.Timestamp(w)
-                        for w in (_parse_when(req.start), _parse_when(req.end, end=True)))
+    # the backtest's dates (common.dates.UTC_DAYS): a sweep is many backtests
+    start_ts = None if req.start is None else pd.Timestamp(parse_when(req.start, UTC_DAYS))
+    end_ts = None if req.end is None else pd.Timestamp(parse_when(req.end, UTC_DAYS, end=True))
     if start_ts is not None and end_ts is not None and start_ts > end_ts:
         raise ConfigError(f"--start {req.start} is after --end {req.end}")
     data_path = data_dir.resolve() if "://" not in str(data_dir) else data_dir

@@ -31,7 +31,7 @@ def fixed(text: str) -> str:
     text = re.sub(r"\n\nlogger = logging\.getLogger\(__name__\)\n(?=\n)", "\n", text, count=1)
     text = DEFINITION.sub("", text, count=1)
     text = re.sub(r"\n\n\n\n+", "\n\n\n", text)
-    if not re.search(r"\blogging\b", IMPORT.sub("", text)):
+    if not re.search(r"(?<![\w.])logging\.", IMPORT.sub("", text)):  # no other use of it
         text = IMPORT.sub("", text, count=1)
     return text
 
