@@ -17,9 +17,13 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common.errors import RatchetError, UserError  # noqa: E402
+from common.lazyimport import defer_backtrader_extras  # noqa: E402
 from common.version import __version__  # noqa: E402
 
 logger = logging.getLogger(__name__)
+
+# Backtrader's indicator/analyzer/observer modules load only if a command uses them.
+defer_backtrader_extras()
 
 #: command name -> (module, attribute, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
