@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-import backtrader as bt
 import click
 import numpy as np
 
@@ -31,7 +30,7 @@ from common.errors import ConfigError, DataError
 from common.logs import setup_logging
 from common.nytime import unique_inverse
 from common.paths import BUNDLED_BARS
-from feeds.btfeed import make_feed
+from feeds.btfeed import ArrayCerebro, make_feed
 from feeds.sessions import codes_from_callable, session_codes, tradeable
 from feeds.store import (
     BarArrays,
@@ -235,7 +234,7 @@ def run_backtest(
     """
     t0 = time.perf_counter()
     signal = signal or make_signal(settings)
-    cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True)
+    cerebro = ArrayCerebro(stdstats=False, preload=True, runonce=True)
     cerebro.setbroker(make_backtest_broker(settings, session))
     start_ns = None if start is None else _ns(start)
     total_bars = 0

@@ -24,6 +24,7 @@ from brokers.backtest import SimBroker
 from commands.backtest import load_datasets, run_backtest
 from common.config import Settings
 from feeds import sessions
+from feeds.btfeed import ArrayCerebro
 from feeds.store import write_bars
 from feeds.synthetic import random_walk_bars, trading_minutes
 from strategies.ratchet import RatchetStrategy
@@ -65,6 +66,8 @@ def test_fast_paths_decide_like_backtraders_own(staggered: Path,
     monkeypatch.setattr(SimBroker, "notify", bt.brokers.BackBroker.notify)
     monkeypatch.setattr(RatchetStrategy, "_idle_hold", lambda self, book: False)
     monkeypatch.setattr(RatchetStrategy, "_getminperstatus", bt.Strategy._getminperstatus)
+    # Backtrader's own run loop (advance_peek per feed per step), not the precomputed steps.
+    monkeypatch.setattr(ArrayCerebro, "_schedule", lambda self, datas: None)
     plain = _run(staggered)
     assert fast[1] == plain[1]
     assert fast[0] == plain[0]
