@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import backtrader as bt
@@ -199,3 +200,29 @@ def test_deferred_backtrader_extras_load_on_first_use() -> None:
         got[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["defer"] == got["plain"]
     assert got["plain"][1] > 0 and got["plain"][2] >= 2  # it traded; stdstats observers ran
+
+
+def test_orders_json_columns_are_what_json_dumps_writes() -> None:
+    """The orders table formats its status-history and fills JSON by hand (speed): the text
+    must stay exactly ``json.dumps``'s, NaN and integer quantities included."""
+    from analyzers.recorder import orders_table
+
+    t0 = bt.date2num(pd.Timestamp("2025-09-02 13:31").to_pydatetime())
+    base = {"client_order_id": "c", "symbol": "ACME", "side": "buy", "type": "limit",
+            "purpose": "entry", "qty": 3.0, "limit_price": 10.0, "stop_price": np.nan,
+            "created_time": t0, "status": "filled", "filled_qty": 3.0, "avg_fill_price": 10.0}
+    fills = ([], [[t0, 3.0, 10.123456789]], [[t0, 1.0, 0.1 + 0.2], [t0 + 1 / 1440, 2, 7.5]],
+             [[t0, 1.0, float("nan")]])
+    orders = {i: {**base, "history": [[t0, "submitted"], [t0 + i / 1440, "filled"]][:i + 1],
+                  "fills": f} for i, f in enumerate(fills)}
+    table = orders_table(orders).to_pylist()
+    iso = [bt.num2date(t).replace(tzinfo=UTC).isoformat() for t in (t0, t0 + 1 / 1440)]
+    for i, row in enumerate(table):
+        rec = orders[i]
+        when = [bt.num2date(w).replace(tzinfo=UTC).isoformat() for w, _ in rec["history"]]
+        assert row["status_history"] == json.dumps(
+            [[w, st] for w, (_, st) in zip(when, rec["history"], strict=True)])
+        assert row["fills"] == json.dumps(
+            [[bt.num2date(w).replace(tzinfo=UTC).isoformat(), q, p] for w, q, p in rec["fills"]])
+    assert table[2]["fills"] == (f'[["{iso[0]}", 1.0, 0.30000000000000004], '
+                                 f'["{iso[1]}", 2, 7.5]]')
