@@ -15,10 +15,11 @@ import logging
 import sys
 from importlib.machinery import ModuleSpec, PathFinder
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from importlib.abc import Loader
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class _DeferFinder:
         spec = PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return spec
-        spec.loader = _DeferredLoader(spec.loader)
+        spec.loader = cast("Loader", _DeferredLoader(spec.loader))
         return spec
 
 
