@@ -7,7 +7,6 @@ The command parses flags into ``Settings`` (``engine.datasets.plan_backtest``), 
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,8 +24,6 @@ from common.logs import setup_logging
 from common.nytime import unique_inverse
 from engine.backtest import BacktestResult, run_backtest
 from engine.datasets import load_datasets, plan_backtest
-
-logger = logging.getLogger(__name__)
 
 
 def _parse_when(text: str | None, end: bool = False) -> datetime | None:
@@ -220,11 +217,7 @@ def backtest(data: Path | None, start: str | None, end: str | None, cash: float 
 
     With no options it runs on the bundled (synthetic) 1-minute sample bars.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     setup_logging(verbose)
-    console = Console(stderr=False)
     flags.update(cash=cash, commission=commission, volume_participation=volume_participation)
     settings, _, data_dir, wanted = plan_backtest(data, config_file, flags)
     start_ts, end_ts = _parse_when(start), _parse_when(end, end=True)
@@ -240,8 +233,14 @@ def backtest(data: Path | None, start: str | None, end: str | None, cash: float 
                    f"{data_dir}: signal {settings.signal}, risk "
                    f"{settings.risk_per_trade_pct * 100:g}% per trade", out_width(), "  "))
     meta = {"data": str(data_dir), "start": start, "end": end, "name": name}
-    show = not no_progress and console.is_terminal
-    if show:
+    console = None
+    if not no_progress:  # rich (~25 ms of imports) only when a bar may be shown
+        from rich.console import Console
+
+        console = Console(stderr=False)
+    if console is not None and console.is_terminal:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                       TextColumn("{task.completed:,}/{task.total:,} steps"),
                       TimeRemainingColumn(), console=console, transient=True) as bar:

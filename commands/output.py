@@ -7,7 +7,6 @@ modules import them from here with the rest of their output.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -16,8 +15,6 @@ from common.terminal import GAP, fit, is_terminal, kv_lines, out_width, table_li
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["GAP", "console", "echo_lines", "fit", "is_terminal", "kv_lines", "out_width",
            "table_lines"]

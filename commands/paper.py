@@ -18,7 +18,6 @@ confirmation, prints the banner, then calls ``engine.paper.run_paper`` with the 
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import sys
@@ -52,8 +51,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from alerts.dispatch import AlertDispatcher
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_SIM_DATA = BUNDLED_BARS
 SIM_STATE_DIR = Path("data/realtime-sim")

@@ -4,7 +4,6 @@ after each save of the state file."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -16,8 +15,6 @@ from engine.paper import Snapshot
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
-
-logger = logging.getLogger(__name__)
 
 
 class StepPrinter:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import click
 
 from analyzers.runfolder import list_runs
 from common.errors import DataError
-
-logger = logging.getLogger(__name__)
 
 
 def _when(created: str | None) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,6 @@ from common.config import PARAMS, public_settings
 from common.errors import DataError
 from common.logs import setup_logging
 from engine.datasets import plan_backtest
-
-logger = logging.getLogger(__name__)
 
 
 def _toml(value: Any) -> str:

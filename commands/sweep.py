@@ -6,7 +6,6 @@ run it (``sweeps.runner``) with a progress bar, print the summary (``sweeps.summ
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +20,6 @@ if TYPE_CHECKING:
 
     from sweeps.runner import Sweeper, SweepOutcome, SweepPlan
     from sweeps.store import ResultStore
-
-logger = logging.getLogger(__name__)
 
 
 @click.command("sweep")

@@ -9,14 +9,11 @@ longest values, unless ``COLUMNS`` asks for a width (then it stacks the same way
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
 from collections.abc import Sequence
 from typing import IO
-
-logger = logging.getLogger(__name__)
 
 GAP = "  "
 

@@ -7,7 +7,6 @@ call it, so a change here is a change everywhere a backtest runs.
 from __future__ import annotations
 
 import gc
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import backtrader as bt
 import numpy as np
 
 from analyzers.audit import Audit
@@ -25,7 +23,7 @@ from brokers.backtest import make_backtest_broker
 from common.arrow import micros
 from common.config import Settings
 from common.errors import DataError
-from feeds.btfeed import make_feed
+from feeds.btfeed import ArrayCerebro, make_feed
 from feeds.sessions import codes_from_callable, session_codes, tradeable
 from feeds.store import BarArrays
 from strategies.ratchet import RatchetStrategy
@@ -34,8 +32,6 @@ from strategies.signals import Signal, make_signal
 
 if TYPE_CHECKING:
     import pandas as pd
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,7 +95,7 @@ def run_backtest(
     """
     t0 = time.perf_counter()
     signal = signal or make_signal(settings)
-    cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True)
+    cerebro = ArrayCerebro(stdstats=False, preload=True, runonce=True)
     cerebro.setbroker(make_backtest_broker(settings, session))
     start_ns = None if start is None else _ns(start)
     total_bars = 0

@@ -7,7 +7,6 @@ does before it reads any bars (``show-config`` and sweeps use it too); ``load_da
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,6 @@ from feeds.store import (
     resolve_datasets,
     typical_spacing,
 )
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_BARS = BUNDLED_BARS
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from urllib.parse import urlparse
 
 from common.alpaca_config import LIVE_URL, PAPER_URL
 from common.errors import UserError
-
-logger = logging.getLogger(__name__)
 
 REAL_MONEY_HOSTS = ("api.alpaca.markets",)
 

@@ -162,7 +162,7 @@ class PaperSession:
             hooks.on_store(self.store)
         self.cerebro = cerebro = bt.Cerebro(stdstats=False, quicknotify=False)
         for symbol in settings.symbols:
-            cerebro.adddata(AlpacaData(store=self.store, symbol=symbol, name=symbol),
+            cerebro.adddata(AlpacaData(store=self.store, symbol=symbol, name=symbol),  # type: ignore[call-arg] # Backtrader params
                             name=symbol)
         self.journal: Journal | None = None
         self.broker: AlpacaBroker | DryRunBroker = self._broker()

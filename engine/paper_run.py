@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,6 @@ from strategies.ratchet import RatchetStrategy
 if TYPE_CHECKING:
     from brokers.alpaca.store import AlpacaStore
     from brokers.alpaca.streams import StreamStatus
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path("data/realtime")
 DEFAULT_LOG_DIR = Path("logs/realtime")

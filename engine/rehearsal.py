@@ -9,7 +9,6 @@ session is idle (``SimDriver``, the session's ``on_idle``) until the session clo
 from __future__ import annotations
 
 import dataclasses
-import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ from common.logs import REDACTOR
 if TYPE_CHECKING:
     from brokers.alpaca.store import AlpacaStore
     from brokers.alpaca_sim.testing import SimServer
-
-logger = logging.getLogger(__name__)
 
 
 class SimDriver:

@@ -8,6 +8,7 @@ output.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from common.config import Settings
 from common.logs import REDACTOR
 from engine.paper import run_paper
 from engine.paper_run import PaperResult, PaperRun, SessionHooks
+from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BARS = REPO / "data" / "bars"
@@ -34,12 +36,6 @@ SENTINEL_KEY = "SENTINELKEYID7F3A91"
 SENTINEL_SECRET = "SENTINEL-SECRET-c0ffee-8d2b"
 #: the bundled bars' 3rd session opens here: two sessions of warm-up before it
 REPLAY_START = datetime(2025, 10, 3, 13, 30, tzinfo=UTC)
-
-
-@pytest.fixture(scope="session")
-def book() -> BarBook:
-    """The bundled bars of three symbols, loaded once."""
-    return BarBook.load(BARS / "1Min", SYMBOLS)
 
 
 class PostCounter:
@@ -182,13 +178,7 @@ def decisions(audit: pd.DataFrame, since: datetime | None = None) -> list[tuple[
     return out
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
-    """Poll ``pred`` until true or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
+#: ``wait_for`` that returns the falsy value on timeout instead of failing (callers assert)
+wait_until = functools.partial(wait_for, strict=False)
 
 
