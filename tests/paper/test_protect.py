@@ -336,9 +336,13 @@ def _step(sim: SimServer, state: Path, box: dict[str, Any]) -> None:
 def test_sigkill_at_the_entry_fill_leaves_exactly_one_stop(sim: SimServer, tmp_path: Path,
                                                            when: str) -> None:
     """``cli.py paper`` is SIGKILLed as its stop for a just-filled entry reaches the server:
-    before the server takes the POST (the journal holds only the intent) and right after
-    (the stop exists, its answer never arrives). The restarted bot ends with exactly one
-    resting stop of the position's size, and no client order id was posted twice."""
+    before the server takes the POST and right after (the stop exists, its answer never
+    arrives). The helper thread sends the stop FIRST and journals it after the answer
+    (issue 17: no fsynced intent on the fill path), so "after" is a SIGKILL between the send
+    and the journal write: the restart finds the stop among Alpaca's open orders and adopts
+    it by client order id, never sends it again. The restarted bot ends with exactly one
+    resting stop of the position's size, in the journal and at the server, and no client
+    order id was posted twice."""
     box: dict[str, Any] = {"killed": None}
     market = sim.market
     submit = market.submit
@@ -388,12 +392,19 @@ def test_sigkill_at_the_entry_fill_leaves_exactly_one_stop(sim: SimServer, tmp_p
     assert len(open_stops) == 1 and open_stops[0].remaining == position
     journal = Journal(tmp_path / "state" / "journal.sqlite")
     killed = journal.get(box["killed"])
-    assert killed is not None
+    with market.lock:
+        server_open = {o.client_order_id for o in market.orders.values()
+                       if o.type == "stop" and o.status in _OPEN}
+    journal_open = {r.cid for r in journal.orders() if r.purpose == "stop"
+                    and r.state is JournalState.ACCEPTED
+                    and r.alpaca_status in (*_OPEN, None)}
+    assert journal_open == server_open == {open_stops[0].client_order_id}
     if when == "before_post":  # never reached the server; a new stop was placed instead
         assert box["killed"] not in posts.posts
         assert open_stops[0].client_order_id != box["killed"]
-        assert killed.state is not JournalState.ACCEPTED
+        assert killed is None or killed.state is not JournalState.ACCEPTED
     else:  # the stop the dead process sent is found and kept; nothing new was posted
+        assert killed is not None and killed.state is JournalState.ACCEPTED  # adopted
         assert open_stops[0].client_order_id == box["killed"]
         assert [c for c in posts.posts if "-stop" in c] == [box["killed"]]
 
