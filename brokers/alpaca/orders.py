@@ -5,7 +5,11 @@ GET /v2/orders:by_client_order_id (docs.alpaca.markets/reference/postorder,
 .../getorderbyclientorderid), following reliability.md §2 "Our design":
 
 1. The client order id is deterministic (``strategies.rules.client_order_id``) and unique.
-2. The intent is written to the journal and synced BEFORE the POST.
+2. The intent is written to the journal and synced BEFORE the POST. Exceptions, both with a
+   deterministic client order id so that a crash between the request and the journal write
+   is resolved at restart by adopting the order from Alpaca's open orders (never resent):
+   the protective stop of an entry fill (``send_then_journal``) and the PATCH of a stop
+   (``replace``); they are journaled, synced, right after the answer.
 3. The POST is sent once, with alpaca-py's own retry switched off (``client.py``).
 4. The failure is classified: refused -> REJECTED; anything else -> AMBIGUOUS, resolved by
    looking the order up by its client order id with backoff. It becomes LOST (never created)
@@ -139,11 +143,11 @@ class OrderGateway:
         return SubmitResult(Outcome.ACCEPTED, cid, snap)
 
     def _journal_intent(self, spec: OrderSpec, purpose: str,
-                        decision_time: datetime | None) -> bool:
+                        decision_time: datetime | None, replaces: str | None = None) -> bool:
         """The intent of an order already sent (``send_then_journal``); False when another
         path journaled it meanwhile (its row then decides)."""
         try:
-            self.journal.record_intent(spec.to_json(), purpose, decision_time)
+            self.journal.record_intent(spec.to_json(), purpose, decision_time, replaces)
         except DuplicateIntentError:
             return False
         return True
@@ -218,20 +222,28 @@ class OrderGateway:
     def replace(self, old: JournalOrder | None, old_alpaca_id: str, new_spec: OrderSpec,
                 stop_price: Decimal | None, qty: Decimal | None,
                 decision_time: datetime | None = None) -> SubmitResult:
-        """PATCH the old order into ``new_spec`` (new client order id), journaled like a submit."""
+        """PATCH the old stop into ``new_spec`` (new client order id), then journal intent and
+        answer in one synced write (as ``send_then_journal``: the Strategy raises stops on
+        the bar path, and two fsyncs per raise delayed the step's orders; issue 11). A crash
+        between the PATCH and the write leaves the new stop at Alpaca, adopted at restart
+        by client order id (the old row is found "replaced"); never sent again."""
         cid = new_spec.client_order_id
-        try:
-            self.journal.record_intent(new_spec.to_json(), "stop", decision_time,
-                                       replaces=old.cid if old else None)
-        except DuplicateIntentError:
+        replaces = old.cid if old else None
+        if self.journal.get(cid) is not None:
             return self._known(cid)
         try:
             snap = self.client.replace_order(old_alpaca_id, cid, stop_price=stop_price, qty=qty)
         except RejectedError as exc:
-            self.journal.mark_rejected(cid, str(exc))
+            if self._journal_intent(new_spec, "stop", decision_time, replaces):
+                self.journal.mark_rejected(cid, str(exc))
             return SubmitResult(Outcome.REJECTED, cid, reason=str(exc))
         except AmbiguousOrderError as exc:
-            self.journal.mark_ambiguous(cid, f"ambiguous: {exc}")
+            if self._journal_intent(new_spec, "stop", decision_time, replaces):
+                self.journal.mark_ambiguous(cid, f"ambiguous: {exc}")
             return self.resolve(cid)
-        self.journal.mark_accepted(cid, snap.id, snap.status)
+        try:
+            self.journal.record_sent(new_spec.to_json(), "stop", decision_time, snap.id,
+                                     snap.status, replaces=replaces)
+        except DuplicateIntentError:  # journaled meanwhile (e.g. adopted): Alpaca has it
+            self.journal.mark_accepted(cid, snap.id, snap.status)
         return SubmitResult(Outcome.ACCEPTED, cid, snap)
