@@ -11,7 +11,6 @@ DataFrames for callers that want them.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +32,6 @@ from common.version import __version__
 if TYPE_CHECKING:
     import pandas as pd
 
-logger = logging.getLogger(__name__)
 
 _TYPES = {bt.Order.Market: "market", bt.Order.Limit: "limit", bt.Order.Stop: "stop",
           bt.Order.StopLimit: "stop_limit", bt.Order.StopTrail: "trailing_stop"}
@@ -195,13 +193,12 @@ class RunRecorder(bt.Analyzer):
                 "symbol": sym, "timestamp": bt_nums_to_utc(cols["t"]),
                 **{k: cols[k] for k in ("open", "high", "low", "close", "volume")},
                 "warmup": False}))
-        cols = ["symbol", "timestamp", "open", "high", "low", "close", "volume", "warmup"]
+        names = ["symbol", "timestamp", "open", "high", "low", "close", "volume", "warmup"]
         if not parts:
-            return pd.DataFrame(columns=cols)
-        frame = pd.concat(parts, ignore_index=True)[cols]
+            return pd.DataFrame(columns=names)
+        frame = pd.concat(parts, ignore_index=True)[names]
         frame["timestamp"] = frame["timestamp"].astype("datetime64[ns, UTC]")
         return frame.sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
-
 
 
 def bt_nums_to_us(nums: np.ndarray) -> np.ndarray:

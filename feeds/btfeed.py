@@ -12,15 +12,12 @@ when not given).
 from __future__ import annotations
 
 import array
-import logging
 from typing import Any
 
 import backtrader as bt
 import numpy as np
 
 from feeds.store import BarArrays
-
-logger = logging.getLogger(__name__)
 
 # Backtrader stores datetimes as days since 0001-01-01 (proleptic ordinal, 1 = 0001-01-01).
 _EPOCH_ORDINAL = 719163.0  # date(1970, 1, 1).toordinal()
@@ -42,7 +39,7 @@ class ArrayData(bt.feeds.DataBase):
         session: per-bar ``feeds.sessions`` code (same length) or None (all regular).
     """
 
-    lines = ("signal", "atr", "session")
+    lines: Any = ("signal", "atr", "session")  # Backtrader turns these into line objects
     params = (
         ("bars", None),
         ("signal", None),
@@ -96,7 +93,7 @@ class ArrayData(bt.feeds.DataBase):
             line = getattr(self.lines, name)
             values = np.ascontiguousarray(cols.pop(name), dtype=np.float64)
             buf = array.array("d")
-            buf.frombytes(memoryview(values).cast("B"))  # one copy, no temporary bytes
+            buf.frombytes(values.data.cast("B"))  # one copy, no temporary bytes
             line.array = buf
             line.idx = len(values) - 1
             line.lencount = len(values)
@@ -163,5 +160,5 @@ class ArrayData(bt.feeds.DataBase):
 def make_feed(bars: BarArrays, signal: np.ndarray | None = None, atr: np.ndarray | None = None,
               session: np.ndarray | None = None, **kwargs: Any) -> ArrayData:
     """An ``ArrayData`` named after the symbol, in UTC."""
-    return ArrayData(bars=bars, signal=signal, atr=atr, session=session, name=bars.symbol,
+    return ArrayData(bars=bars, signal=signal, atr=atr, session=session, name=bars.symbol,  # type: ignore[call-arg] # Backtrader params
                      **kwargs)

@@ -8,10 +8,9 @@ again, it skips every key already on disk. Workers run ``sweeps.cell.run_cell_ta
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,11 @@ import pandas as pd
 
 from common.config import Settings
 from common.errors import RatchetError, UserError
-from sweeps.cell import CellTask, DataSpec, cell_key, run_cell_task
+from sweeps.cell import CellTask, cell_key, run_cell_task
 from sweeps.objective import dsr_of, score
-from sweeps.space import Space
+from sweeps.plan import SweepPlan
 from sweeps.store import ResultStore
-from sweeps.walkforward import Window, choose
-
-logger = logging.getLogger(__name__)
+from sweeps.walkforward import choose
 
 #: progress(done, total): called after every finished (or reused) cell.
 Progress = Callable[[int, int], None]
@@ -38,24 +35,6 @@ class SweepError(RatchetError):
 
 
 @dataclass
-class SweepPlan:
-    """Everything that defines a sweep (its hash names and guards the sweep folder)."""
-
-    folder: Path
-    spec: DataSpec
-    base: Settings
-    space: Space
-    search: str  # grid | random | optuna
-    trials: int | None
-    seed: int
-    objective: str
-    min_trades: int
-    start_ns: int | None
-    cells: list[dict[str, Any]] = field(default_factory=list)  # grid/random
-    windows: list[Window] = field(default_factory=list)  # walk-forward
-
-
-@dataclass
 class SweepOutcome:
     """What ``run_sweep`` did and found."""
 
@@ -64,7 +43,7 @@ class SweepOutcome:
     computed: int
     reused: int
     seconds: float
-    best: dict[str, Any] | None
+    best: Mapping[str, Any] | None
     dsr: float | None
     n_trials: int
     walk_forward: dict[str, Any] | None = None
@@ -191,7 +170,7 @@ class Sweeper:
         self.reused = len(tasks) - len(todo)
         self._run_tasks(todo, len(tasks), self.reused)
 
-    def _optuna(self) -> None:  # noqa: C901 - one ask/tell loop
+    def _optuna(self) -> None:
         import optuna
         from distributed import as_completed
 
@@ -265,7 +244,7 @@ class Sweeper:
         else:  # too few trades or no value: not a result the sampler should learn from
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
-    def _walk_forward(self) -> tuple[dict[str, Any], Path]:  # noqa: C901 - one pipeline
+    def _walk_forward(self) -> tuple[dict[str, Any], Path]:
         from distributed import as_completed
 
         plan = self.plan

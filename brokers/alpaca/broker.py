@@ -1159,7 +1159,7 @@ class AlpacaBroker(bt.BrokerBase):
 
     def _send_cancel(self, tr: Tracked) -> bool:
         # DELETE is idempotent: re-sent until Alpaca answers it (then confirmed by status)
-        assert tr.alpaca_id is not None
+        assert tr.alpaca_id is not None  # noqa: S101 - narrows the type: only tracked orders with an id get here
         try:
             result = self.gateway.cancel(tr.alpaca_id)
         except (RetryableError, BrokerError) as exc:
@@ -1196,7 +1196,7 @@ class AlpacaBroker(bt.BrokerBase):
                     self._index_alpaca(tr, snap.id)
                 if not snap.terminal:
                     tr.cancel_acked = False  # the DELETE did not reach it: send it again
-        except Exception as exc:  # a failed read changes nothing
+        except Exception as exc:  # noqa: BLE001 - a failed read changes nothing
             logger.info("read of %s failed: %s", tr.cid, exc)
             return False
         self._apply_snapshot(snap, source="cancel")
@@ -1300,7 +1300,7 @@ class AlpacaBroker(bt.BrokerBase):
             if tr.alpaca_id:
                 return self.gateway.client.get_order(tr.alpaca_id)
             return self.gateway.client.get_order_by_client_id(tr.cid, attempts=1)
-        except Exception as exc:  # a failed read changes nothing
+        except Exception as exc:  # noqa: BLE001 - a failed read changes nothing
             logger.info("read of %s failed: %s", tr.cid, exc)
             return None
 
@@ -1459,7 +1459,7 @@ class AlpacaBroker(bt.BrokerBase):
             self.journal.adopt(cid, snap.symbol, snap.side, snap.type, snap.qty,
                                _purpose_of(cid), snap.id, snap.status, ZERO, ZERO)
             row = self.journal.get(cid)
-            assert row is not None
+            assert row is not None  # noqa: S101 - narrows the type: the row was just written
         if row.state is not JournalState.ACCEPTED or row.alpaca_status != snap.status \
                 or row.alpaca_id != snap.id:
             self.journal.set_status(cid, snap.status, snap.id)
@@ -1581,7 +1581,7 @@ class AlpacaBroker(bt.BrokerBase):
         # follow the new Alpaca order from now on.
         try:
             snap = self.gateway.client.get_order(new_alpaca_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed read changes nothing; reconciliation finds it
             logger.warning("%s: cannot read replacement %s: %s", tr.symbol, new_alpaca_id, exc)
             return
         if snap is None:

@@ -224,7 +224,7 @@ class StopProtector:
                 # orders, never by sending it again (the fsynced intent cost 7-15 ms a fill)
                 job.result = self.gateway.submit(job.spec, "stop", job.bar_time,
                                                  journal_first=False)
-            except Exception as exc:  # the order may exist: resolved by client order id
+            except Exception as exc:  # noqa: BLE001 - the order may exist: resolved by client order id
                 logger.warning("%s: stop %s at the fill: %s", job.armed.symbol,
                                job.spec.client_order_id, exc)
                 job.result = SubmitResult(Outcome.AMBIGUOUS, job.spec.client_order_id,
