@@ -207,6 +207,7 @@ class AlpacaStore:
         self._last_clock = 0.0
         self._last_flush = 0.0
         self.flush_every_s = 2.0
+        self._last_delivered = 0.0  # monotonic time of the last step handed out
         self._last_wait_log = 0.0
         self._was_open: bool | None = None
         self._save_state: Callable[[], None] | None = None
@@ -469,6 +470,11 @@ class AlpacaStore:
                 self._save_state()
             if self.on_step_done is not None:
                 self.on_step_done()
+            # the bar recording is written right after a step, when the next bar is furthest
+            # away: written from the idle loop every 2 s it ran at any moment, and a bar
+            # arriving during it (a whole-day Parquet rewrite per symbol, longer as the day
+            # goes on) waited for it: ~20% of bar arrival -> order at 60x (issue 11)
+            self._housekeeping()
         if self._stop_requested or (self.max_steps is not None
                                     and self.status.steps >= self.max_steps):
             self._finish()
@@ -478,7 +484,8 @@ class AlpacaStore:
         if not self._steps:
             self._steps.extend(self._release())
         if not self._steps:
-            self._housekeeping()
+            if time.monotonic() - self._last_delivered > 5 * self.flush_every_s:
+                self._housekeeping()  # no step for a while (e.g. the close): bars left over
             if self.on_idle is not None:
                 self.on_idle()
             self.pump_events(self.poll_s)
@@ -690,6 +697,7 @@ class AlpacaStore:
         self.status.last_bar = step.ts
         self.status.state = "delayed" if step.source == "backfill" else "live"
         self._delivered_since_save = True
+        self._last_delivered = time.monotonic()
 
     def _housekeeping(self, force: bool = False) -> None:
         now = time.monotonic()
