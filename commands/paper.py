@@ -48,6 +48,7 @@ from brokers.alpaca.credentials import Credentials, load_credentials, mask
 from brokers.alpaca.data import AlpacaData
 from brokers.alpaca.journal import Journal
 from brokers.alpaca.orders import OrderGateway
+from brokers.alpaca.ports import PositionOwner, as_owner
 from brokers.alpaca.state import (
     DRY_RUN,
     LIVE,
@@ -328,7 +329,7 @@ class PaperSession:
                                         opts.rebuild_journal, self._recovered)
             return AlpacaBroker(store=self.store, gateway=OrderGateway(self.client, self.journal),
                                 journal=self.journal, settings=self.settings, audit=self.audit,
-                                strategies=self._strategies, fence_s=opts.fence_s,
+                                owner=self._owner, fence_s=opts.fence_s,
                                 stop_grace_s=opts.stop_grace_s,
                                 stop_audit_s=opts.stop_audit_s)
         cash = self.settings.cash
@@ -342,6 +343,10 @@ class PaperSession:
         if self.settings.extended_hours:
             broker.session = self.store.session  # stops sleep outside regular hours
         return broker
+
+    def _owner(self) -> PositionOwner | None:
+        strategies = self._strategies()
+        return as_owner(strategies[0]) if strategies else None
 
     def _strategies(self) -> list[Any]:
         return list(getattr(self.cerebro, "runningstrats", []) or [])

@@ -63,6 +63,7 @@ from brokers.alpaca.client import CancelResult, OrderSpec
 from brokers.alpaca.journal import Journal, JournalState
 from brokers.alpaca.orders import OrderGateway, Outcome, SubmitResult
 from brokers.alpaca.parsing import Life, OrderSnapshot, TradeUpdateRecord
+from brokers.alpaca.ports import PositionOwner
 from brokers.alpaca.protector import Armed, Job, StopProtector
 from brokers.alpaca.reconcile import (
     AdoptOrder,
@@ -162,16 +163,17 @@ class AlpacaBroker(bt.BrokerBase):
 
     Construct with keyword arguments (Backtrader's params machinery passes them through):
     ``store`` (AlpacaStore), ``gateway`` (OrderGateway), ``journal`` (Journal), ``settings``
-    (Settings), ``audit`` (Audit or None), ``strategies`` (callable returning the running
-    strategies), ``cancel_confirm_s``, ``fence_s``, ``stop_grace_s`` (None: one bar + 15 s)
-    and ``stop_audit_s`` (seconds).
+    (Settings), ``audit`` (Audit or None), ``owner`` (callable returning the running
+    Strategy as a ``ports.PositionOwner``, None if it does not implement it),
+    ``cancel_confirm_s``, ``fence_s``, ``stop_grace_s`` (None: one bar + 15 s) and
+    ``stop_audit_s`` (seconds).
     """
 
     params = ()
 
     def __init__(self, store: Any = None, gateway: OrderGateway | None = None,
                  journal: Journal | None = None, settings: Any = None, audit: Any = None,
-                 strategies: Callable[[], list[Any]] | None = None,
+                 owner: Callable[[], PositionOwner | None] | None = None,
                  cancel_confirm_s: float = 2.0, fence_s: float | None = 0.5,
                  sleep: Callable[[float], None] = time.sleep,
                  stop_grace_s: float | None = None, stop_audit_s: float = 60.0) -> None:
@@ -184,7 +186,7 @@ class AlpacaBroker(bt.BrokerBase):
         self.settings = settings
         self.audit = audit
         journal.on_quarantine = self._journal_quarantined
-        self._strategies = strategies or (lambda: [])
+        self._owner: Callable[[], PositionOwner | None] = owner or (lambda: None)
         self.cancel_confirm_s = cancel_confirm_s
         self.fence_s = fence_s
         self._sleep = sleep
@@ -209,8 +211,8 @@ class AlpacaBroker(bt.BrokerBase):
         self._mismatch_seen: dict[str, tuple[Decimal, Decimal]] = {}
         #: the shutdown has begun: no new entries or fallbacks
         self.closing = False
-        self.stop_grace_s = float(settings.bar_seconds) + 15.0 if stop_grace_s is None \
-            else stop_grace_s
+        self.stop_grace_s = rules.default_stop_grace(settings.bar_seconds) \
+            if stop_grace_s is None else stop_grace_s
         self.stop_audit_s = stop_audit_s
         self._unprotected_since: dict[str, float] = {}
         self._stops_placed: dict[str, int] = {}  # broker-made stops per symbol (cid seq)
@@ -589,7 +591,7 @@ class AlpacaBroker(bt.BrokerBase):
         elif isinstance(action, AdoptOrder):
             snap = action.snapshot
             self.journal.adopt(snap.client_order_id, snap.symbol, snap.side, snap.type,
-                               snap.qty, _purpose_of(snap.client_order_id), snap.id,
+                               snap.qty, rules.purpose_of(snap.client_order_id), snap.id,
                                snap.status, snap.filled_qty,
                                snap.filled_qty * (snap.filled_avg_price or ZERO))
             logger.warning("adopted open order %s found at Alpaca", snap.client_order_id)
@@ -654,10 +656,8 @@ class AlpacaBroker(bt.BrokerBase):
         # next bar): placing a stop now would race with its own
         if any(o.data._name == symbol for o in self.notifs):
             return True
-        for strat in self._strategies():
-            if any(o.data._name == symbol for o in getattr(strat, "_orderspending", [])):
-                return True
-        return False
+        owner = self._owner()
+        return owner is not None and owner.notifications_pending(symbol)
 
     def _check_stops(self) -> None:
         """A long position must never sit without a resting stop for long.
@@ -684,33 +684,32 @@ class AlpacaBroker(bt.BrokerBase):
             logger.error("%s: position of %s has had no resting stop for %.0fs: placing one",
                          symbol, qty, now - since)
             result = self._place_missing_stop(symbol, qty)
-            strategies = self._strategies()
+            owner = self._owner()
             data = self.store.feed(symbol)
-            if result.outcome is Outcome.REJECTED and strategies \
+            if result.outcome is Outcome.REJECTED \
                     and parsing.stop_through_market_refusal(result.reason):
-                self._exit_at_once(symbol, strategies[0], result.reason, None)
+                self._exit_at_once(symbol, owner, result.reason, None)
                 continue
-            if self._notifications_pending(symbol) or not strategies \
-                    or not hasattr(strategies[0], "adopt_position"):
+            if owner is None or self._notifications_pending(symbol):
                 self._hand_over_stop(symbol, result)
             elif result.snapshot is not None and not result.snapshot.terminal \
                     and data is not None:
-                order = self._adopt_order(strategies[0], result.snapshot)
-                strategies[0].adopt_position(data, float(qty), float(avg), stop_order=order,
-                                             atr=self.store.atr(symbol))
+                order = self._adopt_order(owner, result.snapshot)
+                owner.adopt_position(data, float(qty), float(avg), stop_order=order,
+                                     atr=self.store.atr(symbol))
 
     def _hand_over_stop(self, symbol: str, result: SubmitResult) -> None:
         # A stop placed while the Strategy runs becomes ITS stop: a fill it has yet to see
         # then moves this stop (PATCH) instead of sending a second one (Alpaca refuses it:
         # the quantity is held).
-        strategies = self._strategies()
         snap = result.snapshot
-        if not self._attached or not strategies or snap is None or snap.terminal \
+        if not self._attached or snap is None or snap.terminal \
                 or self.store.feed(symbol) is None:
             return
-        order = self._adopt_order(strategies[0], snap)
-        if hasattr(strategies[0], "adopt_order"):
-            strategies[0].adopt_order(order)
+        owner = self._owner()
+        order = self._adopt_order(owner, snap)
+        if owner is not None:
+            owner.adopt_order(order)
 
     def _mark_due(self, tr: Tracked, kind: str, price: float,
                   event: TradeUpdateRecord | None) -> None:
@@ -799,8 +798,7 @@ class AlpacaBroker(bt.BrokerBase):
             if h.state is None:
                 h.state = h.initial_state(d.fill_price)
             price, ref = h.level(), d.fill_price
-        if not math.isfinite(price) or (ref is not None and rules.stop_through_market(price,
-                                                                                       ref)):
+        if not rules.stop_placeable(price, ref):
             logger.warning("%s: stop %.2f is at or above the market (%s): left to the "
                            "Strategy's next bar", symbol, price, ref)
             return True
@@ -840,8 +838,8 @@ class AlpacaBroker(bt.BrokerBase):
         if qty <= 0 or data is None or self._exit_working(symbol) \
                 or self._has_live_stop(symbol):
             return  # flat, already selling, or another stop still covers it
-        state = handoff.state if isinstance(handoff, rules.StopHandoff) else None
-        why = state.binding if state is not None else rules.Reason.STOP.value
+        why = rules.refused_stop_exit_reason(
+            handoff.state if isinstance(handoff, rules.StopHandoff) else None)
         cid = rules.client_order_id(self.settings.strategy_id, symbol,
                                     self._notify_bar_time(symbol, data), rules.Purpose.EXIT)
         logger.error("%s: stop refused as through the market (%s): selling %s at market (%s)",
@@ -853,9 +851,9 @@ class AlpacaBroker(bt.BrokerBase):
         order = self._new_order(bt.SellOrder, owner, data, float(qty), None, None,
                                 bt.Order.Market, None, 0, None, None,
                                 {"cid": cid, "purpose": "exit", "exit_reason": str(why)})
-        strategies = self._strategies()
-        if order.alive() and strategies and hasattr(strategies[0], "adopt_order"):
-            strategies[0].adopt_order(order)
+        owner = self._owner()
+        if order.alive() and owner is not None:
+            owner.adopt_order(order)
 
     # ---------------------------------------------------------------- the helper thread
 
@@ -1005,9 +1003,9 @@ class AlpacaBroker(bt.BrokerBase):
         if when is None:
             raise BrokerError(f"{order.data._name}: an order without a client order id needs "
                               "a decision bar, and no bar has been seen yet")
-        purpose = order.info.get("purpose") or ("entry" if order.isbuy() else "exit")
-        return rules.client_order_id(self.settings.strategy_id, order.data._name, when, purpose,
-                                     seq=order.ref)
+        return rules.unnamed_order_id(self.settings.strategy_id, order.data._name, when,
+                                      str(order.info.get("purpose") or ""), order.isbuy(),
+                                      order.ref)
 
     def _send(self, tr: Tracked) -> None:
         order = tr.order
@@ -1320,25 +1318,20 @@ class AlpacaBroker(bt.BrokerBase):
 
     def _stop_level(self, symbol: str, avg: Decimal) -> float:
         saved = (self._saved_strategy.get(symbol) or {}).get("stop") or {}
-        strategies = self._strategies() if self._attached else []
-        if strategies and hasattr(strategies[0], "export_state"):
+        known = saved.get("level")
+        owner = self._owner() if self._attached else None
+        if owner is not None:
             # mid-session: the Strategy's current (ratcheted) level, not the startup one
-            saved = (strategies[0].export_state().get(symbol) or {}).get("stop") or saved
-        if saved.get("level"):
-            level = float(saved["level"])
-        else:
-            atr = self.store.atr(symbol)
-            if atr is None or not math.isfinite(atr):
-                atr = float(avg) * 0.01
-            level = rules.initial_stop(float(avg), atr, self.settings.atr_stop_multiplier,
-                                       self.settings.trail_stop_pct).level
-        last = self.store.last_close(symbol)
-        if last is not None and level >= last:
+            known = owner.stop_level(symbol) or known
+        p = rules.protective_stop_level(float(avg), self.store.atr(symbol), known,
+                                        self.store.last_close(symbol),
+                                        self.settings.atr_stop_multiplier,
+                                        self.settings.trail_stop_pct)
+        if p.below_market:
             # Alpaca refuses a sell stop at or above the market; protect just below it
             logger.warning("%s: stop level %.2f is above the last price %.2f: placing it just "
-                           "below the market", symbol, level, last)
-            level = last * 0.999
-        return rules.round_price(level)
+                           "below the market", symbol, p.level, self.store.last_close(symbol))
+        return p.price
 
     def _cid_time(self, symbol: str) -> datetime:
         """The time a broker-made client order id is built from: the symbol's newest bar,
@@ -1357,9 +1350,9 @@ class AlpacaBroker(bt.BrokerBase):
         _, avg = self._pos_by_symbol.get(symbol, (qty, ZERO))
         level = self._stop_level(symbol, avg)
         when = self._cid_time(symbol)
-        # 50+: clear of the Strategy's own stop numbers; +n: a second one on the same bar
         n = self._stops_placed[symbol] = self._stops_placed.get(symbol, -1) + 1
-        seq = int((self._saved_strategy.get(symbol) or {}).get("stop_seq") or 0) + 50 + n
+        seq = rules.broker_stop_seq(
+            int((self._saved_strategy.get(symbol) or {}).get("stop_seq") or 0), n)
         cid = rules.client_order_id(self.settings.strategy_id, symbol, when, "stop", seq=seq)
         spec = OrderSpec(cid, symbol, OrderSide.SELL, OrderType.STOP, qty,
                          parsing.choose_time_in_force(bt.Order.Stop, "stop"),
@@ -1382,7 +1375,7 @@ class AlpacaBroker(bt.BrokerBase):
         tr = self._by_cid.get(cid)
         if tr is not None and tr.order.alive():
             return  # the Strategy resizes its own stop on its fills
-        new_cid = f"{cid[:100]}r"
+        new_cid = rules.resized_order_id(cid)
         spec = OrderSpec(new_cid, row.symbol, OrderSide.SELL, OrderType.STOP, qty,
                          parsing.choose_time_in_force(bt.Order.Stop, "stop"),
                          stop_price=parsing.to_decimal(row.spec.get("stop_price")))
@@ -1453,7 +1446,7 @@ class AlpacaBroker(bt.BrokerBase):
                 self._foreign_fill(snap)
                 return
             self.journal.adopt(cid, snap.symbol, snap.side, snap.type, snap.qty,
-                               _purpose_of(cid), snap.id, snap.status, ZERO, ZERO)
+                               rules.purpose_of(cid), snap.id, snap.status, ZERO, ZERO)
             row = self.journal.get(cid)
             assert row is not None
         if row.state is not JournalState.ACCEPTED or row.alpaca_status != snap.status \
@@ -1658,10 +1651,7 @@ class AlpacaBroker(bt.BrokerBase):
                     tr.resolve_backoff = min(30.0, tr.resolve_backoff * 2)
 
     def _attach(self) -> None:
-        strategies = self._strategies()
-        if not strategies:
-            return
-        strat = strategies[0]
+        owner = self._owner()
         # A failed read is NOT "no open orders": positions would be adopted without the stops
         # that rest at Alpaca (and get a second one). Like startup: raise, do not trade.
         open_orders = self.gateway.client.get_open_orders()  # UnknownStateError
@@ -1673,45 +1663,45 @@ class AlpacaBroker(bt.BrokerBase):
             # every read, fsync and socket call: 5 ms each by default, 1 ms from here on
             sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
             self.store.trade_update_hook = self.protector.on_event
-        if self._saved_strategy and hasattr(strat, "restore_state"):
-            strat.restore_state(self._saved_strategy)
+        if self._saved_strategy and owner is not None:
+            owner.restore_state(self._saved_strategy)
         stops: dict[str, bt.Order] = {}
         for snap in open_orders:
             if not is_ours(snap.client_order_id, self.settings.strategy_id):
                 continue
             if snap.client_order_id in self._by_cid or self.store.feed(snap.symbol) is None:
                 continue
-            order = self._adopt_order(strat, snap)
-            if hasattr(strat, "adopt_order"):
-                strat.adopt_order(order)  # the guards, the limit timeout and stops see it
+            order = self._adopt_order(owner, snap)
+            if owner is not None:
+                owner.adopt_order(order)  # the guards, the limit timeout and stops see it
             if is_stop(snap):
                 prev = stops.get(snap.symbol)
                 if prev is None or order.created.price > prev.created.price:
                     stops[snap.symbol] = order
         for symbol, (qty, avg) in sorted(self._pos_by_symbol.items()):
             data = self.store.feed(symbol)
-            if qty <= 0 or data is None or not hasattr(strat, "adopt_position"):
+            if qty <= 0 or data is None or owner is None:
                 continue
-            strat.adopt_position(data, float(qty), float(avg), stop_order=stops.get(symbol),
+            owner.adopt_position(data, float(qty), float(avg), stop_order=stops.get(symbol),
                                  atr=self.store.atr(symbol))
             logger.info("%s: Strategy takes over %s shares @ %s (stop %s)", symbol, qty, avg,
                         stops[symbol].info.get("cid") if symbol in stops else "none")
 
-    def _adopt_order(self, strat: Any, snap: OrderSnapshot) -> bt.Order:
+    def _adopt_order(self, owner: PositionOwner | None, snap: OrderSnapshot) -> bt.Order:
         data = self.store.feed(snap.symbol)
         cls = bt.BuyOrder if snap.side == "buy" else bt.SellOrder
         exectype = parsing.ORDER_TYPES_BACK.get(parsing.OrderType(snap.type), bt.Order.Market)
         price = float(snap.stop_price or snap.limit_price or 0) or None
-        order = cls(owner=strat, data=data, size=float(snap.remaining), price=price,
+        order = cls(owner=owner, data=data, size=float(snap.remaining), price=price,
                     exectype=exectype, simulated=True)
-        order.addinfo(cid=snap.client_order_id, purpose=_purpose_of(snap.client_order_id),
+        order.addinfo(cid=snap.client_order_id, purpose=rules.purpose_of(snap.client_order_id),
                       adopted=True)
         order.addcomminfo(self.getcommissioninfo(data))
         order.submit(self)
         order.accept(self)
         parsed = rules.parse_client_order_id(snap.client_order_id)
         tr = Tracked(order, snap.client_order_id, snap.symbol,
-                     _purpose_of(snap.client_order_id), state="sent",
+                     rules.purpose_of(snap.client_order_id), state="sent",
                      decision_time=parsed[2] if parsed else None)
         tr.base_filled = snap.filled_qty
         self._track(tr)
@@ -1808,14 +1798,6 @@ def is_stop_order(order: bt.Order) -> bool:
 
 def _same_positions(a: list[Any], b: list[Any]) -> bool:
     return sorted((p.symbol, p.qty) for p in a) == sorted((p.symbol, p.qty) for p in b)
-
-
-def _purpose_of(cid: str) -> str:
-    parsed = rules.parse_client_order_id(cid)
-    if parsed is None:
-        tail = cid.rsplit("-", 1)[-1]
-        return tail.rstrip("0123456789r") if tail else ""
-    return parsed[3].value
 
 
 def _would_fill(order: bt.Order, bar: Any) -> bool:

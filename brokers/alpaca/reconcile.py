@@ -26,6 +26,7 @@ from decimal import Decimal
 
 from brokers.alpaca.journal import JournalOrder
 from brokers.alpaca.parsing import OrderSnapshot, PositionRecord
+from strategies.rules import is_ours
 
 logger = logging.getLogger(__name__)
 
@@ -204,11 +205,6 @@ def describe(action: Action) -> str:
     if isinstance(action, MissingStop):
         return f"{action.symbol}: {_qty(action.qty)} shares have no resting stop; placing one"
     return type(action).__name__
-
-
-def is_ours(cid: str, strategy_id: str) -> bool:
-    """Client order ids we make start with ``{strategy_id}-``."""
-    return cid.startswith(f"{strategy_id}-")
 
 
 def is_stop(order: OrderSnapshot) -> bool:
