@@ -64,6 +64,7 @@ from brokers.alpaca.state import (
 )
 from brokers.alpaca.store import AlpacaStore, LatencyProbe
 from commands.backtest import settings_from_flags, strategy_options
+from common.clock import SYSTEM_CLOCK, Clock
 from common.config import DEFAULT_SYMBOLS, INTERVAL_SECONDS, Settings
 from common.errors import BrokerError, ConfigError, RetryableError, UnknownStateError, UserError
 from common.logs import REDACTOR, setup_logging
@@ -132,6 +133,8 @@ class PaperOptions:
     stop_grace_s: float | None = None
     #: seconds between checks that the tracked stops are still open at Alpaca
     stop_audit_s: float = 60.0
+    #: test hook: the local clock of the store, streams and broker (``common.clock``)
+    clock: Clock = SYSTEM_CLOCK
     #: ``--once``: seconds a just-sent market fallback may take to fill before exit
     once_fill_wait_s: float = 5.0
     #: ``--rebuild-journal``: a missing, empty or corrupt journal is moved aside and rebuilt
@@ -282,7 +285,7 @@ class PaperSession:
             clock_poll_s=opts.clock_poll,
             recorder=BarRecorder(state_dir / "bars", settings.bar_interval, opts.feed),
             max_steps=1 if opts.once else opts.max_steps, on_idle=opts.on_idle,
-            latency=self.latency, clock_rate=clock_rate)
+            latency=self.latency, clock_rate=clock_rate, clock=opts.clock)
         if opts.on_store is not None:
             opts.on_store(self.store)
         if not self.audit_path.exists():  # account activity: this user only
@@ -331,7 +334,7 @@ class PaperSession:
                                 journal=self.journal, settings=self.settings, audit=self.audit,
                                 owner=self._owner, fence_s=opts.fence_s,
                                 stop_grace_s=opts.stop_grace_s,
-                                stop_audit_s=opts.stop_audit_s)
+                                stop_audit_s=opts.stop_audit_s, clock=opts.clock)
         cash = self.settings.cash
         try:
             cash = float(self.client.get_account().cash)

@@ -81,6 +81,7 @@ from brokers.alpaca.reconcile import (
     is_stop,
     reconcile,
 )
+from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import BrokerError, RetryableError, UnknownStateError
 from feeds.btfeed import ns_to_bt
 from strategies import rules
@@ -166,7 +167,7 @@ class AlpacaBroker(bt.BrokerBase):
     (Settings), ``audit`` (Audit or None), ``owner`` (callable returning the running
     Strategy as a ``ports.PositionOwner``, None if it does not implement it),
     ``cancel_confirm_s``, ``fence_s``, ``stop_grace_s`` (None: one bar + 15 s) and
-    ``stop_audit_s`` (seconds).
+    ``stop_audit_s`` (seconds), ``clock`` (``common.clock.Clock``).
     """
 
     params = ()
@@ -175,8 +176,9 @@ class AlpacaBroker(bt.BrokerBase):
                  journal: Journal | None = None, settings: Any = None, audit: Any = None,
                  owner: Callable[[], PositionOwner | None] | None = None,
                  cancel_confirm_s: float = 2.0, fence_s: float | None = 0.5,
-                 sleep: Callable[[float], None] = time.sleep,
-                 stop_grace_s: float | None = None, stop_audit_s: float = 60.0) -> None:
+                 sleep: Callable[[float], None] | None = None,
+                 stop_grace_s: float | None = None, stop_audit_s: float = 60.0,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         super().__init__()
         if store is None or gateway is None or journal is None or settings is None:
             raise ValueError("AlpacaBroker needs store, gateway, journal and settings")
@@ -189,7 +191,9 @@ class AlpacaBroker(bt.BrokerBase):
         self._owner: Callable[[], PositionOwner | None] = owner or (lambda: None)
         self.cancel_confirm_s = cancel_confirm_s
         self.fence_s = fence_s
-        self._sleep = sleep
+        #: grace periods, backoff and timeouts are measured on this clock
+        self.clock = clock
+        self._sleep = sleep or clock.sleep
         self.setcommission(commission=settings.commission)
         self.cash = 0.0
         self.startingcash = 0.0
@@ -216,7 +220,7 @@ class AlpacaBroker(bt.BrokerBase):
         self.stop_audit_s = stop_audit_s
         self._unprotected_since: dict[str, float] = {}
         self._stops_placed: dict[str, int] = {}  # broker-made stops per symbol (cid seq)
-        self._next_stop_audit = time.monotonic() + stop_audit_s
+        self._next_stop_audit = self.clock.monotonic() + stop_audit_s
         #: positions to protect in this loop (an entry filled, or our stop was lost)
         self._due: dict[str, ProtectDue] = {}
         #: bar time per symbol of the step being delivered (the Strategy's next notification)
@@ -385,7 +389,7 @@ class AlpacaBroker(bt.BrokerBase):
         self._protect_pending()
         self._step_bars = {}  # the Strategy sees this iteration's notifications with them
         self._check_stops()
-        if time.monotonic() >= self._next_stop_audit:
+        if self.clock.monotonic() >= self._next_stop_audit:
             self._audit_stops()
         self._publish_armed()
 
@@ -445,13 +449,13 @@ class AlpacaBroker(bt.BrokerBase):
         """``--once`` shutdown: give working MARKET entries/fallbacks up to ``timeout`` s to
         fill (read at Alpaca), so the Strategy protects the fill in this run rather than the
         next run's startup reconciliation."""
-        deadline = time.monotonic() + timeout
+        deadline = self.clock.monotonic() + timeout
         while True:
             waiting = [t for t in self._by_cid.values()
                        if t.state == "sent" and t.order.alive() and t.order.isbuy()
                        and t.purpose in ("entry", "fallback")
                        and t.order.exectype == bt.Order.Market]
-            if not waiting or time.monotonic() >= deadline:
+            if not waiting or self.clock.monotonic() >= deadline:
                 return
             self._sleep(0.2)
             for tr in waiting:
@@ -669,7 +673,7 @@ class AlpacaBroker(bt.BrokerBase):
         of sending a second one), else with the position (``adopt_position``)."""
         if not self._attached:
             return
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for symbol, (qty, avg) in sorted(self._pos_by_symbol.items()):
             if qty <= 0 or self._has_live_stop(symbol) or self._exit_working(symbol) \
                     or self._ambiguous_in(symbol):
@@ -735,7 +739,7 @@ class AlpacaBroker(bt.BrokerBase):
         if not self._due or not self._attached:
             return
         due, self._due = self._due, {}
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for symbol, d in sorted(due.items()):
             if now < d.next_at:
                 done = False
@@ -966,7 +970,7 @@ class AlpacaBroker(bt.BrokerBase):
     def _audit_stops(self) -> None:
         """Every ``stop_audit_s``: are the stops we track still open at Alpaca? A stop
         canceled (or filled) whose trade update never came is read and applied."""
-        self._next_stop_audit = time.monotonic() + self.stop_audit_s
+        self._next_stop_audit = self.clock.monotonic() + self.stop_audit_s
         tracked = [t for t in self._by_cid.values()
                    if t.state == "sent" and t.order.alive() and is_stop_order(t.order)
                    and not t.cancel_pending and not t.replace_pending]
@@ -1097,7 +1101,7 @@ class AlpacaBroker(bt.BrokerBase):
             if tr.state != "ambiguous":
                 self._audit("ambiguous", tr, result.reason)
             tr.state = "ambiguous"
-            tr.next_resolve = time.monotonic() + tr.resolve_backoff
+            tr.next_resolve = self.clock.monotonic() + tr.resolve_backoff
             tr.resolve_backoff = min(30.0, tr.resolve_backoff * 2)
             return
         margin = "buying power" in result.reason
@@ -1171,7 +1175,7 @@ class AlpacaBroker(bt.BrokerBase):
 
     def _cancel_later(self, tr: Tracked) -> None:
         # per-order backoff: an unconfirmed cancel must not drain the request budget
-        tr.next_cancel = time.monotonic() + tr.cancel_backoff
+        tr.next_cancel = self.clock.monotonic() + tr.cancel_backoff
         tr.cancel_backoff = min(30.0, tr.cancel_backoff * 2)
 
     def _poll_cancel(self, tr: Tracked) -> bool:
@@ -1215,7 +1219,7 @@ class AlpacaBroker(bt.BrokerBase):
         self._audit("cancel", tr, reason)
 
     def _confirm_cancel(self, tr: Tracked, budget: float) -> None:
-        deadline = time.monotonic() + budget
+        deadline = self.clock.monotonic() + budget
         delay = 0.01
         while True:
             self._apply_events()
@@ -1224,7 +1228,7 @@ class AlpacaBroker(bt.BrokerBase):
                 return
             if self._poll_cancel(tr):
                 return
-            if not tr.cancel_acked or time.monotonic() + delay > deadline:
+            if not tr.cancel_acked or self.clock.monotonic() + delay > deadline:
                 # not confirmed (or the DELETE must be sent again): later, with backoff
                 if budget > 0:
                     logger.info("%s: cancel of %s not confirmed yet", tr.symbol, tr.cid)
@@ -1234,7 +1238,7 @@ class AlpacaBroker(bt.BrokerBase):
             delay = min(0.2, delay * 2)
 
     def _confirm_pending_cancels(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for tr in list(self._by_cid.values()):
             if not tr.cancel_pending:
                 continue
@@ -1621,8 +1625,8 @@ class AlpacaBroker(bt.BrokerBase):
                if tr.state == "sent" and tr.order.alive() and tr.symbol in bars
                and tr.events == tr.events_at_step and _would_fill(tr.order, bars[tr.symbol])]
         if due:
-            deadline = time.monotonic() + self.fence_s
-            while time.monotonic() < deadline and any(t.events == t.events_at_step
+            deadline = self.clock.monotonic() + self.fence_s
+            while self.clock.monotonic() < deadline and any(t.events == t.events_at_step
                                                        for t in due):
                 self.store.pump_events(0.005)
             self._apply_events()
@@ -1636,7 +1640,7 @@ class AlpacaBroker(bt.BrokerBase):
     # ================================================================ background work
 
     def _resolve_ambiguous(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for tr in list(self._by_cid.values()):
             if tr.state == "ambiguous" and now >= tr.next_resolve:
                 self._resolved(tr, self.gateway.resolve(tr.cid, attempts=1))

@@ -65,6 +65,7 @@ from brokers.alpaca.streams import (
     StreamSupervisor,
     TradeUpdatesProtocol,
 )
+from common.clock import SYSTEM_CLOCK, Clock
 from common.config import Settings
 from common.errors import BrokerError, DataError, RetryableError
 from strategies.signals import Signal
@@ -129,6 +130,7 @@ class AlpacaStore:
         fresh_grace_s: a bar may be traded on until one bar interval plus this many seconds
             after its close (broker time).
         audit: where refused new orders (stale bar, market closed) are recorded.
+        clock: the local clock (``common.clock``; the streams get it too).
     """
 
     def __init__(
@@ -153,8 +155,11 @@ class AlpacaStore:
         clock_rate: float = 1.0,
         fresh_grace_s: float = 10.0,
         audit: Any = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.client = client
+        #: the local clock (``common.clock``): ages the market clock's answer, timeouts
+        self.local_clock = clock
         self.settings = settings
         self.signal = signal
         self.symbols = [s.upper() for s in settings.symbols]
@@ -176,7 +181,7 @@ class AlpacaStore:
         self._newest_close: datetime | None = None
         self._gate_seen: set[tuple[datetime, str]] = set()
         self.clock = MarketClock(client.get_calendar, client.get_clock, settings.bar_seconds,
-                                 settings.extended_hours)
+                                 settings.extended_hours, monotonic=clock.monotonic)
         self.assembler = StepAssembler(self.symbols, grace=grace)
         # the stream sends 1-minute bars only: coarser intervals are built here
         self.aggregator = IntervalAggregator(settings.bar_seconds) \
@@ -210,12 +215,14 @@ class AlpacaStore:
         data_sup = StreamSupervisor(
             data_stream_url,
             MarketDataProtocol(credentials.key_id, credentials.secret_key, self.symbols),
-            self._sink, silence_timeout=silence_timeout, watch=lambda: self.clock.is_open)
+            self._sink, silence_timeout=silence_timeout, watch=lambda: self.clock.is_open,
+            clock=clock)
         sups = [data_sup]
         if trading_stream_url:
             sups.append(StreamSupervisor(
                 trading_stream_url,
-                TradeUpdatesProtocol(credentials.key_id, credentials.secret_key), self._sink))
+                TradeUpdatesProtocol(credentials.key_id, credentials.secret_key), self._sink,
+                clock=clock))
         self.hub = StreamHub(sups)
         self._connected: dict[str, int] = {}
 
@@ -262,12 +269,12 @@ class AlpacaStore:
         candidates: list[datetime] = []
         last, read_at = self.clock.last, self.clock.read_at
         if last is not None:
-            elapsed = 0.0 if read_at is None else max(0.0, time.monotonic() - read_at)
+            elapsed = 0.0 if read_at is None else max(0.0, self.local_clock.monotonic() - read_at)
             candidates.append(last.timestamp + timedelta(seconds=elapsed * self.clock_rate))
         if self._newest_close is not None:
             candidates.append(self._newest_close)
         if not candidates:  # before the first clock read (connect reads it first)
-            return datetime.now(UTC)
+            return self.local_clock.now()
         return max(candidates)
 
     def broker_time(self) -> datetime:
@@ -320,7 +327,7 @@ class AlpacaStore:
             except (RetryableError, BrokerError) as exc:
                 logger.warning("market clock unavailable (%s): no new entries", exc)
                 return False
-            self._last_clock = time.monotonic()
+            self._last_clock = self.local_clock.monotonic()
             is_open = self.clock.open_at(self.now())
             if is_open is None:  # our bar-based now ran past the clock's answer: trust it
                 is_open = self.clock.is_open
@@ -356,10 +363,10 @@ class AlpacaStore:
         only warm up the indicators.
         """
         self.clock.refresh()
-        self._last_clock = time.monotonic()
+        self._last_clock = self.local_clock.monotonic()
         logger.info("%s", self.clock.describe_wait())
         self.hub.start()
-        now = self.clock.last.timestamp if self.clock.last else datetime.now(UTC)
+        now = self.clock.last.timestamp if self.clock.last else self.local_clock.now()
         start = now - timedelta(days=self.warmup_days)
         end = self._complete_before(now)
         history = self.client.get_bars(self.symbols, start, end, self.settings.bar_interval)
@@ -412,9 +419,9 @@ class AlpacaStore:
 
     def wait_connected(self, timeout: float = 15.0) -> bool:
         """Wait until every stream has connected once (False on timeout)."""
-        deadline = time.monotonic() + timeout
+        deadline = self.local_clock.monotonic() + timeout
         wanted = {s.protocol.name for s in self.hub.supervisors}
-        while time.monotonic() < deadline:
+        while self.local_clock.monotonic() < deadline:
             self.pump_events(0.05)
             if wanted <= set(self._connected):
                 return True
@@ -616,7 +623,7 @@ class AlpacaStore:
             self.broker.request_reconcile(reason)
 
     def _maintain(self) -> None:
-        now = time.monotonic()
+        now = self.local_clock.monotonic()
         if now - self._last_clock >= self.clock_poll_s:
             self._last_clock = now
             try:
@@ -687,7 +694,7 @@ class AlpacaStore:
         self._delivered_since_save = True
 
     def _housekeeping(self, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self.local_clock.monotonic()
         if not force and now - self._last_flush < self.flush_every_s:
             return
         self._last_flush = now
