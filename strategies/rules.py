@@ -540,6 +540,14 @@ def refused_stop_exit_reason(state: StopState | None) -> str:
     return state.binding if state is not None else Reason.STOP.value
 
 
+def sellable_qty(position: float, other_sells: float, wanted: float) -> float:
+    """Long-only: how much of ``wanted`` a sell (an exit) may sell, the other working sells
+    of the symbol (not its stop) counted: never more than is held (a stop that filled first
+    leaves 0: the exit is not sent). ``wanted`` itself when it fits (within 1e-9)."""
+    available = max(0.0, position - other_sells)
+    return wanted if wanted <= available + 1e-9 else available
+
+
 def default_stop_grace(bar_seconds: int) -> float:
     """How long a live position may be without a resting stop before the broker places one:
     one bar (the Strategy re-places a stop it lost on its next bar) plus 15 s."""

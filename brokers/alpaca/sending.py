@@ -159,8 +159,8 @@ class Sending(BrokerCore):
                      if t is not tr and t.symbol == tr.symbol and t.order.alive()
                      and t.order.issell() and not is_stop_order(t.order)
                      and t.state in ("sent", "ambiguous"))
-        available = max(0.0, pos - others)
         want = abs(order.executed.remsize or order.size)
+        available = rules.sellable_qty(pos, others, want)
         if available <= 0:
             tr.state = "done"
             order.cancel()
@@ -168,7 +168,7 @@ class Sending(BrokerCore):
             self._audit("cancel", tr, "no position left to sell (the stop filled first)")
             logger.info("%s: exit %s not sent: no position left", tr.symbol, tr.cid)
             return False
-        if want > available + 1e-9:
+        if available < want:
             logger.warning("%s: exit %s clipped from %s to %s (position)", tr.symbol, tr.cid,
                            want, available)
             order.size = -available

@@ -155,3 +155,15 @@ def test_refused_stop_exit_reason() -> None:
 def test_default_stop_grace_is_one_bar_plus_15s() -> None:
     assert rules.default_stop_grace(60) == 75.0
     assert rules.default_stop_grace(300) == 315.0
+
+
+@pytest.mark.parametrize(("position", "others", "wanted", "sellable"), [
+    (10.0, 0.0, 10.0, 10.0),  # the whole position
+    (10.0, 0.0, 15.0, 10.0),  # clipped: long-only, never short
+    (10.0, 4.0, 10.0, 6.0),  # another exit already sells 4
+    (0.0, 0.0, 10.0, 0.0),  # the stop filled first: nothing to sell, the exit is not sent
+    (10.0, 0.0, 10.0 + 1e-12, 10.0 + 1e-12),  # float noise is not a clip
+])
+def test_sellable_qty(position: float, others: float, wanted: float, sellable: float) -> None:
+    """Regression: the long-only clip of an exit lived in ``AlpacaBroker._clip_to_position``."""
+    assert rules.sellable_qty(position, others, wanted) == sellable
