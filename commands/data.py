@@ -1,6 +1,7 @@
 """``python cli.py data``: download bars from Alpaca, import CSV files, inspect the store.
 
-Thin wiring: the work is in ``feeds/download.py``, ``feeds/importers.py`` and
+Thin wiring: the work is in ``feeds/download.py`` (with ``feeds/download_plan.py``,
+``feeds/parts.py`` and the Alpaca transport of ``brokers/alpaca``), ``feeds/importers.py`` and
 ``feeds/coverage.py``; this module parses flags, shows progress and prints results.
 """
 
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import pandas as pd
@@ -25,13 +28,99 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from common.dates import NY_DAYS, parse_when
 from common.errors import ConfigError, DataError
 from common.logs import setup_logging
 from common.paths import BUNDLED_BARS
 
+if TYPE_CHECKING:
+    from feeds.download_plan import Timeframe
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BARS = BUNDLED_BARS
+DATA_URL_ENV = "APCA_API_DATA_URL"
+FEEDS: tuple[str, ...] = ("iex", "sip")
+ADJUSTMENTS: tuple[str, ...] = ("raw", "split", "dividend", "all")
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def parse_timeframe(text: str) -> Timeframe:
+    """The ``Timeframe`` for ``--timeframe``; an unknown name is a ``ConfigError``."""
+    from feeds.download_plan import TIMEFRAMES
+
+    for name, tf in TIMEFRAMES.items():
+        if text.strip().lower() == name.lower():
+            return tf
+    raise ConfigError(
+        f"--timeframe {text!r} is not supported: use one of {', '.join(TIMEFRAMES)}"
+    )
+
+
+def parse_symbols(values: Sequence[str]) -> list[str]:
+    """Upper-cased, de-duplicated symbols from ``--symbols A,B --symbols C``."""
+    from feeds.store import is_valid_symbol
+
+    out: list[str] = []
+    for value in values:
+        for raw in value.split(","):
+            sym = raw.strip().upper()
+            if not sym:
+                continue
+            if not is_valid_symbol(sym):
+                raise ConfigError(
+                    f"--symbols: {raw.strip()!r} is not a ticker symbol (letters, digits, "
+                    "'.' or '-', e.g. AAPL or BRK.B)"
+                )
+            if sym not in out:
+                out.append(sym)
+    if not out:
+        raise ConfigError("--symbols is empty: name at least one symbol, e.g. --symbols AAPL,MSFT")
+    return out
+
+
+def parse_range(start: str, end: str | None, now: pd.Timestamp) -> tuple[pd.Timestamp,
+                                                                          pd.Timestamp]:
+    """Validated download range [start, end) in UTC (``common.dates.NY_DAYS``: New York
+    dates, ``--end`` inclusive of its day); ``end`` defaults to (and is clipped at) ``now``."""
+    t0 = pd.Timestamp(parse_when(start, NY_DAYS, option="--start", now=now))
+    t1 = pd.Timestamp(parse_when(end, NY_DAYS, end=True, option="--end", now=now)) if end \
+        else now
+    if t0 >= now:
+        raise ConfigError(f"--start {start} is in the future: Alpaca only has past bars")
+    if t0 >= t1:
+        raise ConfigError(
+            f"--start {start} is not before --end {end or 'now'}: give a start earlier than "
+            "the end (dates are inclusive New York dates)"
+        )
+    if t1 > now:
+        logger.info("--end %s is in the future; downloading up to now", end)
+        t1 = now
+    return t0, t1
+
+
+def parse_choice(value: str, option: str, choices: Sequence[str]) -> str:
+    """``value`` lower-cased if it is one of ``choices``, else a ``ConfigError``."""
+    v = value.strip().lower()
+    if v not in choices:
+        raise ConfigError(f"{option} {value!r} is not valid: use one of {', '.join(choices)}")
+    return v
+
+
+def resolve_data_url(option: str | None, environ: Mapping[str, str]) -> str | None:
+    """Market-data base URL from ``--data-url`` or ``APCA_API_DATA_URL`` (None: Alpaca's)."""
+    url = option or environ.get(DATA_URL_ENV) or None
+    if url is None:
+        return None
+    url = url.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise ConfigError(
+            f"--data-url {url!r} is not an http(s) URL: use e.g. https://data.alpaca.markets"
+        )
+    # alpaca-py appends /v2/... itself; a pasted ".../v2" would double it.
+    return url.removesuffix("/v2")
 
 
 def _fmt(ts: pd.Timestamp | None, daily: bool = False) -> str:
@@ -84,8 +173,9 @@ def data() -> None:
 @click.option("--out", "out", type=click.Path(path_type=Path), default=DEFAULT_BARS,
               show_default="data/bars", help="Bar store root (<out>/<timeframe>/<SYMBOL>).")
 @click.option("--keys-file", type=click.Path(path_type=Path), default=None,
-              help="File with the API key id and secret (two lines, or KEY=VALUE lines). "
-                   "Default: APCA_API_KEY_ID / APCA_API_SECRET_KEY from the environment.")
+              help="File with the API key id and secret (two lines, KEY=VALUE lines, TOML or "
+                   "JSON; the same file as paper --keys-file). Default: APCA_API_KEY_ID / "
+                   "APCA_API_SECRET_KEY from the environment.")
 @click.option("--data-url", default=None,
               help="Market-data base URL (default: env APCA_API_DATA_URL, else Alpaca's).")
 @click.option("--full", is_flag=True, help="Fetch the whole range again, ignoring what is stored.")
@@ -111,20 +201,22 @@ def download_cmd(symbols: Sequence[str], start: str, end: str | None, timeframe:
 
     A re-run after an interruption resumes where it stopped.
     """
+    from brokers.alpaca.credentials import load_credentials
+    from brokers.alpaca.throttle import RateLimiter
     from feeds import download as dl
 
     setup_logging(verbose)
     out = _check_root(out)
     now = pd.Timestamp.now(tz="UTC")
-    syms = dl.parse_symbols(symbols)
-    tf = dl.parse_timeframe(timeframe)
-    feed = dl.parse_choice(feed, "--feed", dl.FEEDS)
-    adjustment = dl.parse_choice(adjustment, "--adjustment", dl.ADJUSTMENTS)
-    t0, t1 = dl.parse_range(start, end, now)
-    key, secret = dl.load_keys(keys_file, os.environ)
-    url = dl.resolve_data_url(data_url, os.environ)
-    limiter = dl.RateLimiter(per_minute=rate_limit, backoff=backoff, max_wait=max_wait)
-    client = dl.make_client(key, secret, url, limiter)
+    syms = parse_symbols(symbols)
+    tf = parse_timeframe(timeframe)
+    feed = parse_choice(feed, "--feed", FEEDS)
+    adjustment = parse_choice(adjustment, "--adjustment", ADJUSTMENTS)
+    t0, t1 = parse_range(start, end, now)
+    credentials = load_credentials(keys_file, os.environ)
+    url = resolve_data_url(data_url, os.environ)
+    limiter = RateLimiter(per_minute=rate_limit, backoff=backoff, max_wait=max_wait)
+    client = dl.make_client(credentials, url, limiter)
     done = {"chunks": 0, "total": 0}
 
     with _progress(quiet, "download") as progress:
@@ -241,7 +333,6 @@ def import_cmd(files: Sequence[Path], symbol: str | None, timeframe: str | None,
                drop_bad_rows: bool, out: Path, replace: bool, merge: bool, verbose: int) -> None:
     """Import CSV bar files (Yahoo, Backtrader generic CSV, Alpaca dumps) into the store."""
     from commands.output import echo_lines, fit, out_width
-    from feeds.download import parse_timeframe
     from feeds.importers import ImportOptions, check_tz, import_file
 
     setup_logging(verbose)

@@ -12,94 +12,35 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 import pandas as pd
 
-from common.config import INTERVAL_SECONDS, Settings, load_settings
+from common.config import INTERVAL_SECONDS, load_settings
+from common.dates import UTC_DAYS, parse_when
 from common.errors import ConfigError
 from common.logs import setup_logging
 from common.paths import BUNDLED_BARS
 from strategies.ml import (
     DEFAULT_HORIZONS,
     DEFAULT_PARAMS,
-    MLSignal,
-    TrainedModel,
     Validation,
-    build_dataset,
-    fit_final,
-    fold_model,
     load_training_bars,
     save_model,
-    walk_forward,
 )
+from strategies.ml.training import BacktestFn, FoldBacktest, run_training
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("models") / "model.rmodel"
 
 
-@dataclass
-class FoldBacktest:
-    """The Strategy's result on one fold's test span with that fold's model."""
-
-    fold: int
-    start: pd.Timestamp
-    end: pd.Timestamp
-    stats: dict[str, Any]
-    buy_hold: float
-
-
 def _when(text: str | None, end: bool = False) -> pd.Timestamp | None:
-    """A UTC timestamp from ``YYYY-MM-DD`` or ISO text; a bare end date means the whole day."""
-    if text is None:
-        return None
-    try:
-        ts = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        raise ConfigError(f"bad date {text!r}: use YYYY-MM-DD or an ISO timestamp") from None
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    if end and len(text.strip()) <= 10:
-        ts = ts + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
-    return ts
-
-
-def backtest_folds(
-    validation: Validation,
-    frames: dict[str, pd.DataFrame],
-    final: TrainedModel,
-    settings: Settings,
-    progress: Callable[[int], None] | None = None,
-) -> list[FoldBacktest]:
-    """Backtest each fold's model over its test span (earlier bars only warm up indicators)."""
-    from commands.backtest import run_backtest
-    from feeds.store import arrays_from_frame
-
-    out: list[FoldBacktest] = []
-    for done, result in enumerate(validation.folds):
-        datasets = {}
-        closes = []
-        for sym, frame in frames.items():
-            ts = pd.DatetimeIndex(frame["timestamp"])
-            upto = frame[ts <= result.test_end]
-            in_span = upto[pd.DatetimeIndex(upto["timestamp"]) >= result.test_start]
-            if in_span.empty:
-                continue
-            datasets[sym] = arrays_from_frame(sym, upto.reset_index(drop=True))
-            closes.append(in_span["close"].iloc[-1] / in_span["close"].iloc[0] - 1.0)
-        signal = MLSignal(fold_model(result, final), settings.ml_enter_threshold,
-                          settings.ml_exit_threshold)
-        bt = run_backtest(settings.replace(symbols=tuple(datasets)), datasets, out=None,
-                          start=result.test_start, signal=signal)
-        out.append(FoldBacktest(result.fold.index, result.test_start, result.test_end,
-                                bt.stats, float(np.mean(closes)) if closes else math.nan))
-        if progress:
-            progress(done + 1)
-    return out
+    """A UTC timestamp from ``YYYY-MM-DD`` or ISO text (``common.dates.UTC_DAYS``: naive =
+    UTC; a bare end date means the whole day)."""
+    return None if text is None else pd.Timestamp(parse_when(text, UTC_DAYS, end=end))
 
 
 # ------------------------------------------------------------------------------- printing
@@ -275,30 +216,18 @@ def train(data: Path | None, symbols: str | None, start: str | None, end: str | 
                   f"{data}: label = close rises over the next {horizon} bars; {folds} folds, "
                   f"gap {gap} bars")
     show = not no_progress and console.is_terminal
+    backtest_fn: BacktestFn | None = None
+    if not no_backtest:
+        from commands.backtest import run_backtest
+
+        backtest_fn = run_backtest
     with _progress(show, console) as progress:
-        progress("features and labels", 0, 1)
-        dataset = build_dataset(frames, horizon)
-        validation = walk_forward(dataset, folds, gap, horizon, seed,
-                                  settings.ml_enter_threshold, settings.ml_exit_threshold,
-                                  params, progress, threads)
-        progress("fitting the final model", 0, 1)
-        model = fit_final(dataset, frames, horizon, bar_interval, seed, params, validation,
-                          threads)
-        backtests: list[FoldBacktest] = []
-        if not no_backtest:
-            progress("backtesting test spans", 0, len(validation.folds))
-            backtests = backtest_folds(
-                validation, frames, model, settings,
-                lambda n: progress("backtesting test spans", n, len(validation.folds)))
-        model.metadata["training"].update(data=str(data), horizon=horizon, gap=gap)
-        if backtests:
-            model.metadata["validation"]["backtest"] = [
-                {"fold": b.fold, "total_return": b.stats.get("total_return"),
-                 "trade_count": b.stats.get("trade_count"), "win_rate": b.stats.get("win_rate"),
-                 "max_drawdown": b.stats.get("max_drawdown"), "buy_hold": b.buy_hold}
-                for b in backtests
-            ]
-        save_model(model, out)
+        run = run_training(frames, bar_interval, settings, horizon=horizon, folds=folds,
+                           gap=gap, seed=seed, params=params, threads=threads,
+                           run_backtest=backtest_fn,
+                           data_label=str(data), progress=progress)
+        save_model(run.model, out)
+    dataset, validation, backtests = run.dataset, run.validation, run.backtests
 
     console.print(validation_table(validation))
     if backtests:

@@ -10,33 +10,20 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common.config import Settings
+from strategies.signal_types import BUY, HOLD, SELL, Signal
 
 if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-BUY = 1.0
-SELL = -1.0
-HOLD = 0.0
-
-
-@runtime_checkable
-class Signal(Protocol):
-    """What the Strategy needs from a signal."""
-
-    name: str
-    #: Bars needed before the first non-NaN signal.
-    warmup: int
-
-    def compute(self, bars: pd.DataFrame) -> pd.DataFrame:
-        """Per-bar ``signal`` column (1 BUY, -1 SELL, 0 nothing, NaN warm-up) + diagnostics."""
-        ...
+# BUY/SELL/HOLD and Signal live in the leaf ``strategies.signal_types`` (so ``strategies.ml``
+# need not import this module); imported here, they stay importable from here as before.
 
 
 def sma(values: np.ndarray, period: int) -> np.ndarray:

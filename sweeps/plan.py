@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,30 @@ from common.errors import ConfigError
 from common.version import __version__
 from sweeps.cell import DataSpec, code_version, fingerprint, load_bars
 from sweeps.objective import OBJECTIVES
-from sweeps.runner import SweepPlan
-from sweeps.space import build_space, explain_empty
-from sweeps.walkforward import make_windows, parse_walk_forward
+from sweeps.space import Space, build_space, explain_empty
+from sweeps.walkforward import Window, make_windows, parse_walk_forward
 
 logger = logging.getLogger(__name__)
 
 SEARCHES = ("grid", "random", "optuna")
+
+
+@dataclass
+class SweepPlan:
+    """Everything that defines a sweep (its hash names and guards the sweep folder)."""
+
+    folder: Path
+    spec: DataSpec
+    base: Settings
+    space: Space
+    search: str  # grid | random | optuna
+    trials: int | None
+    seed: int
+    objective: str
+    min_trades: int
+    start_ns: int | None
+    cells: list[dict[str, Any]] = field(default_factory=list)  # grid/random
+    windows: list[Window] = field(default_factory=list)  # walk-forward
 
 
 @dataclass
@@ -85,15 +102,16 @@ def _check_request(req: SweepRequest) -> None:
 def build_plan(req: SweepRequest, config_file: Path | None,
                flags: dict[str, Any]) -> tuple[SweepPlan, dict[str, Any], dict[str, int]]:
     """Validate everything and load the bars once here; returns (plan, config, skipped)."""
-    from commands.backtest import _parse_when
+    from common.dates import UTC_DAYS, parse_when
 
     _check_request(req)
     space = build_space(req.grids, req.ranges, req.constraints)
     windows_spec = parse_walk_forward(req.walk_forward) if req.walk_forward else None
     base, data_dir, explicit = base_settings(config_file, flags, req.data)
     # run_backtest takes datetimes; the sweep's window arithmetic uses pandas Timestamps
-    start_ts, end_ts = (None if w is None else pd.Timestamp(w)
-                        for w in (_parse_when(req.start), _parse_when(req.end, end=True)))
+    # the backtest's dates (common.dates.UTC_DAYS): a sweep is many backtests
+    start_ts = None if req.start is None else pd.Timestamp(parse_when(req.start, UTC_DAYS))
+    end_ts = None if req.end is None else pd.Timestamp(parse_when(req.end, UTC_DAYS, end=True))
     if start_ts is not None and end_ts is not None and start_ts > end_ts:
         raise ConfigError(f"--start {req.start} is after --end {req.end}")
     data_path = data_dir.resolve() if "://" not in str(data_dir) else data_dir

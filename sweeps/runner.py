@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,11 @@ import pandas as pd
 
 from common.config import Settings
 from common.errors import RatchetError, UserError
-from sweeps.cell import CellTask, DataSpec, cell_key, run_cell_task
+from sweeps.cell import CellTask, cell_key, run_cell_task
 from sweeps.objective import dsr_of, score
-from sweeps.space import Space
+from sweeps.plan import SweepPlan
 from sweeps.store import ResultStore
-from sweeps.walkforward import Window, choose
+from sweeps.walkforward import choose
 
 logger = logging.getLogger(__name__)
 
@@ -35,24 +35,6 @@ class SweepError(RatchetError):
     """The sweep could not finish (a cell kept killing workers, the cluster went away)."""
 
     exit_code = 1
-
-
-@dataclass
-class SweepPlan:
-    """Everything that defines a sweep (its hash names and guards the sweep folder)."""
-
-    folder: Path
-    spec: DataSpec
-    base: Settings
-    space: Space
-    search: str  # grid | random | optuna
-    trials: int | None
-    seed: int
-    objective: str
-    min_trades: int
-    start_ns: int | None
-    cells: list[dict[str, Any]] = field(default_factory=list)  # grid/random
-    windows: list[Window] = field(default_factory=list)  # walk-forward
 
 
 @dataclass

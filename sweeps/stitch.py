@@ -24,7 +24,7 @@ from common.config import public_settings
 from common.version import __version__
 
 if TYPE_CHECKING:
-    from sweeps.runner import SweepPlan
+    from sweeps.plan import SweepPlan
     from sweeps.store import ResultStore
 
 logger = logging.getLogger(__name__)

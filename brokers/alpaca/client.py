@@ -6,12 +6,9 @@ Implements, through ``alpaca.trading.TradingClient`` and
 GET ``/v2/orders:by_client_order_id``, GET ``/v2/positions``, GET ``/v2/account``,
 GET ``/v2/clock``, GET ``/v2/calendar`` and GET ``/v2/stocks/bars``.
 
-What it adds to the SDK (see ../shared/alpaca-spec/CONTRACT.md, "Retries"):
+The transport under it (session, timeout, throttle, the SDK's retry switched off, failure
+classification) is ``transport.py``, shared with ``data download``. Here:
 
-* The SDK's own retry is switched off (``_retry = 0``, ``_retry_codes = []``): it re-POSTs
-  ``/v2/orders`` on 429/504, which duplicates an order the server already accepted.
-* Every request gets a timeout (the SDK sets none) and passes through a token bucket that
-  honours ``X-RateLimit-*``.
 * Reads (GET) are retried with exponential backoff and jitter; a read that still fails raises
   ``RetryableError`` or, for positions and open orders, ``UnknownStateError`` (never "flat").
 * An order submission is sent exactly once. Its failure is classified by
@@ -23,9 +20,7 @@ What it adds to the SDK (see ../shared/alpaca-spec/CONTRACT.md, "Retries"):
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,10 +32,8 @@ from typing import Any, TypeVar
 import requests
 from alpaca.common.exceptions import APIError
 from alpaca.data.enums import DataFeed
-from alpaca.data.historical import StockHistoricalDataClient
 from alpaca.data.requests import StockBarsRequest
 from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
-from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, OrderType, QueryOrderStatus, TimeInForce
 from alpaca.trading.requests import (
     GetCalendarRequest,
@@ -64,6 +57,21 @@ from brokers.alpaca.parsing import (
     to_decimal,
 )
 from brokers.alpaca.throttle import Backoff, TokenBucket
+from brokers.alpaca.transport import (
+    DATA_URL,
+    LIVE_URL,
+    PAPER_URL,
+    ReadFailure,
+    SubmitOutcome,
+    ThrottledSession,
+    api_status,
+    classify_read_error,
+    classify_submit_error,
+    data_client,
+    is_retryable_read_error,
+    trading_client,
+)
+from brokers.alpaca.transport import describe as _describe
 from common.errors import (
     AmbiguousOrderError,
     BrokerError,
@@ -75,105 +83,7 @@ from common.errors import (
 
 logger = logging.getLogger(__name__)
 
-PAPER_URL = "https://paper-api.alpaca.markets"
-LIVE_URL = "https://api.alpaca.markets"
-DATA_URL = "https://data.alpaca.markets"
-
 T = TypeVar("T")
-
-
-# ---------------------------------------------------------------------------------------------
-# Transport
-
-
-class _Session(requests.Session):
-    """requests.Session with a default timeout and a token bucket (set as the SDK's session)."""
-
-    def __init__(self, timeout: tuple[float, float], bucket: TokenBucket) -> None:
-        super().__init__()
-        self.timeout = timeout
-        self.bucket = bucket
-
-    def request(self, method: str | bytes, url: str | bytes, *args: Any,
-                **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        kwargs.setdefault("timeout", self.timeout)
-        self.bucket.acquire()
-        response = super().request(method, url, *args, **kwargs)
-        self.bucket.update(response.headers, response.status_code)
-        return response
-
-
-def _disable_sdk_retry(client: Any, session: _Session) -> None:
-    # Private attributes of alpaca.common.rest.RESTClient (0.44.0): the retry loop re-sends
-    # POST /v2/orders on 429/504, which is exactly the duplicate we must never create.
-    client._retry = 0
-    client._retry_codes = []
-    client._retry_wait = 0
-    client._session = session
-
-
-# ---------------------------------------------------------------------------------------------
-# Error classification
-
-
-class SubmitOutcome(StrEnum):
-    """What a failed POST /v2/orders means."""
-
-    REJECTED = "rejected"  # Alpaca definitely refused it: nothing was created
-    AMBIGUOUS = "ambiguous"  # it may exist: look it up by client order id
-    EXISTS = "exists"  # "client_order_id must be unique": it exists, look it up
-    RATE_LIMITED = "rate_limited"  # 429: refused before processing; confirm by lookup
-
-
-def api_status(exc: BaseException) -> int | None:
-    """HTTP status of an alpaca-py ``APIError`` (None for other errors)."""
-    if isinstance(exc, APIError):
-        try:
-            return exc.status_code
-        except Exception:  # the SDK property may fail on odd responses
-            return None
-    return None
-
-
-def api_message(exc: BaseException) -> str:
-    """The ``message`` of an Alpaca error body, else the exception text (shortened)."""
-    text = str(exc)
-    try:
-        body = json.loads(text)
-        if isinstance(body, dict) and body.get("message"):
-            return str(body["message"])
-    except (ValueError, TypeError):
-        pass
-    return text[:200]
-
-
-def classify_submit_error(exc: BaseException) -> SubmitOutcome:
-    """Classify a failed order submission. One row per case in the tests.
-
-    Anything we cannot prove was refused is AMBIGUOUS: the order is then looked up by its
-    client order id, never sent again.
-    """
-    status = api_status(exc)
-    if status is None:
-        return SubmitOutcome.AMBIGUOUS  # timeout, reset, refused connection, bad body...
-    message = api_message(exc).lower()
-    if "client_order_id" in message and "unique" in message:
-        return SubmitOutcome.EXISTS
-    if status == 429:
-        return SubmitOutcome.RATE_LIMITED
-    if status >= 500 or status == 408:
-        return SubmitOutcome.AMBIGUOUS
-    if 400 <= status < 500:
-        return SubmitOutcome.REJECTED
-    return SubmitOutcome.AMBIGUOUS
-
-
-def is_retryable_read_error(exc: BaseException) -> bool:
-    """Transient read failures: timeouts, connection errors, 429 and 5xx."""
-    status = api_status(exc)
-    if status is not None:
-        return status == 429 or status >= 500 or status == 408
-    return isinstance(exc, (requests.RequestException, OSError, ValidationError, ValueError))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,13 +254,10 @@ class AlpacaClient:
                                           max_block=rate_limit_max_wait)
         self.data_bucket = TokenBucket(data_per_minute, sleep=sleep, name="market data",
                                        max_block=rate_limit_max_wait)
-        self.trading = TradingClient(credentials.key_id, credentials.secret_key,
-                                     paper=self.base_url != LIVE_URL,
-                                     url_override=self.base_url)
-        self.data = StockHistoricalDataClient(credentials.key_id, credentials.secret_key,
-                                              url_override=self.data_url)
-        _disable_sdk_retry(self.trading, _Session(timeout, self.trading_bucket))
-        _disable_sdk_retry(self.data, _Session(timeout, self.data_bucket))
+        self.trading = trading_client(credentials, self.base_url,
+                                      ThrottledSession(timeout, self.trading_bucket))
+        self.data = data_client(credentials, self.data_url,
+                                ThrottledSession(timeout, self.data_bucket))
         #: called with the client order id right before each POST /v2/orders (latency probe)
         self.on_submit: Callable[[str], None] | None = None
         self.submit_count = 0
@@ -368,13 +275,14 @@ class AlpacaClient:
             try:
                 return call()
             except Exception as exc:
-                status = api_status(exc)
-                if status in (401, 403) and what in ("account", "clock"):
+                failure = classify_read_error(exc)
+                if failure in (ReadFailure.AUTH, ReadFailure.FORBIDDEN) \
+                        and what in ("account", "clock"):
                     raise ConfigError(
-                        f"Alpaca refused the keys ({status}) at {self.base_url}: check "
-                        "APCA_API_KEY_ID / APCA_API_SECRET_KEY and the endpoint"
+                        f"Alpaca refused the keys ({api_status(exc)}) at {self.base_url}: "
+                        "check APCA_API_KEY_ID / APCA_API_SECRET_KEY and the endpoint"
                     ) from None
-                if not is_retryable_read_error(exc):
+                if failure is not ReadFailure.RETRYABLE:
                     raise
                 last = exc
                 if attempt + 1 < tries:
@@ -565,40 +473,17 @@ def _aware(when: datetime) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "no error"
-    status = api_status(exc)
-    if status is not None:
-        return f"HTTP {status} {api_message(exc)}"
-    network = network_reason(exc)
-    if network is not None:
-        return network
-    return f"{type(exc).__name__}: {str(exc)[:160]}"
-
-
-#: Substrings of socket errors -> the words a user needs.
-_NETWORK_REASONS: tuple[tuple[str, str], ...] = (
-    ("Connection refused", "connection refused: is the server running at that address?"),
-    ("Name or service not known", "unknown host name"),
-    ("nodename nor servname", "unknown host name"),
-    ("Temporary failure in name resolution", "host name lookup failed: check the network"),
-    ("timed out", "the connection timed out"),
-    ("Network is unreachable", "network unreachable"),
-    ("Connection reset", "the connection was reset"),
-)
-
-
-def network_reason(exc: BaseException) -> str | None:
-    """``cannot connect to HOST:PORT (why)`` for a socket-level failure, else None: the
-    urllib3 repr chain (``HTTPConnectionPool(host=..., port=...): Max retries ...``) is
-    long and was cut mid-word in error messages."""
-    text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None)
-    m = re.search(r"host='([^']+)', port=(\d+)", text)
-    where = f"{m.group(1)}:{m.group(2)}" if m else "the server"
-    for needle, why in _NETWORK_REASONS:
-        if needle in text:
-            return f"cannot connect to {where} ({why})"
-    if "ConnectionError" in type(exc).__name__ or "NewConnectionError" in text:
-        return f"cannot connect to {where}"
-    return None
+# Re-exported for the callers that knew them here before transport.py existed.
+__all__ = [
+    "DATA_URL",
+    "LIVE_URL",
+    "PAPER_URL",
+    "AccountInfo",
+    "AlpacaClient",
+    "CancelResult",
+    "ClockInfo",
+    "OrderSpec",
+    "SessionDay",
+    "SubmitOutcome",
+    "classify_submit_error",
+]

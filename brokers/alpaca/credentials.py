@@ -82,41 +82,71 @@ def from_env(environ: Mapping[str, str] | None = None,
     return Credentials(key, secret, "environment").register(redactor)
 
 
-def from_file(path: Path, redactor: RedactSecrets = REDACTOR) -> Credentials:
-    """Keys from a file the user names: TOML/JSON with ``key_id``/``secret_key`` (or the env
-    names ``APCA_API_KEY_ID``/``APCA_API_SECRET_KEY``), or ``NAME=value`` lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"keys file {path} not found: check --keys-file")
-    warn_if_readable_by_others(path, "keys file")
-    text = path.read_text(encoding="utf-8")
-    values: dict[str, str] = {}
+#: Names accepted for the key id and the secret in a keys file (case-insensitive): ours, the
+#: environment variables', and the spellings of other Alpaca tools' ``.env`` files.
+KEY_NAMES: tuple[str, ...] = ("key_id", "apca_api_key_id", "alpaca_api_key",
+                              "alpaca_api_key_id", "alpaca_key_id", "api_key")
+SECRET_NAMES: tuple[str, ...] = ("secret_key", "apca_api_secret_key", "alpaca_secret_key",
+                                 "alpaca_api_secret_key", "api_secret")
+FILE_FORMATS = ("two lines (key id, then secret), NAME=value lines, TOML or JSON with key_id "
+                "and secret_key")
+
+
+def _parse_keys_text(path: Path, text: str) -> dict[str, str]:
+    """Name -> value (names lower-cased) of a keys file in any of ``FILE_FORMATS``."""
+    suffix = path.suffix.lower()
+    stripped = text.strip()
+    raw: object
     try:
-        if path.suffix.lower() == ".json":
+        if suffix == ".json" or (suffix != ".toml" and stripped.startswith("{")):
             raw = json.loads(text)
-        elif path.suffix.lower() == ".toml":
+        elif suffix == ".toml":
             raw = tomllib.loads(text)
         else:
+            lines = [ln.strip() for ln in text.splitlines()]
+            lines = [ln for ln in lines if ln and not ln.startswith("#")]
+            if not any("=" in ln for ln in lines):
+                # two bare lines: key id, then secret
+                return {"key_id": lines[0] if lines else "",
+                        "secret_key": lines[1] if len(lines) > 1 else ""}
             raw = {}
-            for line in text.splitlines():
-                line = line.strip()
-                if not line or line.startswith("#") or "=" not in line:
+            for line in lines:
+                if "=" not in line:
                     continue
                 name, _, value = line.partition("=")
                 name = name.strip().removeprefix("export ").strip()
                 raw[name] = value.strip().strip("'\"")
     except (json.JSONDecodeError, tomllib.TOMLDecodeError):
         # The parser's message may quote the file: never echo it.
-        raise ConfigError(f"keys file {path} is not valid {path.suffix[1:].upper()}") from None
+        kind = "TOML" if suffix == ".toml" else "JSON"
+        raise ConfigError(f"keys file {path} is not valid {kind}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"keys file {path}: expected key_id and secret_key entries")
-    for name, value in raw.items():
-        values[str(name).lower()] = str(value).strip()
-    key = values.get("key_id") or values.get(ENV_KEY_ID.lower(), "")
-    secret = values.get("secret_key") or values.get(ENV_SECRET.lower(), "")
+    return {str(name).strip().lower(): str(value).strip() for name, value in raw.items()}
+
+
+def from_file(path: Path, redactor: RedactSecrets = REDACTOR) -> Credentials:
+    """Keys from a file the user names (``--keys-file`` of every command), in any of
+    ``FILE_FORMATS``: two bare lines (key id, then secret); ``NAME=value`` lines (``export``
+    and quotes allowed) or TOML/JSON, with the names ``key_id``/``secret_key``, the environment
+    variable names ``APCA_API_KEY_ID``/``APCA_API_SECRET_KEY`` or one of ``KEY_NAMES`` /
+    ``SECRET_NAMES``. Errors name the file, never its content."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"keys file {path} not found: check --keys-file")
+    warn_if_readable_by_others(path, "keys file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"keys file {path} is unreadable ({exc.__class__.__name__}): "
+                          "check --keys-file") from None
+    values = _parse_keys_text(path, text)
+    key = next((values[n] for n in KEY_NAMES if values.get(n)), "")
+    secret = next((values[n] for n in SECRET_NAMES if values.get(n)), "")
     if not key or not secret:
         raise ConfigError(
-            f"keys file {path}: needs key_id and secret_key (or {ENV_KEY_ID} and {ENV_SECRET})"
+            f"keys file {path}: needs the key id and the secret ({FILE_FORMATS}; or "
+            f"{ENV_KEY_ID} and {ENV_SECRET})"
         )
     return Credentials(key, secret, f"file {path.name}").register(redactor)
 

@@ -166,17 +166,17 @@ def resolve_layout(data_dir: Path) -> tuple[Path, int, Path | None]:
     if data_dir.name == "1Day":
         raise DataError(f"{data_dir} holds daily bars; the server replays intraday bars: point "
                         "--data at the bar-store root (e.g. data/bars)")
-    step = INTRADAY_INTERVALS.get(data_dir.name)
-    if step is None:
+    named = INTRADAY_INTERVALS.get(data_dir.name)
+    if named is None:
         ts = read_columns(next(iter(found.values())))["timestamp"]
         d = np.diff(ts)
         d = d[d > 0]
         if d.size == 0:
             raise DataError(f"cannot infer the bar interval of {data_dir}: name the folder 1Min, "
                             "5Min, 15Min, 30Min or 1Hour")
-        step = int(d.min())
+        named = int(d.min())
     daily = data_dir.parent / "1Day"
-    return data_dir, step, daily if daily.is_dir() else None
+    return data_dir, named, daily if daily.is_dir() else None
 
 
 class BarBook:

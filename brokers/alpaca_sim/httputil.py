@@ -20,19 +20,19 @@ from brokers.alpaca_sim import errors
 from brokers.alpaca_sim.calendar import ny_midnight_ns, to_ns
 
 if TYPE_CHECKING:
-    from brokers.alpaca_sim.server import SimApp
+    from brokers.alpaca_sim.context import SimContext
 
 logger = logging.getLogger(__name__)
 
-#: Where handlers find the server state.
-SIM: web.AppKey[SimApp] = web.AppKey("alpaca_sim", object)  # type: ignore[arg-type]
+#: Where handlers find the server they run in (``server.SimApp`` sets it to itself).
+SIM: web.AppKey[SimContext] = web.AppKey("alpaca_sim", object)  # type: ignore[arg-type]
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 _DAY_NS = 86_400_000_000_000
 
 
-def state(request: web.Request) -> SimApp:
-    """The ``SimApp`` serving this request."""
+def state(request: web.Request) -> SimContext:
+    """The simulator serving this request."""
     return request.app[SIM]
 
 

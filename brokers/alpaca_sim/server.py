@@ -21,26 +21,23 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from aiohttp import web
 
-from brokers.alpaca_sim import errors, rest_data, rest_trading
+from brokers.alpaca_sim import errors, rest_control, rest_data, rest_trading
 from brokers.alpaca_sim.bars import BarBook
 from brokers.alpaca_sim.calendar import ns_to_utc, to_ns
 from brokers.alpaca_sim.clock import ReplayClock
+from brokers.alpaca_sim.context import ServerOptions
 from brokers.alpaca_sim.faults import Faults
 from brokers.alpaca_sim.httputil import (
     SIM,
     error_for_status,
     error_response,
-    json_body,
-    ok,
-    state,
     time_param,
 )
 from brokers.alpaca_sim.market import Market, MarketOptions
@@ -52,30 +49,6 @@ logger = logging.getLogger(__name__)
 
 _NS = 1_000_000_000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True)
-class ServerOptions:
-    """Server-level knobs (the market's are ``MarketOptions``)."""
-
-    key: str = "test-key"
-    secret: str = "test-secret"
-    #: Requests per minute reported in ``X-RateLimit-Limit`` (Alpaca: 200).
-    rate_limit: int = 200
-    #: Answer 429 beyond ``rate_limit`` requests per wall-clock minute (off by default, so
-    #: fast replays are not throttled; use the ``rate_limit`` fault for scripted 429s).
-    enforce_rate_limit: bool = False
-    #: Authenticated connections per key on each stream (Alpaca: 1).
-    max_stream_connections: int = 1
-    #: With speed > 0: jump over closed periods (nights, weekends) instead of waiting them out.
-    skip_closed: bool = False
-    #: Most bars one ``/v2/stocks/bars`` page holds, whatever ``limit`` asks (Alpaca: 10000;
-    #: smaller values make clients follow ``next_page_token``).
-    max_page_size: int = 10_000
-    #: Keep account, orders, positions and the replay time in this JSON file (atomic writes
-    #: after every change), and resume from it at start: a restarted server remembers, as
-    #: Alpaca does. None: nothing is kept.
-    state_path: Path | None = None
 
 
 class SimStateError(ValueError):
@@ -133,14 +106,7 @@ class SimApp:
         for path in DATA_PATHS:
             app.router.add_get(path, self.hub.data_handler)
         app.router.add_get(TRADING_PATH, self.hub.trading_handler)
-        app.add_routes([
-            web.get("/_sim/status", _status),
-            web.post("/_sim/advance", _advance),
-            web.get("/_sim/faults", _faults_get),
-            web.post("/_sim/faults", _faults_post),
-            web.delete("/_sim/faults", _faults_delete),
-            web.post("/_sim/updated_bar", _updated_bar),
-        ])
+        app.add_routes(rest_control.routes())
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -356,69 +322,6 @@ def _is_websocket(request: web.Request) -> bool:
     return (request.method == "GET" and request.path in _WS_PATHS
             and request.headers.get("Upgrade", "").lower() == "websocket"
             and "upgrade" in request.headers.get("Connection", "").lower())
-
-
-# -- control endpoints -------------------------------------------------------------------------
-
-
-async def _status(request: web.Request) -> web.Response:
-    sim = state(request)
-    m = sim.market
-    acct = m.account_state()
-    return ok({"now": ts(m.now_ns), "speed": sim.clock.speed, "symbols": sim.book.symbols,
-               "cash": acct.cash, "equity": acct.equity,
-               "positions": {s: p.qty for s, p in m.positions.items()},
-               "open_orders": len(m.list_orders(status="open", limit=500)),
-               "faults": sim.faults.describe()})
-
-
-async def _advance(request: web.Request) -> web.Response:
-    sim = state(request)
-    body = await json_body(request)
-    if "to" in body:
-        target = time_param(str(body["to"]), "to")
-        if target is None:
-            raise errors.validation("to is required")
-    else:
-        delta = timedelta(days=float(body.get("days", 0)), hours=float(body.get("hours", 0)),
-                          minutes=float(body.get("minutes", 0)),
-                          seconds=float(body.get("seconds", 0)))
-        target = sim.clock.now_ns() + int(delta.total_seconds() * _NS)
-    if target < sim.clock.now_ns():
-        raise errors.validation("the replay clock cannot go backwards")
-    now = await sim.advance_to(target)
-    return ok({"now": ts(now)})
-
-
-async def _faults_get(request: web.Request) -> web.Response:
-    return ok(state(request).faults.describe())
-
-
-async def _faults_post(request: web.Request) -> web.Response:
-    sim = state(request)
-    try:
-        sim.faults.apply(await json_body(request))
-    except (TypeError, ValueError) as exc:
-        raise errors.validation(str(exc)) from None
-    return ok(sim.faults.describe())
-
-
-async def _faults_delete(request: web.Request) -> web.Response:
-    sim = state(request)
-    sim.faults.clear()
-    return ok(sim.faults.describe())
-
-
-async def _updated_bar(request: web.Request) -> web.Response:
-    sim = state(request)
-    body = await json_body(request)
-    symbol = str(body.get("symbol", "")).upper()
-    start = time_param(body.get("start"), "start") if body.get("start") else None
-    changes = body.get("changes") or {}
-    if not isinstance(changes, dict):
-        raise errors.validation("changes must be an object")
-    bar = sim.updated_bar(symbol, start, changes)
-    return ok({"symbol": symbol, "bar": bar})
 
 
 def _read_state(path: Path | None) -> dict[str, Any] | None:

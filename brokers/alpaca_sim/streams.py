@@ -194,7 +194,8 @@ class StreamHub:
                                        "data": {"error_message": "invalid syntax"}})
                 continue
             action = req.get("action")
-            data = req.get("data") if isinstance(req.get("data"), dict) else {}
+            raw = req.get("data")
+            data: dict[str, Any] = raw if isinstance(raw, dict) else {}
             if action in ("authenticate", "auth"):
                 ok = data.get("key_id") == self._key and data.get("secret_key") == self._secret
                 if not ok:
@@ -211,7 +212,8 @@ class StreamHub:
                 if conn.key is None:
                     self._send_json(conn, _authorization("unauthorized", "listen"))
                     continue
-                streams = data.get("streams") if isinstance(data.get("streams"), list) else []
+                listed = data.get("streams")
+                streams: list[Any] = listed if isinstance(listed, list) else []
                 conn.listening = "trade_updates" in streams
                 self._send_json(conn, {"stream": "listening", "data": {
                     "streams": ["trade_updates"] if conn.listening else []}})

@@ -85,14 +85,19 @@ def test_server_failure_midway_keeps_finished_windows_and_rerun_resumes(
         sim_clean: object, tmp_path: Path) -> None:
     """A download that dies after N windows (persistent HTTP 500) leaves those windows valid
     on disk; the same command afterwards fetches only the rest, with no duplicates."""
+    from brokers.alpaca.credentials import Credentials
+    from brokers.alpaca.throttle import RateLimiter
+    from commands.data import parse_range
     from feeds import download as dl
+    from feeds.download_plan import TIMEFRAMES
 
     sim = sim_clean
-    limiter = dl.RateLimiter(backoff=0.0, max_wait=0.0)
-    client = dl.make_client(KEY, SECRET, sim.base_url, limiter)  # type: ignore[attr-defined]
-    tf = dl.TIMEFRAMES["1Min"]
+    limiter = RateLimiter(backoff=0.0, max_wait=0.0)
+    client = dl.make_client(Credentials(KEY, SECRET, "test"), sim.base_url,  # type: ignore
+                            limiter)
+    tf = TIMEFRAMES["1Min"]
     now = pd.Timestamp.now(tz="UTC")
-    t0, t1 = dl.parse_range("2025-10-01", "2025-10-31", now)
+    t0, t1 = parse_range("2025-10-01", "2025-10-31", now)
     done: list[dl.Chunk] = []
 
     def break_after_two(chunk: dl.Chunk, bars: int) -> None:
@@ -241,7 +246,7 @@ def test_missing_keys_name_the_environment_variables(tmp_path: Path) -> None:
 
 def test_rate_limiter_honours_reset_and_backs_off() -> None:
     """Unit check of the pacing rules with a fake clock (no real sleeping)."""
-    from feeds.download import RateLimiter
+    from brokers.alpaca.throttle import RateLimiter
 
     now = {"t": 1000.0}
     slept: list[float] = []
@@ -288,7 +293,8 @@ def test_coverage_survives_in_part_metadata(sim_clean: object, tmp_path: Path) -
 def test_dates_and_the_recent_bar_cutoff() -> None:
     """Dates are New York days (end inclusive); bars younger than 15 minutes, and a daily bar
     before its session's extended hours end, are not recorded as covered."""
-    from feeds.download import TIMEFRAMES, complete_before, parse_range
+    from commands.data import parse_range
+    from feeds.download_plan import TIMEFRAMES, complete_before
 
     now = pd.Timestamp("2025-10-01 14:00", tz="America/New_York").tz_convert("UTC")
     t0, t1 = parse_range("2025-09-29", "2025-09-30", now)
@@ -308,7 +314,9 @@ def test_dates_and_the_recent_bar_cutoff() -> None:
 
 def test_compaction_merges_parts_keeping_bars_and_coverage(tmp_path: Path) -> None:
     """Many small parts are merged into one; later parts still win and coverage is kept."""
-    from feeds.download import TIMEFRAMES, _coverage_json, compact_dataset, inspect_dataset
+    from feeds.download_plan import TIMEFRAMES
+    from feeds.parts import compact_dataset, inspect_dataset
+    from feeds.parts import coverage_json as _coverage_json
     from feeds.store import append_bars
 
     tf = TIMEFRAMES["1Min"]
