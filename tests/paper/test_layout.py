@@ -7,15 +7,13 @@ from pathlib import Path
 import brokers.alpaca
 
 ROOT = Path(brokers.alpaca.__file__).parent
-#: modules another part of issue 14 splits (client.py: the one-transport change)
-NOT_YET = {"client.py"}
 
 
 def test_no_module_of_brokers_alpaca_above_500_lines() -> None:
     """Regression: broker.py had 1,830 lines and store.py 704."""
     sizes = {p.name: len(p.read_text().splitlines()) for p in ROOT.glob("*.py")}
     assert sizes["broker.py"] < 500 and sizes["store.py"] < 500
-    too_big = {n: s for n, s in sizes.items() if s > 500 and n not in NOT_YET}
+    too_big = {n: s for n, s in sizes.items() if s > 500}
     assert too_big == {}
 
 
