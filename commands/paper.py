@@ -341,8 +341,8 @@ class PaperSession:
         except Exception as exc:  # noqa: BLE001 - a dry run may run without a reachable account
             logger.warning("account unavailable (%s): the dry-run book starts with %.2f", exc,
                            cash)
-        broker = make_dry_run_broker(cash, self.settings.commission,
-                                     steps=lambda: self.store.status.steps)
+        broker = make_dry_run_broker(cash, self.settings.commission)
+        broker.store = self.store
         if self.settings.extended_hours:
             broker.session = self.store.session  # stops sleep outside regular hours
         return broker

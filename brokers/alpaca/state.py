@@ -22,7 +22,6 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -221,17 +220,16 @@ class DryRunBroker(SimBroker):
 
     Backtrader calls ``broker.next()`` on every loop iteration; with live feeds most
     iterations carry no new bar, and ``BackBroker.next`` would then fill orders against the
-    bar they were decided on. This broker only runs it when a new step was delivered
-    (``steps``: how many the store has delivered, passed in when wiring).
+    bar they were decided on. This broker only runs it when a new step was delivered.
     """
 
-    def __init__(self, steps: Callable[[], int] | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._steps = steps or (lambda: 0)
+        self.store: Any = None
         self._seen_steps = 0
 
     def next(self) -> None:
-        steps = self._steps()
+        steps = self.store.status.steps if self.store is not None else 0
         if steps == self._seen_steps:
             return
         self._seen_steps = steps
@@ -266,11 +264,9 @@ class DryRunBroker(SimBroker):
         return BrokerView(self.getcash(), self.getvalue(), positions, stops, working)
 
 
-def make_dry_run_broker(cash: float, commission: float,
-                        steps: Callable[[], int] | None = None) -> DryRunBroker:
-    """A ``DryRunBroker`` with the backtest's fill settings (``steps``: the store's count of
-    delivered steps)."""
-    broker = DryRunBroker(steps)
+def make_dry_run_broker(cash: float, commission: float) -> DryRunBroker:
+    """A ``DryRunBroker`` with the backtest's fill settings."""
+    broker = DryRunBroker()
     broker.setcash(cash)
     broker.setcommission(commission=commission)
     broker.set_coc(False)
