@@ -55,7 +55,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import backtrader as bt
 
@@ -75,6 +75,11 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.errors import RetryableError, UnknownStateError
 from strategies import rules
 
+if TYPE_CHECKING:
+    from analyzers.audit import Audit
+    from brokers.alpaca.store import AlpacaStore
+    from common.config import Settings
+
 __all__ = ["AlpacaBroker", "BrokerView", "Tracked", "is_stop_order"]
 
 logger = logging.getLogger(__name__)
@@ -93,8 +98,9 @@ class AlpacaBroker(Reconciling, Protection, Fills, Cancels, Sending, BrokerCore)
 
     params = ()
 
-    def __init__(self, store: Any = None, gateway: OrderGateway | None = None,
-                 journal: Journal | None = None, settings: Any = None, audit: Any = None,
+    def __init__(self, store: AlpacaStore | None = None, gateway: OrderGateway | None = None,
+                 journal: Journal | None = None, settings: Settings | None = None,
+                 audit: Audit | None = None,
                  owner: Callable[[], PositionOwner | None] | None = None,
                  cancel_confirm_s: float = 2.0, fence_s: float | None = 0.5,
                  sleep: Callable[[float], None] | None = None,
