@@ -50,8 +50,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from analyzers.audit import Audit
 from brokers.alpaca.bars import BarRecorder, IntervalAggregator, LiveIndicators, Step, StepAssembler
 from brokers.alpaca.client import AlpacaClient
 from brokers.alpaca.clock import MarketClock
@@ -62,6 +63,7 @@ from brokers.alpaca.parsing import BarRecord
 from brokers.alpaca.streams import (
     MarketDataProtocol,
     StreamHub,
+    StreamStatus,
     StreamSupervisor,
     TradeUpdatesProtocol,
 )
@@ -69,6 +71,9 @@ from common.clock import SYSTEM_CLOCK, Clock
 from common.config import Settings
 from common.errors import BrokerError, RetryableError
 from strategies.signals import Signal
+
+if TYPE_CHECKING:
+    from brokers.alpaca.data import AlpacaData
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +112,7 @@ class StoreStatus:
     gaps: int = 0
     dropped: int = 0
     state: str = "starting"
-    streams: list[Any] = field(default_factory=list)
+    streams: list[StreamStatus] = field(default_factory=list)
     clock: str = ""
 
 
@@ -154,7 +159,7 @@ class AlpacaStore(StoreHistory, BrokerTime):
         max_backfill: timedelta = timedelta(hours=8),
         clock_rate: float = 1.0,
         fresh_grace_s: float = 10.0,
-        audit: Any = None,
+        audit: Audit | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.client = client
@@ -194,7 +199,7 @@ class AlpacaStore(StoreHistory, BrokerTime):
         self.notifs: deque[tuple[str, tuple[Any, ...], dict[str, Any]]] = deque()
         self.status = StoreStatus()
         self.broker: Any = None
-        self._feeds: dict[str, Any] = {}
+        self._feeds: dict[str, AlpacaData] = {}
         self._steps: deque[Step] = deque()
         self._needs_backfill = False
         #: per symbol, the newest 1-minute bar time seen on the stream (gap detection)
@@ -231,7 +236,7 @@ class AlpacaStore(StoreHistory, BrokerTime):
 
     # ================================================================ wiring
 
-    def register(self, feed: Any) -> None:
+    def register(self, feed: AlpacaData) -> None:
         """A data feed for one symbol (called by ``AlpacaData``)."""
         self._feeds[feed.p.symbol.upper()] = feed
 
@@ -246,7 +251,7 @@ class AlpacaStore(StoreHistory, BrokerTime):
         """Called after each step (idle) and at shutdown to write portfolio_state.json."""
         self._save_state = saver
 
-    def feed(self, symbol: str) -> Any:
+    def feed(self, symbol: str) -> AlpacaData | None:
         """The data feed of ``symbol`` (None if not traded)."""
         return self._feeds.get(symbol.upper())
 
@@ -450,6 +455,6 @@ class AlpacaStore(StoreHistory, BrokerTime):
         if force and self._save_state is not None:
             self._save_state()
 
-    def stream_statuses(self) -> list[Any]:
+    def stream_statuses(self) -> list[StreamStatus]:
         """Status of both streams (dashboard)."""
         return self.hub.statuses()
