@@ -3,13 +3,13 @@
 URLs: ``--alert`` flags if any, else ``RATCHET_ALERTS`` (space separated), else ``alerts =
 [...]`` in the config file (``--config`` or ``RATCHET_CONFIG``). Level: ``--alert-level``,
 else ``RATCHET_ALERT_LEVEL``, else ``alert_level`` in the file, else ``all``. They are kept
-out of ``common.config.Settings``: Settings are written to run folders, alert URLs are secrets.
+out of ``common.config.Settings``: Settings are written to run folders, alert URLs are
+secrets.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -19,8 +19,6 @@ from typing import Any
 from alerts.dispatch import split_urls
 from alerts.events import LEVELS
 from common.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 
 def _file_values(path: Path) -> dict[str, Any]:

@@ -93,5 +93,5 @@ class FanOut:
         for sink in self.sinks:
             try:
                 sink.emit(event)
-            except Exception:  # noqa: BLE001 - alerts never break trading
+            except Exception:
                 logger.exception("alert sink %s failed", type(sink).__name__)

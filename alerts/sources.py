@@ -261,7 +261,7 @@ class SessionMonitor:
             try:
                 self.check_streams()
                 self.check_close()
-            except Exception:  # noqa: BLE001 - a monitor failure never touches trading
+            except Exception:
                 logger.exception("alert monitor failed")
 
     def check_streams(self, mono: float | None = None) -> None:

@@ -22,7 +22,6 @@ entry on the session's last bar), so a clean rehearsal is 100% identical.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -46,8 +45,6 @@ from feeds.store import BarArrays
 from strategies.ratchet import RatchetStrategy
 from strategies.rules import atr_wilder
 from strategies.signals import make_signal
-
-logger = logging.getLogger(__name__)
 
 ORDER_ACTIONS = ("buy", "sell")
 PARITY_FILE = "parity.json"
@@ -446,20 +443,20 @@ def compare(run_dir: str | Path, settings: Settings | None = None) -> ParityRepo
     identical = 0
     diffs: list[Difference] = []
     diverged: set[str] = set()
-    for k in sorted(set(live_by) | set(back_by)):
-        ls, bs = live_by.get(k, []), back_by.get(k, [])
+    for dkey in sorted(set(live_by) | set(back_by)):
+        ls, bs = live_by.get(dkey, []), back_by.get(dkey, [])
         for i in range(max(len(ls), len(bs))):
             a = ls[i] if i < len(ls) else None
             b = bs[i] if i < len(bs) else None
             if a is not None and b is not None and abs(a.qty - b.qty) < 1e-9:
                 identical += 1
                 continue
-            when = pd.Timestamp(k[0])
-            cause, detail = _cause(when, k[1], ctx, diverged)
+            when = pd.Timestamp(dkey[0])
+            cause, detail = _cause(when, dkey[1], ctx, diverged)
             if a is not None and b is not None:
                 detail = f"size {a.qty:g} live vs {b.qty:g} in the backtest; {detail}"
-            diffs.append(Difference(k[0], k[1], a, b, cause, detail))
-            diverged.add(k[1])
+            diffs.append(Difference(dkey[0], dkey[1], a, b, cause, detail))
+            diverged.add(dkey[1])
     total = identical + len(diffs)
     pct = 100.0 if total == 0 else 100.0 * identical / total
     decision_times = {d.cid: pd.Timestamp(d.time) for d in live if d.cid}

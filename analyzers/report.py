@@ -145,9 +145,11 @@ def monthly_table(equity: pd.DataFrame) -> pd.DataFrame:
     if monthly.empty:
         return table
     for period, value in monthly.items():
-        table.loc[period.year, period.month] = value  # type: ignore[attr-defined]
+        month: pd.Period = period  # period_returns indexes by pd.Period (typed as Hashable)
+        table.loc[month.year, month.month] = value
     for period, value in period_returns(equity, "Y").items():
-        table.loc[period.year, "Year"] = value  # type: ignore[attr-defined]
+        year: pd.Period = period
+        table.loc[year.year, "Year"] = value
     table.index = table.index.astype("int64")
     return table.sort_index()
 
@@ -232,7 +234,7 @@ def _time(value: Any) -> str:
     return ts.strftime("%Y-%m-%d %H:%M")  # the zone is named once, in the page header
 
 
-def format_value(kind: str, value: Any) -> str:  # noqa: C901 - a flat table of formats
+def format_value(kind: str, value: Any) -> str:
     """Human form of ``value`` (``kind`` from ``STATS``); missing values are an em dash."""
     if _is_missing(value):
         return "—"
@@ -302,7 +304,7 @@ def _old_layout(config: dict[str, Any]) -> bool:
     return "risk_per_trade_pct" in (config.get("settings", {}) or {})
 
 
-def _settings_chips(config: dict[str, Any]) -> list[str]:  # noqa: C901 - one chip per setting
+def _settings_chips(config: dict[str, Any]) -> list[str]:
     """Short labels of the settings that shape a run."""
     s = public_run_settings(config)
     chips: list[str] = []
@@ -706,9 +708,9 @@ def _comparison(runs: Sequence[Run]) -> str:
     series = [(r.name, r.equity) for r in runs]
     seen: dict[tuple[str, ...], tuple[str, pd.DataFrame]] = {}
     for r in runs:
-        key = tuple(run_symbols(r))
-        if key not in seen and len(seen) < 3:
-            seen[key] = (f"buy & hold {', '.join(key[:4])}{' …' if len(key) > 4 else ''}",
+        syms = tuple(run_symbols(r))
+        if syms not in seen and len(seen) < 3:
+            seen[syms] = (f"buy & hold {', '.join(syms[:4])}{' …' if len(syms) > 4 else ''}",
                          r.equity)
     chart = charts.comparison_chart(series, list(seen.values()))
     differ = _differing_settings(runs)

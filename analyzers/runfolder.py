@@ -10,7 +10,6 @@ The layout is documented in docs/CONTRACTS.md ("Run folder").
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,6 @@ from common.errors import DataError
 if TYPE_CHECKING:
     import pandas as pd
 
-logger = logging.getLogger(__name__)
 
 RUN_FILES: tuple[str, ...] = (
     "config.json",
@@ -99,7 +97,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise DataError(f"{path} is missing: is {path.parent} a complete ratchet run folder?")
     try:
         return pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises many types for a damaged file
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
         raise DataError(f"{path} cannot be read ({exc.__class__.__name__}: {exc})") from None
 
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -19,7 +18,6 @@ from common.nytime import ny_dates
 if TYPE_CHECKING:
     import pandas as pd
 
-logger = logging.getLogger(__name__)
 
 TRADING_DAYS = 252
 _NS_PER_S = 1_000_000_000

@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import itertools
 import json
-import logging
 import math
 from datetime import datetime
 from pathlib import Path
@@ -28,8 +27,6 @@ from analyzers.sweepfolder import Sweep, load_sweep
 from common.atomic import write_text_atomic
 from common.config import BY_FIELD
 from common.nytime import NY
-
-logger = logging.getLogger(__name__)
 
 MAX_HEATMAPS = 6
 

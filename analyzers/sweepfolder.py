@@ -14,7 +14,6 @@ and ``oos/`` (the stitched out-of-sample run folder, a normal run folder).
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +23,6 @@ from common.errors import DataError
 
 if TYPE_CHECKING:  # pandas loads on use: `from analyzers import load_run` stays light
     import pandas as pd
-
-logger = logging.getLogger(__name__)
 
 
 def read_cells(folder: Path) -> pd.DataFrame:
@@ -37,7 +34,7 @@ def read_cells(folder: Path) -> pd.DataFrame:
     for part in parts:
         try:
             frames.append(pd.read_parquet(part))
-        except Exception as exc:  # pyarrow raises many types for a damaged file
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
             raise DataError(f"{part} cannot be read ({exc.__class__.__name__}); delete it and "
                             "run the sweep again to recompute that cell") from None
     if not frames:

@@ -44,7 +44,6 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make the project importable
     sys.path.insert(0, str(REPO))
 
-logger = logging.getLogger(__name__)
 
 CLI = REPO / "cli.py"
 STOCK = REPO / "benchmarks" / "stock_backtrader.py"

@@ -20,7 +20,6 @@ Parquet >= 20x faster.
 from __future__ import annotations
 
 import argparse
-import logging
 import multiprocessing as mp
 import queue as queue_mod
 import resource
@@ -33,7 +32,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-logger = logging.getLogger(__name__)
 
 TARGET = 20.0
 DTFORMAT = "%Y-%m-%d %H:%M:%S"
@@ -124,7 +122,7 @@ def load_csv(csv_dir: str, symbols: list[str]) -> list[Any]:
 def _child(kind: str, folder: str, symbols: list[str], queue: mp.Queue) -> None:
     import backtrader  # noqa: F401  - imports are not part of the load time
 
-    import feeds.btfeed  # noqa: F401
+    import feeds.btfeed
     import feeds.store  # noqa: F401
 
     base = _rss_mb()

@@ -38,8 +38,6 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-logger = logging.getLogger(__name__)
-
 BAR_SECONDS = 60.0
 LIVE_TARGET = 0.01  # p99 for all symbols as a fraction of the bar interval
 BACKTEST_TARGET = 20.0

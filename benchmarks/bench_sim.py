@@ -29,18 +29,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alpaca.data.live import StockDataStream  # noqa: E402
-from alpaca.trading.client import TradingClient  # noqa: E402
-from alpaca.trading.enums import OrderSide, TimeInForce  # noqa: E402
-from alpaca.trading.requests import MarketOrderRequest  # noqa: E402
-from alpaca.trading.stream import TradingStream  # noqa: E402
+from alpaca.data.live import StockDataStream
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderSide, TimeInForce
+from alpaca.trading.requests import MarketOrderRequest
+from alpaca.trading.stream import TradingStream
 
-from brokers.alpaca_sim.bars import BarBook  # noqa: E402
-from brokers.alpaca_sim.testing import SimServer  # noqa: E402
-from feeds.store import write_bars  # noqa: E402
-from feeds.synthetic import random_walk_bars, trading_minutes  # noqa: E402
-
-logger = logging.getLogger(__name__)
+from brokers.alpaca_sim.bars import BarBook
+from brokers.alpaca_sim.testing import SimServer
+from feeds.store import write_bars
+from feeds.synthetic import random_walk_bars, trading_minutes
 
 NEEDED_BARS_PER_S = 20.0  # 20 symbols x 1 bar per replayed minute, 60 replayed minutes/s
 NEEDED_ORDERS_PER_S = 5.0  # "a handful": every symbol trading every few minutes

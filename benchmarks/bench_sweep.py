@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import resource
 import statistics
@@ -51,7 +50,6 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-logger = logging.getLogger(__name__)
 
 FAST = (5, 8, 10, 12)
 SLOW = (20, 30, 40, 50)

@@ -16,7 +16,6 @@ Skipped with a message (exit 0) when ``../shared/data`` is absent.
 from __future__ import annotations
 
 import argparse
-import logging
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-logger = logging.getLogger(__name__)
 
 SHARED = REPO.parent / "shared" / "data"
 

@@ -35,7 +35,8 @@ VARIANTS: tuple[str, ...] = ("ours", "stock")
 
 #: (label, file suffix, function name) of the cumulative entries worth a line of their own.
 GROUPS: tuple[tuple[str, str, str], ...] = (
-    ("cerebro run loop", "backtrader/cerebro.py", "_runonce"),
+    ("cerebro run loop (stock)", "backtrader/cerebro.py", "_runonce"),
+    ("ArrayCerebro run loop (precomputed steps)", "feeds/btfeed.py", "_runonce"),
     ("feed preload (stock: PandasData._load per bar)", "backtrader/feed.py", "preload"),
     ("feed advance, per feed per step", "backtrader/feed.py", "advance"),
     ("ArrayData.advance, per feed per step", "feeds/btfeed.py", "advance"),

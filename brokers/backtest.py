@@ -111,35 +111,48 @@ class SimBroker(bt.brokers.BackBroker):
                     pending.append(order)
                 elif order.status == completed:
                     self._bracketize(order)
-        self._get_value()
+        self._get_value(plain=True)
 
     def notify(self, order: bt.Order) -> None:
         """Queue a snapshot of ``order`` for the Strategy (``Order.clone`` without the slow
         generic ``copy.copy``: the same attributes, copied as a dict)."""
         self.notifs.append(_snapshot(order))
 
-    def _get_value(self, datas: Any = None, lever: bool = False) -> float:
+    def _get_value(self, datas: Any = None, lever: bool = False,
+                   plain: bool | None = None) -> float:
         """Portfolio value, visiting only non-flat positions.
 
         Backtrader revalues every data ever traded on every bar; a flat position adds
         nothing, so with 20 symbols and at most 5 positions most of that work is skipped.
         Other cases (one data asked for, fund history, shortcash off, cash additions
-        pending) use Backtrader's own method.
+        pending) use Backtrader's own method. ``plain`` (``_plain()``, given by ``next``):
+        stock-like commissions, whose value and profit are computed inline.
         """
         if datas is not None or self._fundhist or not self.p.shortcash or self._cash_addition:
             return float(super()._get_value(datas, lever))
         pos_value = unlever = unrealized = 0.0
+        if plain is None:
+            plain = self._plain()
+        comminfo = self.comminfo
         for data, position in self.positions.items():
             size = position.size
             if not size:
                 continue
-            ci = self.getcommissioninfo(data)
-            price = data.close[0]
-            value = ci.getvaluesize(size, price)
-            pnl = ci.profitandloss(size, position.price, price)
+            ci = comminfo[data._name] if data._name in comminfo else comminfo[None]
+            close = data.lines.close
+            price = close.array[close._idx]  # data.close[0]
+            if plain:  # CommInfoBase.getvaluesize/profitandloss/get_leverage of a stock
+                cp = ci.p
+                value = size * price
+                pnl = size * (price - position.price) * cp.mult
+                leverage = cp.leverage
+            else:
+                value = ci.getvaluesize(size, price)
+                pnl = ci.profitandloss(size, position.price, price)
+                leverage = ci.get_leverage()
             pos_value += value
             unrealized += pnl
-            unlever += (value - pnl) / ci.get_leverage() + pnl if value > 0 else value
+            unlever += (value - pnl) / leverage + pnl if value > 0 else value
         self._value = self.cash + unlever
         self._fundval = self._value / self._fundshares
         self._valuemkt = unlever

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,8 +12,6 @@ from alerts.config import alert_settings
 from alerts.dispatch import AlertDispatcher, DispatchConfig
 from alerts.events import AlertEvent, Category
 from common.logs import setup_logging
-
-logger = logging.getLogger(__name__)
 
 
 @click.command("alert-test")

@@ -7,7 +7,6 @@ command parses flags into ``Settings``, shows progress and prints the summary.
 from __future__ import annotations
 
 import gc
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-import backtrader as bt
 import click
 import numpy as np
 
@@ -32,7 +30,7 @@ from common.errors import ConfigError, DataError
 from common.logs import setup_logging
 from common.nytime import unique_inverse
 from common.paths import BUNDLED_BARS
-from feeds.btfeed import make_feed
+from feeds.btfeed import ArrayCerebro, make_feed
 from feeds.sessions import codes_from_callable, session_codes, tradeable
 from feeds.store import (
     BarArrays,
@@ -49,8 +47,6 @@ from strategies.signals import Signal, make_signal
 
 if TYPE_CHECKING:
     import pandas as pd
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_BARS = BUNDLED_BARS
 
@@ -222,7 +218,7 @@ def run_backtest(
     """
     t0 = time.perf_counter()
     signal = signal or make_signal(settings)
-    cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True)
+    cerebro = ArrayCerebro(stdstats=False, preload=True, runonce=True)
     cerebro.setbroker(make_backtest_broker(settings, session))
     start_ns = None if start is None else _ns(start)
     total_bars = 0
@@ -485,11 +481,7 @@ def backtest(data: Path | None, start: str | None, end: str | None, cash: float 
 
     With no options it runs on the bundled (synthetic) 1-minute sample bars.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     setup_logging(verbose)
-    console = Console(stderr=False)
     flags.update(cash=cash, commission=commission, volume_participation=volume_participation)
     settings, _, data_dir, wanted = plan_backtest(data, config_file, flags)
     start_ts, end_ts = _parse_when(start), _parse_when(end, end=True)
@@ -505,8 +497,14 @@ def backtest(data: Path | None, start: str | None, end: str | None, cash: float 
                    f"{data_dir}: signal {settings.signal}, risk "
                    f"{settings.risk_per_trade_pct * 100:g}% per trade", out_width(), "  "))
     meta = {"data": str(data_dir), "start": start, "end": end, "name": name}
-    show = not no_progress and console.is_terminal
-    if show:
+    console = None
+    if not no_progress:  # rich (~25 ms of imports) only when a bar may be shown
+        from rich.console import Console
+
+        console = Console(stderr=False)
+    if console is not None and console.is_terminal:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                       TextColumn("{task.completed:,}/{task.total:,} steps"),
                       TimeRemainingColumn(), console=console, transient=True) as bar:

@@ -9,14 +9,14 @@ longest values, unless ``COLUMNS`` asks for a width (then it stacks the same way
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from rich.console import Console
 
 GAP = "  "
 
@@ -38,7 +38,7 @@ def is_terminal(stream: IO[str] | None = None) -> bool:
     return bool(hasattr(stream, "isatty") and stream.isatty())
 
 
-def console(stderr: bool = False) -> object:
+def console(stderr: bool = False) -> Console:
     """A rich Console for stdout (or stderr) that never wraps or cuts text when piped."""
     from rich.console import Console
 

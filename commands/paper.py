@@ -294,7 +294,7 @@ class PaperSession:
         self.store.audit = self.audit
         self.cerebro = cerebro = bt.Cerebro(stdstats=False, quicknotify=False)
         for symbol in settings.symbols:
-            cerebro.adddata(AlpacaData(store=self.store, symbol=symbol, name=symbol),
+            cerebro.adddata(AlpacaData(store=self.store, symbol=symbol, name=symbol),  # type: ignore[call-arg] # Backtrader params
                             name=symbol)
         self.journal: Journal | None = None
         self.broker: Any = self._broker()
@@ -950,7 +950,7 @@ def _session_close(sim_server: Any) -> datetime | None:
             else None
         if close is not None:
             return datetime.fromtimestamp(close / 1e9, UTC)
-    except Exception:  # a rehearsal without a known close runs until stopped
+    except Exception:  # noqa: BLE001 - a rehearsal without a known close runs until stopped
         return None
     return None
 

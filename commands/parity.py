@@ -8,21 +8,18 @@ deployment can be gated on it.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from analyzers.parity import compare, console_lines, ny_text, write_parity
+from analyzers.parity import Decision, compare, console_lines, ny_text, write_parity
 from analyzers.runfolder import latest_run
 from commands.output import echo_lines, fit, out_width
 from common.config import load_settings
 from common.errors import DataError
 from common.logs import setup_logging
-
-logger = logging.getLogger(__name__)
 
 #: exit code when the decisions differ beyond the tolerance
 DIFFERS = 1
@@ -93,7 +90,7 @@ def _latest_live(out: Path) -> Path:
     return max(found, key=lambda p: p.name)
 
 
-def _d(d: object) -> str:
+def _d(d: Decision | None) -> str:
     if d is None:
         return "-"
-    return f"{d.side.upper()} {d.qty:g} ({d.reason})"  # type: ignore[attr-defined]
+    return f"{d.side.upper()} {d.qty:g} ({d.reason})"

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 
 from analyzers.report import write_report
-
-logger = logging.getLogger(__name__)
 
 
 @click.command("report")

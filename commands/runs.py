@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import click
 
 from common.errors import DataError
-
-logger = logging.getLogger(__name__)
 
 
 def _read(path: Path) -> dict[str, Any]:

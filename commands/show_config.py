@@ -9,7 +9,6 @@ The output is valid TOML (comments aside), so it can be saved as a config file.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,6 @@ from commands.output import fit
 from common.config import PARAMS, public_settings
 from common.errors import DataError
 from common.logs import setup_logging
-
-logger = logging.getLogger(__name__)
 
 
 def _toml(value: Any) -> str:

@@ -30,7 +30,7 @@ DEFAULT_DATA = BUNDLED_BARS
 #: Test-only credentials: the server is local, but never reuse real Alpaca keys here.
 TEST_KEY, TEST_SECRET = "test-key", "test-secret"
 #: environment variable holding the server's secret
-SECRET_ENV = "ALPACA_SIM_SECRET"
+SECRET_ENV = "ALPACA_SIM_SECRET"  # noqa: S105 - the variable's name, not a secret
 
 
 @click.command("alpaca-sim")

@@ -6,7 +6,6 @@ run it (``sweeps.runner``) with a progress bar, print the summary (``sweeps.summ
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,6 @@ import click
 
 from commands.backtest import strategy_options
 from common.logs import setup_logging
-
-logger = logging.getLogger(__name__)
 
 
 @click.command("sweep")

@@ -3,12 +3,12 @@
 Steps: read bars (resampled to ``--interval`` if asked), compute the shared features, label
 each bar "close rises over the next H bars", validate on expanding time-ordered folds with a
 purged gap, backtest every fold's model on its own test span with the real Strategy
-(``commands.backtest.run_backtest``), then fit on all bars and save the model with its metadata.
+(``commands.backtest.run_backtest``), then fit on all bars and save the model with its
+metadata.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,8 +31,6 @@ from strategies.ml import (
     save_model,
 )
 from strategies.ml.training import BacktestFn, FoldBacktest, run_training
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("models") / "model.rmodel"
 

@@ -8,14 +8,11 @@ which does not.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
-
-logger = logging.getLogger(__name__)
 
 UTC_US = pa.timestamp("us", tz="UTC")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

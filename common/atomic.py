@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
-
-logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager

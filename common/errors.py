@@ -7,10 +7,6 @@ caller may do next: retry, give up, or look the order up (never resend it).
 
 from __future__ import annotations
 
-import logging
-
-logger = logging.getLogger(__name__)
-
 
 class RatchetError(Exception):
     """Base class of every error the project raises on purpose."""

@@ -7,8 +7,6 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
-
 _REDACTED = "***"
 
 

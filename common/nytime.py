@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 NY = ZoneInfo("America/New_York")
 _NS_PER_S = 1_000_000_000
@@ -29,6 +26,13 @@ def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[new], inverse
 
 
+def _utc_offset_s(epoch_s: int) -> int:
+    """New York's UTC offset (seconds) at an epoch second; a zone-aware time always has one."""
+    offset = datetime.fromtimestamp(epoch_s, NY).utcoffset()
+    assert offset is not None  # noqa: S101 # NY is a ZoneInfo: never None (narrows the type)
+    return int(offset.total_seconds())
+
+
 def ny_dates(ts_ns: np.ndarray) -> np.ndarray:
     """New York calendar date (days since 1970-01-01) of each UTC epoch-nanosecond time."""
     ts = np.asarray(ts_ns, dtype=np.int64)
@@ -36,8 +40,6 @@ def ny_dates(ts_ns: np.ndarray) -> np.ndarray:
         return ts.copy()
     # The UTC offset changes only on whole UTC hours: look it up once per hour present.
     hours, inverse = unique_inverse(ts // _NS_PER_HOUR)
-    offsets = np.array([
-        int(datetime.fromtimestamp(int(h) * 3600, NY).utcoffset().total_seconds())  # type: ignore[union-attr]
-        for h in hours.tolist()
-    ], dtype=np.int64) * _NS_PER_S
+    offsets = np.array([_utc_offset_s(int(h) * 3600) for h in hours.tolist()],
+                       dtype=np.int64) * _NS_PER_S
     return (ts + offsets[inverse.reshape(-1)]) // _NS_PER_DAY

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 #: The repository root (the folder holding cli.py).
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from feeds.store import write_bars  # noqa: E402
-from feeds.synthetic import random_walk_bars, trading_days, trading_minutes  # noqa: E402
+from feeds.store import write_bars  # noqa: E402 - after the sys.path line
+from feeds.synthetic import random_walk_bars, trading_days, trading_minutes  # noqa: E402 - same
 
 SYMBOLS = {"ACME": 101, "BOLT": 102, "CRUX": 103, "DYNA": 104, "ECHO": 105, "FLUX": 106}
 START_PRICES = {"ACME": 120.0, "BOLT": 45.0, "CRUX": 310.0, "DYNA": 80.0, "ECHO": 22.0,

@@ -12,15 +12,13 @@ when not given).
 from __future__ import annotations
 
 import array
-import logging
 from typing import Any
 
 import backtrader as bt
 import numpy as np
 
+from common.nytime import unique_inverse
 from feeds.store import BarArrays
-
-logger = logging.getLogger(__name__)
 
 # Backtrader stores datetimes as days since 0001-01-01 (proleptic ordinal, 1 = 0001-01-01).
 _EPOCH_ORDINAL = 719163.0  # date(1970, 1, 1).toordinal()
@@ -42,7 +40,7 @@ class ArrayData(bt.feeds.DataBase):
         session: per-bar ``feeds.sessions`` code (same length) or None (all regular).
     """
 
-    lines = ("signal", "atr", "session")
+    lines: Any = ("signal", "atr", "session")  # Backtrader turns these into line objects
     params = (
         ("bars", None),
         ("signal", None),
@@ -96,7 +94,7 @@ class ArrayData(bt.feeds.DataBase):
             line = getattr(self.lines, name)
             values = np.ascontiguousarray(cols.pop(name), dtype=np.float64)
             buf = array.array("d")
-            buf.frombytes(memoryview(values).cast("B"))  # one copy, no temporary bytes
+            buf.frombytes(values.data.cast("B"))  # one copy, no temporary bytes
             line.array = buf
             line.idx = len(values) - 1
             line.lencount = len(values)
@@ -163,5 +161,74 @@ class ArrayData(bt.feeds.DataBase):
 def make_feed(bars: BarArrays, signal: np.ndarray | None = None, atr: np.ndarray | None = None,
               session: np.ndarray | None = None, **kwargs: Any) -> ArrayData:
     """An ``ArrayData`` named after the symbol, in UTC."""
-    return ArrayData(bars=bars, signal=signal, atr=atr, session=session, name=bars.symbol,
+    return ArrayData(bars=bars, signal=signal, atr=atr, session=session, name=bars.symbol,  # type: ignore[call-arg] # Backtrader params
                      **kwargs)
+
+
+class ArrayCerebro(bt.Cerebro):
+    """``Cerebro`` whose vectorised run loop knows its steps in advance when every feed is a
+    preloaded ``ArrayData``.
+
+    Backtrader's ``_runonce`` asks every feed for its next bar time on every step
+    (``advance_peek``), takes the minimum and advances the feeds that have it. With
+    preloaded arrays that schedule is known before the run: the steps are the sorted union
+    of the feeds' bar times and a feed advances on the steps that hold one of its bars. The
+    loop below walks that schedule and bumps the line buffers directly; everything else per
+    step (broker, notifications, the strategies, writers) is Backtrader's code, in its order.
+    Timers, cheat-on-open, other feeds or bar times that are not strictly increasing take
+    Backtrader's own loop.
+    """
+
+    def _schedule(self, datas: list[Any]) -> tuple[np.ndarray, list[list[Any]]] | None:
+        """(step times, per step the line buffers of the feeds that advance), or None when
+        the fast loop does not apply."""
+        if (self._timers or self._timerscheat or self.p.cheat_on_open
+                or not all(isinstance(d, ArrayData) and d._fast for d in datas)):
+            return None
+        times = []
+        for d in datas:
+            buf = d._dtbuf
+            dt = np.frombuffer(buf.array, dtype=np.float64)[buf._idx + 1:]
+            if dt.shape[0] > 1 and not bool(np.all(dt[1:] > dt[:-1])):
+                return None
+            times.append(dt)
+        steps = unique_inverse(np.concatenate(times))[0] if times else np.empty(0)
+        # feed k advances on steps searchsorted(steps, its times): a bitmask per step
+        # names the feeds; equal masks share one list of buffers (usually every feed).
+        masks = np.zeros((steps.shape[0], (len(datas) + 7) // 8), dtype=np.uint8)
+        for k, dt in enumerate(times):
+            masks[np.searchsorted(steps, dt), k // 8] |= np.uint8(1 << (k % 8))
+        groups: dict[bytes, list[Any]] = {}
+        advancing = []
+        for row in masks:
+            key = row.tobytes()
+            bufs = groups.get(key)
+            if bufs is None:
+                bits = np.unpackbits(row, bitorder="little")[: len(datas)]
+                bufs = groups[key] = [buf for k in np.flatnonzero(bits).tolist()
+                                      for buf in datas[k]._bufs]
+            advancing.append(bufs)
+        return steps, advancing
+
+    def _runonce(self, runstrats: list[Any]) -> None:
+        datas = sorted(self.datas, key=lambda x: (x._timeframe, x._compression))
+        plan = self._schedule(datas)  # the feeds are preloaded and homed here
+        if plan is None:
+            super()._runonce(runstrats)
+            return
+        for strat in runstrats:
+            strat._once()
+            strat.reset()
+        steps, advancing = plan
+        for dt0, bufs in zip(steps.tolist(), advancing, strict=True):
+            for buf in bufs:  # ArrayData.advance of each feed with a bar at dt0
+                buf._idx += 1
+                buf.lencount += 1
+            self._brokernotify()
+            if self._event_stop:
+                return
+            for strat in runstrats:
+                strat._oncepost(dt0)
+                if self._event_stop:
+                    return
+            self._next_writers(runstrats)

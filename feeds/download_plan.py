@@ -14,7 +14,6 @@ Time ranges are half-open ``[start, end)`` pairs of int64 nanoseconds UTC (``Ran
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,6 @@ import pandas as pd
 
 from common.errors import ConfigError
 from feeds.coverage import NY, ny_midnight, sessions
-
-logger = logging.getLogger(__name__)
 
 #: Alpaca's free-plan delay for SIP data; bars younger than this are fetched again next run.
 RECENT_DELAY = pd.Timedelta(minutes=15)
@@ -244,8 +241,8 @@ def make_plan(
                     f"{sym} {tf.name} in {where} was downloaded with {what}={','.join(other)}, "
                     f"not {want}: pass --{what} {','.join(other)} or use another --out folder"
                 )
-        have = [] if full else info.coverage
-        gaps = subtract_ranges((to_ns(start), to_ns(end)), have)
+        covered = [] if full else info.coverage
+        gaps = subtract_ranges((to_ns(start), to_ns(end)), covered)
         windows = [w for g in gaps for w in split_windows(g, days) if has_session(*w, tf)]
         missing[sym] = windows
         for w in windows:

@@ -87,7 +87,7 @@ def calendar_schedule(first_day: int, last_day: int) -> dict[str, np.ndarray]:
     sdays = pd.DatetimeIndex(sched.index)
     ext_open = (sdays + pd.Timedelta(hours=EXTENDED_OPEN_H)).tz_localize(NY).tz_convert("UTC")
     ext_close = (sdays + pd.Timedelta(hours=EXTENDED_CLOSE_H)).tz_localize(NY).tz_convert("UTC")
-    ns = lambda x: np.asarray(x.to_numpy("datetime64[ns]").view(np.int64))  # noqa: E731
+    ns = lambda x: np.asarray(x.to_numpy("datetime64[ns]").view(np.int64))  # noqa: E731 - local
     return {
         "day": np.asarray(sdays.as_unit("ns").asi8 // (86_400 * _NS_PER_S), dtype=np.int64),
         "open": ns(sched["open"]), "close": ns(sched["close"]),
@@ -103,9 +103,9 @@ def write_table(path: Path = TABLE, first: str = "2000-01-01") -> Path:
     from feeds.coverage import _calendar
 
     last = _calendar(2000).last_session
-    day = lambda t: int(pd.Timestamp(t).value // (86_400 * _NS_PER_S))  # noqa: E731
+    day = lambda t: int(pd.Timestamp(t).value // (86_400 * _NS_PER_S))  # noqa: E731 - local
     sched = calendar_schedule(day(first), day(last))
-    np.savez_compressed(path, **sched)
+    np.savez_compressed(path, **sched)  # type: ignore[arg-type] # numpy's stub matches **kwds to allow_pickle
     return path
 
 

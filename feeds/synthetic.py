@@ -7,13 +7,9 @@ U-shaped, as in real US equities. Nothing here is real market data.
 
 from __future__ import annotations
 
-import logging
-
 import exchange_calendars as xcals
 import numpy as np
 import pandas as pd
-
-logger = logging.getLogger(__name__)
 
 
 def trading_minutes(start: str, end: str) -> pd.DatetimeIndex:

@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
-logger = logging.getLogger(__name__)
 
 #: Bump when any feature's definition changes; it is part of ``feature_set_hash()``.
 FEATURE_VERSION = 1

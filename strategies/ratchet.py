@@ -3,7 +3,10 @@
 The same class runs in a backtest (``brokers.backtest.SimBroker``) and on Alpaca
 (``brokers.alpaca``). It reads two extra lines from every data feed, ``signal`` and ``atr``,
 computed by the feed with ``strategies.signals`` and ``strategies.rules.atr_wilder``; every
-rule it applies is a plain function in ``strategies.rules``. Time comes from the bars only.
+rule it applies is a plain function in ``strategies.rules``. Time comes from the bars, except
+where a live broker acts before a symbol's first bar: a position adopted at startup is dated
+by the wall clock (its real entry time is unknown), and so is an order notification then.
+A backtest never takes those paths, so its results never depend on the wall clock.
 
 Broker contract beyond Backtrader's: ``broker.replace_stop_order(order, price, cid, size=None)``
 moves the resting stop (Alpaca: one PATCH; backtest: cancel + new in the same step).
@@ -592,10 +595,11 @@ class RatchetStrategy(bt.Strategy):
                                 bt.Order.Canceled) and _same(order, book.stop) \
                     and self._adopt_broker_stop(book):
                 # a live broker already replaced it (someone else canceled it): ours now
+                adopted: bt.Order = book.stop  # set by _adopt_broker_stop
                 self.audit.record(now, "decision", book.symbol, "adopt_stop",
-                                  status_name(order), qty=abs(book.stop.executed.remsize),
-                                  price=book.stop.created.price,
-                                  client_order_id=book.stop.info.get("cid", ""), replaces=cid)
+                                  status_name(order), qty=abs(adopted.executed.remsize),
+                                  price=adopted.created.price,
+                                  client_order_id=adopted.info.get("cid", ""), replaces=cid)
             elif order.status in (bt.Order.Rejected, bt.Order.Margin, bt.Order.Expired,
                                   bt.Order.Canceled) and _same(order, book.stop):
                 logger.error("%s: protective stop %s is %s; re-placing it", book.symbol, cid,

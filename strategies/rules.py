@@ -74,21 +74,30 @@ def atr_wilder(
     out = np.full(n, np.nan)
     if n <= period:
         return out
-    alpha = 1.0 / period
-    alpha1 = 1.0 - alpha
-    prev = math.fsum(tr[1 : period + 1]) / period
+    prev = atr_seed(tr[1 : period + 1].tolist(), period)
     out[period] = prev
     vals = tr.tolist()
     res = out.tolist()
+    step = atr_next  # the one recurrence, shared with the live feed (brokers/alpaca/bars.py)
     for i in range(period + 1, n):
-        prev = prev * alpha1 + vals[i] * alpha
+        prev = step(prev, vals[i], period)
         res[i] = prev
     return np.asarray(res, dtype=np.float64)
 
 
-def atr_warmup(period: int) -> int:
-    """Bars needed before the first ATR value."""
-    return period + 1
+def atr_seed(true_ranges: list[float], period: int) -> float:
+    """Wilder's first ATR: the exact mean (``math.fsum``) of the first ``period`` true ranges."""
+    return math.fsum(true_ranges) / period
+
+
+def atr_next(prev_atr: float, tr: float, period: int) -> float:
+    """One step of Wilder's recurrence: ``prev * (1 - 1/period) + tr * (1/period)``.
+
+    Both the backtest (``atr_wilder``) and the live feed (``LiveIndicators``) call this, so
+    their ATRs are bit-identical over the same bars.
+    """
+    alpha = 1.0 / period
+    return prev_atr * (1.0 - alpha) + tr * alpha
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,8 +519,7 @@ def protective_stop_level(avg_price: float, atr: float | None, known_level: floa
                              trail_pct).level
     price = level
     below = last_price is not None and stop_through_market(level, last_price)
-    if below:
-        assert last_price is not None
+    if last_price is not None and below:
         price = last_price * BELOW_MARKET_FACTOR
     return ProtectiveLevel(round_price(price), level, below)
 

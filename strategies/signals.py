@@ -8,7 +8,6 @@ last row).
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import TYPE_CHECKING
 
@@ -19,8 +18,6 @@ from strategies.signal_types import BUY, HOLD, SELL, Signal
 
 if TYPE_CHECKING:
     import pandas as pd
-
-logger = logging.getLogger(__name__)
 
 # BUY/SELL/HOLD and Signal live in the leaf ``strategies.signal_types`` (so ``strategies.ml``
 # need not import this module); imported here, they stay importable from here as before.
@@ -36,22 +33,10 @@ def sma(values: np.ndarray, period: int) -> np.ndarray:
     return out
 
 
-def sma_exact(values: np.ndarray, period: int) -> np.ndarray:
-    """SMA with each window summed exactly (``math.fsum(window) / period``), as Backtrader's
-    ``bt.indicators.SMA`` does, bit for bit. Slow (one Python call per window): the
-    reference that ``MASignal`` matches where it matters."""
-    n = values.shape[0]
-    out = np.full(n, np.nan)
-    if n < period:
-        return out
-    windows = np.lib.stride_tricks.sliding_window_view(values.astype(np.float64), period)
-    out[period - 1 :] = np.fromiter(map(math.fsum, windows.tolist()), np.float64) / period
-    return out
-
-
 def sma_window(values: np.ndarray, period: int) -> np.ndarray:
     """SMA with each window summed by numpy (no running-sum drift); within a few ulps of
-    ``sma_exact``."""
+    Backtrader's ``bt.indicators.SMA`` (``math.fsum`` per window; the tests hold that
+    reference)."""
     n = values.shape[0]
     out = np.full(n, np.nan)
     if n < period:

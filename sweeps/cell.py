@@ -1,9 +1,9 @@
 """One sweep cell: the settings, the span, and the backtest that produces its stats.
 
-Cells run the very code path of ``cli.py backtest`` (``commands.backtest.run_backtest`` over
-``load_datasets``), so a cell's stats equal a backtest with those settings. ``run_backtest``
-is called only through ``backtest_cell`` below: if its signature changes, this is the one
-place to fix.
+Cells run the very code path of ``cli.py backtest``
+(``commands.backtest.run_backtest`` over ``load_datasets``), so a cell's stats equal a
+backtest with those settings. ``run_backtest`` is called only through ``backtest_cell``
+below: if its signature changes, this is the one place to fix.
 
 On Dask, each worker keeps the bars it loaded in ``DataCachePlugin`` (a worker plugin,
 registered once per sweep, set up again on a replacement worker) keyed by the data spec, so a
@@ -26,10 +26,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+from distributed import WorkerPlugin
 
 from analyzers.stats import daily_last
 from common.config import Settings
@@ -45,8 +46,8 @@ DELAY_ENV = "SWEEPS_TEST_CELL_DELAY"
 #: Sources whose change changes a cell's result (part of every cell's key).
 CODE_GLOBS: tuple[str, ...] = (
     "strategies/*.py", "feeds/*.py", "brokers/backtest.py", "analyzers/recorder.py",
-    "analyzers/stats.py", "analyzers/audit.py", "common/*.py", "commands/backtest.py",
-    "sweeps/cell.py",
+    "analyzers/stats.py", "analyzers/audit.py", "common/*.py",
+    "commands/backtest.py", "sweeps/cell.py",
 )
 
 
@@ -177,13 +178,7 @@ class DataCache:
             return datasets
 
 
-try:  # the plugin base class is only needed where distributed is installed
-    from distributed import WorkerPlugin
-except ImportError:  # pragma: no cover - distributed is a hard dependency
-    WorkerPlugin = object  # type: ignore[misc,assignment]
-
-
-class DataCachePlugin(WorkerPlugin):  # type: ignore[misc]
+class DataCachePlugin(WorkerPlugin):
     """Gives each Dask worker its own ``DataCache`` (set up again on a replacement worker)."""
 
     name = PLUGIN_NAME
@@ -192,7 +187,7 @@ class DataCachePlugin(WorkerPlugin):  # type: ignore[misc]
         """Called by Dask on each worker."""
         self.cache = DataCache()
         # Import the backtest stack now, not inside the first cell (keeps ETAs honest).
-        import commands.backtest  # noqa: F401
+        import commands.backtest  # noqa: F401 - imported for its side effect (see above)
 
 
 # -------------------------------------------------------------------------------- the task
@@ -286,7 +281,7 @@ def run_cell_task(spec: DataSpec, task: CellTask) -> dict[str, Any]:
     from distributed import get_worker
 
     worker = get_worker()
-    plugin = worker.plugins[PLUGIN_NAME]
+    plugin = cast(DataCachePlugin, worker.plugins[PLUGIN_NAME])  # registered by the runner
     datasets = plugin.cache.get(spec, worker.address)
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     if delay > 0:

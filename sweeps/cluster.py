@@ -11,8 +11,6 @@ from typing import Any
 from common.errors import ConfigError
 from sweeps.cell import DataCachePlugin
 
-logger = logging.getLogger(__name__)
-
 
 def machine_workers() -> int:
     """Worker processes for the local cluster: one per CPU this process may use."""

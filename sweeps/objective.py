@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 #: --objective name -> (label, how it is computed)
 OBJECTIVES: dict[str, str] = {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,8 +25,6 @@ from sweeps.cell import DataSpec, code_version, fingerprint, load_bars
 from sweeps.objective import OBJECTIVES
 from sweeps.space import Space, build_space, explain_empty
 from sweeps.walkforward import Window, make_windows, parse_walk_forward
-
-logger = logging.getLogger(__name__)
 
 SEARCHES = ("grid", "random", "optuna")
 

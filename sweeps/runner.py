@@ -8,9 +8,8 @@ again, it skips every key already on disk. Workers run ``sweeps.cell.run_cell_ta
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,6 @@ from sweeps.objective import dsr_of, score
 from sweeps.plan import SweepPlan
 from sweeps.store import ResultStore
 from sweeps.walkforward import choose
-
-logger = logging.getLogger(__name__)
 
 #: progress(done, total): called after every finished (or reused) cell.
 Progress = Callable[[int, int], None]
@@ -46,7 +43,7 @@ class SweepOutcome:
     computed: int
     reused: int
     seconds: float
-    best: dict[str, Any] | None
+    best: Mapping[str, Any] | None
     dsr: float | None
     n_trials: int
     walk_forward: dict[str, Any] | None = None
@@ -173,7 +170,7 @@ class Sweeper:
         self.reused = len(tasks) - len(todo)
         self._run_tasks(todo, len(tasks), self.reused)
 
-    def _optuna(self) -> None:  # noqa: C901 - one ask/tell loop
+    def _optuna(self) -> None:
         import optuna
         from distributed import as_completed
 
@@ -247,7 +244,7 @@ class Sweeper:
         else:  # too few trades or no value: not a result the sampler should learn from
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
-    def _walk_forward(self) -> tuple[dict[str, Any], Path]:  # noqa: C901 - one pipeline
+    def _walk_forward(self) -> tuple[dict[str, Any], Path]:
         from distributed import as_completed
 
         plan = self.plan

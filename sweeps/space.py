@@ -11,7 +11,6 @@ sweep before anything runs.
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import operator
 import random
@@ -23,8 +22,6 @@ from typing import Any
 
 from common.config import FIELD_NAMES, PUBLIC, Settings, coerce
 from common.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 #: Short names users type -> Settings field (the backtest's flags, without the dashes).
 ALIASES: dict[str, str] = {
@@ -114,7 +111,7 @@ class Param:
                 f"--range {self.name}={self.low}:{self.high} has no step: give lo:hi:step for a "
                 "grid search, or use --search random/optuna with --trials N"
             )
-        assert self.low is not None and self.high is not None
+        assert self.low is not None and self.high is not None  # noqa: S101 - narrows the type: continuous ranges have both bounds
         n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
         raw = [self.low + i * self.step for i in range(n)]
         scale = 0.01 if self.percent else 1.0
@@ -126,7 +123,7 @@ class Param:
         """One random value (uniform over the grid or the range)."""
         if not self.continuous:
             return rng.choice(self.grid())
-        assert self.low is not None and self.high is not None
+        assert self.low is not None and self.high is not None  # noqa: S101 - narrows the type: continuous ranges have both bounds
         scale = 0.01 if self.percent else 1.0
         if self.kind == "int":
             return rng.randint(int(self.low), int(self.high))
@@ -136,7 +133,7 @@ class Param:
         """The value an Optuna trial suggests for this parameter."""
         if self.values:
             return trial.suggest_categorical(self.name, list(self.values))
-        assert self.low is not None and self.high is not None
+        assert self.low is not None and self.high is not None  # noqa: S101 - narrows the type: continuous ranges have both bounds
         if self.kind == "int":
             return trial.suggest_int(self.name, int(self.low), int(self.high),
                                      step=int(self.step or 1))
@@ -306,7 +303,7 @@ class Space:
     def random_cells(self, base: Settings, n: int, seed: int) -> tuple[list[dict[str, Any]],
                                                                       dict[str, int]]:
         """``n`` distinct random valid cells (fewer if the space is smaller)."""
-        rng = random.Random(seed)
+        rng = random.Random(seed)  # noqa: S311 - random search sampling, not cryptography
         cells: list[dict[str, Any]] = []
         seen: set[tuple[Any, ...]] = set()
         skipped: dict[str, int] = {}

@@ -8,7 +8,6 @@ contract: ``cli.py report SWEEP/oos`` and ``load_run`` read it like any run.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,8 +25,6 @@ from common.version import __version__
 if TYPE_CHECKING:
     from sweeps.plan import SweepPlan
     from sweeps.store import ResultStore
-
-logger = logging.getLogger(__name__)
 
 
 def _benchmark(prices: pd.DataFrame, equity: pd.DataFrame, start_value: float) -> Any:
@@ -65,7 +62,7 @@ def stitch_oos(store: ResultStore, plan: SweepPlan,
     if not equity.empty:
         equity = equity.sort_values("timestamp", kind="stable").reset_index(drop=True)
         equity["benchmark"] = _benchmark(prices, equity, cash)
-    stats = compute_stats(equity, trades, cash) if not equity.empty else \
+    stats: dict[str, Any] = compute_stats(equity, trades, cash) if not equity.empty else \
         {"trade_count": 0, "bars": 0, "total_return": 0.0, "start_value": cash,
          "end_value": cash}
     tested = [w for w in windows if w.get("test_key")]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,6 @@ from analyzers.recorder import write_parquet
 from analyzers.sweepfolder import read_cells
 from common.atomic import atomic_path, write_json_atomic
 from common.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 
 class ResultStore:

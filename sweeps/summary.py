@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +10,6 @@ from typing import Any
 import pandas as pd
 
 from sweeps.objective import OBJECTIVES, explain_dsr
-
-logger = logging.getLogger(__name__)
 
 
 def _pct(x: Any) -> str:

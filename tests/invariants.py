@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -38,8 +37,6 @@ import numpy as np
 import pandas as pd
 
 from analyzers import load_run
-
-logger = logging.getLogger(__name__)
 
 NY = "America/New_York"
 _BAR_SECONDS = {"1Min": 60, "5Min": 300, "15Min": 900, "1Hour": 3600, "1Day": 86400}
@@ -69,7 +66,6 @@ class CheckReport:
 
 
 # ------------------------------------------------------------------------------ helpers
-
 
 
 def _internal_settings(saved: dict[str, Any]) -> dict[str, Any]:

@@ -25,3 +25,19 @@ def test_cli_help_lists_every_command() -> None:
     assert proc.returncode == 0
     for name in ("backtest", "paper", "alpaca-sim", "data", "report", "train"):
         assert name in proc.stdout
+
+
+#: Modules other issue-14 branches are splitting (iss14b, iss14p): tools/drop_unused_loggers.py
+#: runs on them after those merges (then this tuple is emptied).
+LOGGER_PENDING = ("brokers/alpaca/", "strategies/rules.py", "commands/paper.py")
+
+
+def test_no_module_defines_a_logger_it_never_uses() -> None:
+    """docs/DEVELOPING.md: a logger in every module that logs, and only there."""
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import drop_unused_loggers
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    found = drop_unused_loggers.offenders([], LOGGER_PENDING)
+    assert not found, f"unused loggers (python tools/drop_unused_loggers.py fixes them): {found}"

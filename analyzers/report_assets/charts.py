@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
 import math
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -32,8 +31,6 @@ from matplotlib.ticker import (
 
 from analyzers.report_assets import theme
 
-logger = logging.getLogger(__name__)
-
 NY = "America/New_York"
 DPI = 144
 
@@ -46,7 +43,7 @@ def styled(func: Callable[P, R]) -> Callable[P, R]:
 
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with rc_context(theme.MPL_STYLE):
+        with rc_context(theme.MPL_STYLE):  # type: ignore[arg-type] # the stub wants literal keys
             return func(*args, **kwargs)
 
     return wrapper
@@ -335,8 +332,9 @@ def trade_returns_chart(trades: pd.DataFrame) -> str | None:
     bins = np.histogram_bin_edges(returns, bins=int(np.clip(len(returns) // 3, 8, 30)))
     fig = Figure(figsize=(5.6, 2.9), layout="constrained")
     ax = fig.add_subplot()
-    ax.hist(groups, bins=bins, stacked=True, color=[theme.reason_colour(r) for r in reasons],
-            label=reasons, edgecolor="white", linewidth=0.6)
+    ax.hist(groups, bins=bins.tolist(), stacked=True,
+            color=[theme.reason_colour(r) for r in reasons], label=reasons, edgecolor="white",
+            linewidth=0.6)
     ax.axvline(0, color=theme.MUTED, lw=0.8, ls=(0, (2, 3)))
     ax.xaxis.set_major_formatter(PercentFormatter(100))
     ax.set_xlabel("return per trade")

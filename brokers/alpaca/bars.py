@@ -35,7 +35,7 @@ import pandas as pd
 
 from brokers.alpaca.parsing import BarRecord
 from feeds.store import append_bars
-from strategies.rules import atr_wilder
+from strategies.rules import atr_next, atr_seed, atr_wilder
 from strategies.signals import Signal
 
 logger = logging.getLogger(__name__)
@@ -267,18 +267,17 @@ class LiveIndicators:
             self._bars.append(bar)
 
     def _advance_atr(self, bar: BarRecord) -> None:
-        # The same arithmetic as strategies.rules.atr_wilder, one bar at a time.
+        # strategies.rules.atr_wilder one bar at a time (the same seed and recurrence functions).
         if self._n > 0:
             prev = self._prev_close
             tr = max(bar.high, prev) - min(bar.low, prev)
             if self._n <= self.period:
                 self._seed.append(tr)
                 if self._n == self.period:
-                    self._atr = math.fsum(self._seed) / self.period
+                    self._atr = atr_seed(self._seed, self.period)
                     self._seed = []
             else:
-                alpha = 1.0 / self.period
-                self._atr = self._atr * (1.0 - alpha) + tr * alpha
+                self._atr = atr_next(self._atr, tr, self.period)
         self._prev_close = bar.close
         self._n += 1
 
@@ -371,7 +370,7 @@ class BarRecorder:
             return {}
         try:
             frame = pd.read_parquet(path)
-        except Exception:  # an unreadable part is rewritten from what we have
+        except Exception:  # noqa: BLE001 - an unreadable part is rewritten from what we have
             logger.warning("cannot read %s; it will be rewritten", path)
             return {}
         out: dict[datetime, BarRecord] = {}

@@ -31,7 +31,7 @@ class Cancels(BrokerCore):
 
     def _send_cancel(self, tr: Tracked) -> bool:
         # DELETE is idempotent: re-sent until Alpaca answers it (then confirmed by status)
-        assert tr.alpaca_id is not None
+        assert tr.alpaca_id is not None  # noqa: S101 - narrows the type: only tracked orders with an id get here
         try:
             result = self.gateway.cancel(tr.alpaca_id)
         except (RetryableError, BrokerError) as exc:
@@ -68,7 +68,7 @@ class Cancels(BrokerCore):
                     self._index_alpaca(tr, snap.id)
                 if not snap.terminal:
                     tr.cancel_acked = False  # the DELETE did not reach it: send it again
-        except Exception as exc:  # a failed read changes nothing
+        except Exception as exc:  # noqa: BLE001 - a failed read changes nothing
             logger.info("read of %s failed: %s", tr.cid, exc)
             return False
         self._apply_snapshot(snap, source="cancel")

@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import requests
+from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
 from alpaca.data.enums import DataFeed
 from alpaca.data.requests import StockBarsRequest
@@ -337,7 +338,7 @@ class AlpacaClient:
     def get_orders_after(self, after: datetime) -> list[OrderSnapshot]:
         """GET /v2/orders?status=all&after=... (closed and open), oldest first."""
         req = GetOrdersRequest(status=QueryOrderStatus.ALL, limit=500, after=after,
-                               direction="asc", nested=False)
+                               direction=Sort.ASC, nested=False)
         try:
             orders = self._read("recent orders", lambda: self.trading.get_orders(req))
         except (RetryableError, APIError, requests.RequestException) as exc:
@@ -400,7 +401,7 @@ class AlpacaClient:
         try:
             with self._lane(spec.type == "stop" and spec.side == "sell"):
                 order = self.trading.submit_order(request)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any SDK or transport error is classified below
             outcome = classify_submit_error(exc)
             text = _describe(exc)
             if outcome is SubmitOutcome.REJECTED:
@@ -425,7 +426,7 @@ class AlpacaClient:
             try:
                 self.trading.cancel_order_by_id(order_id)
                 return CancelResult.REQUESTED
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any SDK or transport error is classified below
                 status = api_status(exc)
                 if status == 404:
                     return CancelResult.NOT_FOUND
@@ -458,7 +459,7 @@ class AlpacaClient:
             with self._lane(limit_price is None):
                 order = self.trading.replace_order_by_id(order_id,
                                                          ReplaceOrderRequest(**fields))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any SDK or transport error is classified below
             outcome = classify_submit_error(exc)
             if outcome is SubmitOutcome.REJECTED:
                 raise RejectedError(f"replace {order_id} refused: {_describe(exc)}") from None

@@ -12,7 +12,6 @@ record, an exception text or the audit detail is replaced by ``***``.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -23,10 +22,8 @@ from common.errors import ConfigError
 from common.logs import REDACTOR, RedactSecrets
 from common.perms import warn_if_readable_by_others
 
-logger = logging.getLogger(__name__)
-
 ENV_KEY_ID = "APCA_API_KEY_ID"
-ENV_SECRET = "APCA_API_SECRET_KEY"
+ENV_SECRET = "APCA_API_SECRET_KEY"  # noqa: S105 - the variable's name, not a secret
 
 
 def mask(value: str) -> str:
@@ -109,13 +106,14 @@ def _parse_keys_text(path: Path, text: str) -> dict[str, str]:
                 # two bare lines: key id, then secret
                 return {"key_id": lines[0] if lines else "",
                         "secret_key": lines[1] if len(lines) > 1 else ""}
-            raw = {}
+            pairs: dict[str, str] = {}
+            raw = pairs
             for line in lines:
                 if "=" not in line:
                     continue
                 name, _, value = line.partition("=")
                 name = name.strip().removeprefix("export ").strip()
-                raw[name] = value.strip().strip("'\"")
+                pairs[name] = value.strip().strip("'\"")
     except (json.JSONDecodeError, tomllib.TOMLDecodeError):
         # The parser's message may quote the file: never echo it.
         kind = "TOML" if suffix == ".toml" else "JSON"

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 class AlpacaData(bt.feed.DataBase):
     """One symbol's live bars. Params: ``store`` (AlpacaStore), ``symbol``."""
 
-    lines = ("signal", "atr")
+    lines: Any = ("signal", "atr")  # Backtrader turns these into line objects
     params = (
         ("store", None),
         ("symbol", ""),

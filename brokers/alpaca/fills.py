@@ -76,7 +76,7 @@ class Fills(BrokerCore):
             self.journal.adopt(cid, snap.symbol, snap.side, snap.type, snap.qty,
                                rules.purpose_of(cid), snap.id, snap.status, ZERO, ZERO)
             row = self.journal.get(cid)
-            assert row is not None
+            assert row is not None  # noqa: S101 - narrows the type: the row was just written
         if row.state is not JournalState.ACCEPTED or row.alpaca_status != snap.status \
                 or row.alpaca_id != snap.id:
             self.journal.set_status(cid, snap.status, snap.id)
@@ -198,7 +198,7 @@ class Fills(BrokerCore):
         # follow the new Alpaca order from now on.
         try:
             snap = self.gateway.client.get_order(new_alpaca_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed read changes nothing; reconciliation finds it
             logger.warning("%s: cannot read replacement %s: %s", tr.symbol, new_alpaca_id, exc)
             return
         if snap is None:

@@ -292,7 +292,7 @@ class Journal:
         with self._tx() as db:
             if fields.get("alpaca_id"):
                 quarantined = self._free_alpaca_id(db, str(fields["alpaca_id"]), cid)
-            cur = db.execute(f"UPDATE orders SET {cols} WHERE cid = ?",  # noqa: S608
+            cur = db.execute(f"UPDATE orders SET {cols} WHERE cid = ?",  # noqa: S608 - our column names
                              (*fields.values(), cid))
             if cur.rowcount != 1:
                 raise KeyError(f"journal has no order {cid}")

@@ -122,7 +122,7 @@ class OrderGateway:
                 logger.info("lookup of %s failed: %s", cid, exc)
                 snap = None
                 failed = True
-            except Exception as exc:  # an odd answer is "unknown", not "absent"
+            except Exception as exc:  # noqa: BLE001 - an odd answer is "unknown", not "absent"
                 logger.info("lookup of %s failed: %s", cid, exc)
                 snap = None
                 failed = True

@@ -215,7 +215,7 @@ class StopProtector:
                 return
             try:
                 job.result = self.gateway.submit(job.spec, "stop", job.bar_time)
-            except Exception as exc:  # the order may exist: resolved by client order id
+            except Exception as exc:  # noqa: BLE001 - the order may exist: resolved by client order id
                 logger.warning("%s: stop %s at the fill: %s", job.armed.symbol,
                                job.spec.client_order_id, exc)
                 job.result = SubmitResult(Outcome.AMBIGUOUS, job.spec.client_order_id,

@@ -4,7 +4,8 @@ Implements the comparison side of Alpaca's account model (GET /v2/positions,
 GET /v2/orders?status=open, GET /v2/orders:by_client_order_id; docs.alpaca.markets/reference).
 Pure: it takes reads that SUCCEEDED (a failed read raises ``UnknownStateError`` before we get
 here, so "unknown" can never look like "flat") and returns a typed report of actions. The
-store (``store.py``) performs them, before any trading and after every reconnect.
+broker (``AlpacaBroker`` in ``broker.py``, not the store) performs them, before any trading and
+after every reconnect.
 
 Rules:
 

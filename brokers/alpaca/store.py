@@ -450,7 +450,7 @@ class AlpacaStore(StoreHistory, BrokerTime):
         if self.recorder is not None:
             try:
                 self.recorder.flush()
-            except Exception as exc:  # bars can be re-downloaded; never stop trading for it
+            except Exception as exc:  # noqa: BLE001 - bars can be re-downloaded; never stop trading for it
                 logger.error("could not write live bars: %s", exc)
         if force and self._save_state is not None:
             self._save_state()

@@ -191,7 +191,7 @@ class TradeUpdatesProtocol(StreamProtocol):
             return 0
         try:
             update = trade_update_from_model(TradeUpdate(**msg.get("data", {})))
-        except Exception as exc:  # one bad event must not stop the stream (alpaca-py #210)
+        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream (alpaca-py #210)
             sink("parse_error", (self.name, f"bad trade update: {type(exc).__name__}"))
             return 0
         sink("trade_update", dataclasses.replace(update, arrived=arrived))
@@ -261,7 +261,7 @@ class StreamSupervisor:
         self.status.state = StreamState.STOPPED
 
     async def _session(self, stopping: asyncio.Event) -> str:
-        assert self._kick is not None
+        assert self._kick is not None  # noqa: S101 - narrows the type: set in start()
         self._kick.clear()
         try:
             async with connect(self.url, open_timeout=self.open_timeout, ping_interval=10,
@@ -280,11 +280,11 @@ class StreamSupervisor:
             raise
         except StreamAuthError as exc:
             return f"refused: {exc}"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure ends this session; the loop reconnects
             return f"{type(exc).__name__}: {str(exc)[:120]}"
 
     async def _receive(self, ws: ClientConnection, stopping: asyncio.Event) -> str:
-        assert self._kick is not None
+        assert self._kick is not None  # noqa: S101 - narrows the type: set in start()
         connected_at = self.clock.monotonic()
         last_data = connected_at
         tick = 1.0 if self.silence_timeout is None else max(0.05, min(1.0,
@@ -306,7 +306,7 @@ class StreamSupervisor:
             arrived = time.perf_counter()
             try:
                 n = self.protocol.decode(frame, arrived, self.sink)
-            except Exception as exc:  # a garbled frame: report, keep reading
+            except Exception as exc:  # noqa: BLE001 - a garbled frame: report, keep reading
                 self.sink("parse_error", (self.protocol.name, f"{type(exc).__name__}"))
                 continue
             self.status.messages += 1

@@ -268,7 +268,7 @@ class BrokerCore(bt.BrokerBase):
             if tr.alpaca_id:
                 return self.gateway.client.get_order(tr.alpaca_id)
             return self.gateway.client.get_order_by_client_id(tr.cid, attempts=1)
-        except Exception as exc:  # a failed read changes nothing
+        except Exception as exc:  # noqa: BLE001 - a failed read changes nothing
             logger.info("read of %s failed: %s", tr.cid, exc)
             return None
 

@@ -21,7 +21,6 @@ errors. What it adds to the SDK (see ../shared/alpaca-spec/CONTRACT.md, "Retries
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Mapping
 from enum import StrEnum
@@ -35,8 +34,6 @@ from brokers.alpaca.credentials import Credentials
 if TYPE_CHECKING:
     from alpaca.data.historical import StockHistoricalDataClient
     from alpaca.trading.client import TradingClient
-
-logger = logging.getLogger(__name__)
 
 PAPER_URL = "https://paper-api.alpaca.markets"
 LIVE_URL = "https://api.alpaca.markets"
@@ -66,13 +63,13 @@ class ThrottledSession(requests.Session):
         self.throttle = throttle
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any,
-                **kwargs: Any) -> requests.Response:  # type: ignore[override]
+                **kwargs: Any) -> requests.Response:
         """Send one request: paced, with the default timeout, the outcome observed."""
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout  # a hung server would block forever
         self.throttle.acquire()
         try:
-            response = super().request(method, url, *args, **kwargs)
+            response = super().request(method, url, *args, **kwargs)  # type: ignore[arg-type] # requests' stub narrows what Session.request accepts
         except requests.RequestException:
             self.throttle.observe(None, {})
             raise
@@ -128,7 +125,7 @@ def api_status(exc: BaseException) -> int | None:
     if isinstance(exc, APIError):
         try:
             return exc.status_code
-        except Exception:  # the SDK property may fail on odd responses
+        except Exception:  # noqa: BLE001 - the SDK property may fail on odd responses
             return None
     return None
 

@@ -8,6 +8,7 @@ close). Sessions come from ``exchange_calendars`` (XNYS), so holidays and early 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import warnings
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ class CalendarDay:
     open: int
     close: int
     ext_close: int
-    settlement_date: date
+    settlement_date: dt.date  # (the field `date` above shadows the name in this class)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -7,11 +7,8 @@ same at any speed.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
-
-logger = logging.getLogger(__name__)
 
 _NS = 1_000_000_000
 

@@ -7,10 +7,7 @@ here are the ones real servers send, see ``alpaca-spec/CONTRACT.md`` section 6).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 #: Alpaca's error codes by meaning.
 CODE_VALIDATION = 40010001

@@ -12,14 +12,11 @@ methods are thread-safe.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 #: Stream names accepted by the stream faults.
 STREAMS = ("data", "trading")

@@ -8,7 +8,6 @@ naive = UTC, up to nanoseconds) or ``YYYY-MM-DD``; errors leave as ``{"code", "m
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 from datetime import UTC, date, datetime
@@ -21,8 +20,6 @@ from brokers.alpaca_sim.calendar import ny_midnight_ns, to_ns
 
 if TYPE_CHECKING:
     from brokers.alpaca_sim.context import SimContext
-
-logger = logging.getLogger(__name__)
 
 #: Where handlers find the server they run in (``server.SimApp`` sets it to itself).
 SIM: web.AppKey[SimContext] = web.AppKey("alpaca_sim", object)  # type: ignore[arg-type]

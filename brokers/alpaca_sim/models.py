@@ -6,12 +6,9 @@ Field names follow Alpaca's Order, Position and trade-update objects (Trading AP
 
 from __future__ import annotations
 
-import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 #: Statuses after which an order never changes again.
 TERMINAL_STATUSES = frozenset({"filled", "canceled", "expired", "rejected", "replaced"})

@@ -12,7 +12,6 @@ and trades are derived from the bars (one synthetic trade at the last price; a q
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pandas as pd
@@ -30,8 +29,6 @@ from brokers.alpaca_sim.serialization import (
     ts,
 )
 from feeds.store import is_valid_symbol
-
-logger = logging.getLogger(__name__)
 
 _MAX_LIMIT = 10_000
 _DEFAULT_LIMIT = 1000

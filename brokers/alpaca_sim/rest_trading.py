@@ -10,7 +10,6 @@ with the status codes and bodies of ``alpaca-spec/CONTRACT.md`` sections 3-6.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from typing import Any
 
@@ -45,8 +44,6 @@ from brokers.alpaca_sim.serialization import (
     order_json,
     position_json,
 )
-
-logger = logging.getLogger(__name__)
 
 _ORDER_STATUS_FILTERS = ("open", "closed", "all")
 

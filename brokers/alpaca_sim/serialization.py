@@ -9,7 +9,6 @@ calendar times are ``HH:MM``, bars carry ``n`` and ``vw``.
 from __future__ import annotations
 
 import base64
-import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,8 +17,6 @@ import msgpack
 from brokers.alpaca_sim.bars import BarArraysSet
 from brokers.alpaca_sim.calendar import CalendarDay, ns_to_ny
 from brokers.alpaca_sim.models import SimOrder, SimPosition, TradeEvent, asset_id
-
-logger = logging.getLogger(__name__)
 
 _NS = 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

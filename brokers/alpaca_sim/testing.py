@@ -13,7 +13,6 @@ market-data REST v2, both WebSocket streams).
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -26,8 +25,6 @@ from brokers.alpaca_sim.calendar import ns_to_utc, to_ns
 from brokers.alpaca_sim.faults import Faults
 from brokers.alpaca_sim.market import Market, MarketOptions
 from brokers.alpaca_sim.server import ServerOptions, SimApp, parse_start
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _NS = 1_000_000_000

@@ -87,7 +87,7 @@ class ModelError(UserError):
 @lru_cache(maxsize=1)
 def _thread_controller() -> Any:
     # Built after scikit-learn's compiled modules are loaded, so it sees their OpenMP runtime.
-    import sklearn.ensemble  # noqa: F401
+    import sklearn.ensemble  # noqa: F401 - imported for its side effect (see above)
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
@@ -355,7 +355,7 @@ def load_model(path: Path | str) -> TrainedModel:
         )
     try:
         untrusted = set(sio.get_untrusted_types(data=blob))
-    except Exception as exc:  # skops raises many types on malformed input
+    except Exception as exc:  # noqa: BLE001 - skops raises many types on malformed input
         raise ModelError(
             f"model file {path} is damaged (estimator unreadable: {type(exc).__name__}): "
             f"{_retrain(path)}"
@@ -368,7 +368,7 @@ def load_model(path: Path | str) -> TrainedModel:
         )
     try:
         estimator = sio.loads(blob, trusted=sorted(untrusted))
-    except Exception as exc:  # same: any failure to rebuild is a damaged file
+    except Exception as exc:  # noqa: BLE001 - same: any failure to rebuild is a damaged file
         raise ModelError(
             f"model file {path} is damaged (estimator not loadable: {type(exc).__name__}): "
             f"{_retrain(path)}"

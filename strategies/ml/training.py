@@ -1,8 +1,8 @@
 """The ``train`` pipeline: dataset, walk-forward validation, final fit, and the backtest of
 every fold's model on its own test span.
 
-The backtest itself is passed in (``BacktestFn``, in practice ``commands.backtest.run_backtest``)
-so this library never imports the command layer.
+The backtest itself is passed in (``BacktestFn``, in practice
+``commands.backtest.run_backtest``) so this library never imports the command layer.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if receiver.delay:
                     time.sleep(receiver.delay)
@@ -88,7 +88,7 @@ class SmtpReceiver:
         outer = self
 
         class Handler:
-            async def handle_DATA(self, server: Any, session: Any,  # noqa: N802 - aiosmtpd
+            async def handle_DATA(self, server: Any, session: Any,
                                   envelope: Any) -> str:
                 from email import message_from_bytes
 

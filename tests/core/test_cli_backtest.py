@@ -13,7 +13,7 @@ from feeds.store import write_bars
 from tests.conftest import BUNDLED_1MIN, flat_bars, run_cli
 
 
-def _assert_one_line_error(proc, *needles: str) -> None:  # noqa: ANN001
+def _assert_one_line_error(proc, *needles: str) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import backtrader as bt
@@ -24,6 +25,7 @@ from brokers.backtest import SimBroker
 from commands.backtest import load_datasets, run_backtest
 from common.config import Settings
 from feeds import sessions
+from feeds.btfeed import ArrayCerebro
 from feeds.store import write_bars
 from feeds.synthetic import random_walk_bars, trading_minutes
 from strategies.ratchet import RatchetStrategy
@@ -65,6 +67,8 @@ def test_fast_paths_decide_like_backtraders_own(staggered: Path,
     monkeypatch.setattr(SimBroker, "notify", bt.brokers.BackBroker.notify)
     monkeypatch.setattr(RatchetStrategy, "_idle_hold", lambda self, book: False)
     monkeypatch.setattr(RatchetStrategy, "_getminperstatus", bt.Strategy._getminperstatus)
+    # Backtrader's own run loop (advance_peek per feed per step), not the precomputed steps.
+    monkeypatch.setattr(ArrayCerebro, "_schedule", lambda self, datas: None)
     plain = _run(staggered)
     assert fast[1] == plain[1]
     assert fast[0] == plain[0]
@@ -116,7 +120,9 @@ def test_session_table_matches_exchange_calendars() -> None:
 
 def test_backtest_command_imports_no_heavy_library(tmp_path: Path) -> None:
     """Regression (issue 13): the command imported pandas (~0.45 s of CPU and 40 MiB at
-    start), and with the session rule exchange-calendars too, though it needs neither."""
+    start), and with the session rule exchange-calendars too, though it needs neither; then
+    rich with --no-progress and every Backtrader indicator, analyzer and observer module
+    (~0.14 s of CPU) though a backtest uses none."""
     probe = (
         "import sys, runpy, json\n"
         f"sys.argv = ['cli.py', 'backtest', '--symbols', 'ACME', '--end', '2025-10-02',"
@@ -125,10 +131,98 @@ def test_backtest_command_imports_no_heavy_library(tmp_path: Path) -> None:
         f"    runpy.run_path({str(REPO / 'cli.py')!r}, run_name='__main__')\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = ('pandas', 'exchange_calendars', 'matplotlib', 'sklearn', 'alpaca')\n"
-        "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
+        "heavy = ('pandas', 'exchange_calendars', 'matplotlib', 'sklearn', 'alpaca',\n"
+        "         'numpy.ma', 'rich', 'importlib.abc')\n"
+        "loaded = sorted(m for m in heavy if m in sys.modules)\n"
+        "# Backtrader's extras exist as modules but their code never ran.\n"
+        "extras = ('indicators', 'analyzers', 'observers', 'strategies', 'talib')\n"
+        "ran = [e for e in extras if '__getattr__' not in vars(sys.modules['backtrader.' + e])]\n"
+        "print(json.dumps(loaded + ran))\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
                          text=True, timeout=120, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
     assert len(list(tmp_path.glob("*/trades.parquet"))) == 1
+
+
+def test_deferred_backtrader_extras_load_on_first_use() -> None:
+    """Code that uses Backtrader's indicators, studies, analyzers and observers still gets
+    them when ``common.lazyimport`` deferred them (the stock script's way of writing rules,
+    stdstats observers, an analyzer): the same results as without the hook."""
+    probe = (
+        "import sys, json\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "if sys.argv[1] == 'defer':\n"
+        "    from common.lazyimport import defer_backtrader_extras\n"
+        "    assert defer_backtrader_extras()\n"
+        "import backtrader as bt\n"
+        "from backtrader.indicators import ExponentialMovingAverage\n"
+        "class S(bt.Strategy):\n"
+        "    def __init__(self):\n"
+        "        self.sma = bt.ind.SMA(period=5)\n"
+        "        self.atr = bt.indicators.ATR(period=3)\n"
+        "        self.ema = ExponentialMovingAverage(period=4)\n"
+        "        self.fr = bt.studies.Fractal()\n"
+        "        self.vx = bt.indicators.Vortex()\n"
+        "    def next(self):\n"
+        "        if self.data.close[0] > self.sma[0] and not self.position:\n"
+        "            self.buy()\n"
+        "        elif self.data.close[0] < self.ema[0] and self.position:\n"
+        "            self.close()\n"
+        "import math\n"
+        "n = 300\n"
+        "import datetime as dtm\n"
+        "class D(bt.feeds.DataBase):\n"
+        "    def start(self):\n"
+        "        super().start(); self.i = 0\n"
+        "    def _load(self):\n"
+        "        if self.i >= n: return False\n"
+        "        c = 50 + 5 * math.sin(self.i / 7) + self.i * 0.01\n"
+        "        self.lines.datetime[0] = bt.date2num(dtm.datetime(2024, 1, 1)"
+        " + dtm.timedelta(minutes=self.i))\n"
+        "        for k, v in (('open', c), ('high', c + 1), ('low', c - 1), ('close', c),"
+        " ('volume', 1000), ('openinterest', 0)):\n"
+        "            getattr(self.lines, k)[0] = v\n"
+        "        self.i += 1\n"
+        "        return True\n"
+        "c = bt.Cerebro(stdstats=True)\n"
+        "c.adddata(D())\n"
+        "c.addstrategy(S)\n"
+        "c.addanalyzer(bt.analyzers.TradeAnalyzer, _name='ta')\n"
+        "s = c.run()[0]\n"
+        "print(json.dumps([c.broker.getvalue(), s.analyzers.ta.get_analysis().total.total,"
+        " len(s.observers)]))\n"
+    )
+    got = {}
+    for mode in ("defer", "plain"):
+        out = subprocess.run([sys.executable, "-c", probe, mode], cwd=REPO,
+                             capture_output=True, text=True, timeout=120, check=True)
+        got[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["defer"] == got["plain"]
+    assert got["plain"][1] > 0 and got["plain"][2] >= 2  # it traded; stdstats observers ran
+
+
+def test_orders_json_columns_are_what_json_dumps_writes() -> None:
+    """The orders table formats its status-history and fills JSON by hand (speed): the text
+    must stay exactly ``json.dumps``'s, NaN and integer quantities included."""
+    from analyzers.recorder import orders_table
+
+    t0 = bt.date2num(pd.Timestamp("2025-09-02 13:31").to_pydatetime())
+    base = {"client_order_id": "c", "symbol": "ACME", "side": "buy", "type": "limit",
+            "purpose": "entry", "qty": 3.0, "limit_price": 10.0, "stop_price": np.nan,
+            "created_time": t0, "status": "filled", "filled_qty": 3.0, "avg_fill_price": 10.0}
+    fills = ([], [[t0, 3.0, 10.123456789]], [[t0, 1.0, 0.1 + 0.2], [t0 + 1 / 1440, 2, 7.5]],
+             [[t0, 1.0, float("nan")]])
+    orders = {i: {**base, "history": [[t0, "submitted"], [t0 + i / 1440, "filled"]][:i + 1],
+                  "fills": f} for i, f in enumerate(fills)}
+    table = orders_table(orders).to_pylist()
+    iso = [bt.num2date(t).replace(tzinfo=UTC).isoformat() for t in (t0, t0 + 1 / 1440)]
+    for i, row in enumerate(table):
+        rec = orders[i]
+        when = [bt.num2date(w).replace(tzinfo=UTC).isoformat() for w, _ in rec["history"]]
+        assert row["status_history"] == json.dumps(
+            [[w, st] for w, (_, st) in zip(when, rec["history"], strict=True)])
+        assert row["fills"] == json.dumps(
+            [[bt.num2date(w).replace(tzinfo=UTC).isoformat(), q, p] for w, q, p in rec["fills"]])
+    assert table[2]["fills"] == (f'[["{iso[0]}", 1.0, 0.30000000000000004], '
+                                 f'["{iso[1]}", 2, 7.5]]')

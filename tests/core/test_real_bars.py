@@ -18,7 +18,7 @@ from tests.conftest import REPO, flat_bars, run_cli
 from tests.core.test_scenarios import actions, at, run
 
 
-def _fills(r, symbol: str, purpose: str = "entry") -> list[str]:  # noqa: ANN001
+def _fills(r, symbol: str, purpose: str = "entry") -> list[str]:
     rows = r.orders[(r.orders.symbol == symbol) & (r.orders.purpose == purpose)]
     out: list[str] = []
     for fills in rows.fills:

@@ -238,12 +238,25 @@ def test_atr_matches_backtrader_exactly() -> None:
     assert np.array_equal(ours[14:], np.array(got))
 
 
+def sma_exact(values: np.ndarray, period: int) -> np.ndarray:
+    """SMA with each window summed exactly (``math.fsum(window) / period``), as Backtrader's
+    ``bt.indicators.SMA`` does, bit for bit. Slow (one Python call per window): the
+    reference that ``MASignal`` matches where it matters."""
+    n = values.shape[0]
+    out = np.full(n, np.nan)
+    if n < period:
+        return out
+    windows = np.lib.stride_tricks.sliding_window_view(values.astype(np.float64), period)
+    out[period - 1 :] = np.fromiter(map(math.fsum, windows.tolist()), np.float64) / period
+    return out
+
+
 def test_ma_signal_equals_the_exact_backtrader_crossover() -> None:
     """MASignal sums windows with numpy and settles near-ties exactly; its signals must equal
     the crossover of Backtrader-exact SMAs (fsum per window), including exact ties."""
     import pandas as pd
 
-    from strategies.signals import MASignal, crossover, sma_exact
+    from strategies.signals import MASignal, crossover
 
     rng = np.random.default_rng(3)
     # Prices on a coarse grid make exact ties between the two SMAs common.

@@ -49,7 +49,7 @@ class ScriptedSignal:
 
 def run(tmp_path: Path, frames: dict[str, pd.DataFrame], script: dict[int, float] | None = None,
         signal: object | None = None, session: object | None = None,
-        **overrides: object):  # noqa: ANN201
+        **overrides: object):
     data = tmp_path / "bars" / "1Min"
     for sym, f in frames.items():
         write_bars(data / f"{sym}.parquet", f)
@@ -61,7 +61,7 @@ def run(tmp_path: Path, frames: dict[str, pd.DataFrame], script: dict[int, float
     return result, load_run(result.run_dir)
 
 
-def actions(run, action: str) -> pd.DataFrame:  # noqa: ANN001
+def actions(run, action: str) -> pd.DataFrame:
     a = run.audit
     return a[(a["kind"] == "decision") & (a["action"] == action)]
 
@@ -235,7 +235,7 @@ def test_stop_placed_and_raised_on_the_same_bar_leaves_one_stop(tmp_path: Path) 
     assert r.equity.positions.iloc[-1] == 0
 
 
-def _extended_from(i: int):  # noqa: ANN202
+def _extended_from(i: int):
     return lambda when: "extended" if when >= at(i).to_pydatetime() else "regular"
 
 
@@ -361,7 +361,7 @@ def test_no_market_fallback_while_the_market_is_closed(tmp_path: Path) -> None:
     closed_after = at(40).to_pydatetime()
     orig_init = ratchet.RatchetStrategy.__init__
 
-    def init(self) -> None:  # noqa: ANN001
+    def init(self) -> None:
         orig_init(self)
         self._market_open = lambda when: when <= closed_after
 

@@ -31,7 +31,7 @@ def _write(path: Path, frame: pd.DataFrame) -> Path:
         (lambda f: f.assign(open=f.open.where(f.index != 5, 0.0)), "non-positive price"),
     ],
 )
-def test_bad_rows_name_file_and_row(tmp_path: Path, mutate, message: str) -> None:  # noqa: ANN001
+def test_bad_rows_name_file_and_row(tmp_path: Path, mutate, message: str) -> None:
     path = _write(tmp_path / "ACME.parquet", mutate(flat_bars(20)))
     with pytest.raises(DataError) as err:
         store.read_bars(path)

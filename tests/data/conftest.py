@@ -3,7 +3,6 @@ the loopback Alpaca server replaying the bundled October 2025 minute bars."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from brokers.alpaca_sim.testing import SimServer
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "data" / "bars"
@@ -56,27 +57,19 @@ def source_bars(symbol: str) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def data_sim() -> Iterator[object]:
+def data_sim() -> Iterator[SimServer]:
     """The loopback Alpaca server on the bundled bars, its clock after their end."""
-    try:
-        found = importlib.util.find_spec("brokers.alpaca_sim.testing") is not None
-    except ModuleNotFoundError:
-        found = False
-    if not found:
-        pytest.skip("brokers.alpaca_sim.testing (the loopback Alpaca server) is missing")
-    from brokers.alpaca_sim.testing import SimServer
-
     with SimServer(BUNDLED, key=KEY, secret=SECRET, start=None, speed=0.0) as sim:
         sim.advance(to=SIM_END)
         yield sim
 
 
 @pytest.fixture
-def sim_clean(data_sim: object) -> Iterator[object]:
+def sim_clean(data_sim: SimServer) -> Iterator[SimServer]:
     """The shared server with no scripted faults before and after the test."""
-    data_sim.faults.clear()  # type: ignore[attr-defined]
+    data_sim.faults.clear()
     yield data_sim
-    data_sim.faults.clear()  # type: ignore[attr-defined]
+    data_sim.faults.clear()
 
 
 def write_csv(path: Path, text: str) -> Path:

@@ -6,9 +6,7 @@ trees, so the whole folder runs in well under a minute.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from strategies.ml import (
     save_model,
     walk_forward,
 )
+from tests.conftest import run_cli as shared_run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 SYMBOLS = ("ACME", "BOLT", "CRUX")
@@ -72,12 +71,10 @@ def model_file(trained: TrainedModel, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture
 def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run ``python cli.py ARGS`` from the repo as a subprocess and capture its output."""
+    """``tests.conftest.run_cli`` with wide output and none of the caller's RATCHET_ settings."""
 
     def run(*args: str, cwd: Path = REPO, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
-        env = {k: v for k, v in env.items() if not k.startswith("RATCHET_")}
-        return subprocess.run([sys.executable, str(REPO / "cli.py"), *args], cwd=cwd,
-                              capture_output=True, text=True, timeout=timeout, env=env)
+        return shared_run_cli(*args, cwd=cwd, timeout=timeout, env={"COLUMNS": "160"},
+                              isolated=True)
 
     return run

@@ -7,6 +7,7 @@ output.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from brokers.alpaca_sim.testing import SimServer
 from commands.paper import PaperOptions, PaperResult, run_paper
 from common.config import Settings
 from common.logs import REDACTOR
+from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BARS = REPO / "data" / "bars"
@@ -31,12 +33,6 @@ SENTINEL_KEY = "SENTINELKEYID7F3A91"
 SENTINEL_SECRET = "SENTINEL-SECRET-c0ffee-8d2b"
 #: the bundled bars' 3rd session opens here: two sessions of warm-up before it
 REPLAY_START = datetime(2025, 10, 3, 13, 30, tzinfo=UTC)
-
-
-@pytest.fixture(scope="session")
-def book() -> BarBook:
-    """The bundled bars of three symbols, loaded once."""
-    return BarBook.load(BARS / "1Min", SYMBOLS)
 
 
 class PostCounter:
@@ -154,13 +150,7 @@ def decisions(audit: pd.DataFrame, since: datetime | None = None) -> list[tuple[
     return out
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
-    """Poll ``pred`` until true or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
+#: ``wait_for`` that returns the falsy value on timeout instead of failing (callers assert)
+wait_until = functools.partial(wait_for, strict=False)
 
 

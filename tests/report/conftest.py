@@ -1,19 +1,22 @@
-"""Fixtures for the report tests: synthetic run folders and real ones from the backtest CLI.
+"""Fixtures for the report tests: run folders written by the real backtest.
 
-``make_run`` writes a run folder that follows docs/CONTRACTS.md ("Run folder") from seeded
-synthetic bars and a simple long-only trade list, so the report can be tested without the
-backtest (empty runs, long daily runs, broken files). ``real_runs`` runs
-``python cli.py backtest`` as a subprocess once per session and yields its run folders.
+``make_run`` runs the real backtest path (``run_backtest``: feed -> Strategy -> SimBroker ->
+``analyzers.recorder`` -> run folder) on hand-shaped bars with a scripted signal, so each
+trade of a ``RunSpec`` happens as asked and its exit reason comes from the Strategy's own stop
+rule (``strategies.rules``), not from a copy of it: bars are flat (ATR exactly 1.0, the fixed
+stop 2.0 below the fill); a ``stop`` exit is a bar whose low falls through that stop; a
+``trail`` exit is a 10% step up (the trail then binds) and a fall back; a ``signal`` exit is
+a scripted SELL. ``real_runs`` runs ``python cli.py backtest`` as a subprocess once per
+session and yields its run folders.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import re
+import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +25,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feeds.synthetic import random_walk_bars
+from commands.backtest import run_backtest
+from common.config import Settings
+from feeds.store import arrays_from_frame
 from tests.conftest import REPO
+from tests.conftest import run_cli as shared_run_cli
 
 #: (symbol, entry bar index, exit bar index, exit reason)
 TradeSpec = tuple[str, int, int, str]
+#: bars before bar 0 of a spec, so the ATR (14 bars) is warm when the first trade comes
+WARM = 30
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What a synthetic run folder contains."""
+    """What a run folder should contain: symbols, span, and the trades (bar indices)."""
 
     symbols: tuple[str, ...] = ("ACME", "BOLT")
     interval: str = "1Min"
@@ -45,8 +53,6 @@ class RunSpec:
     )
     mode: str = "backtest"
     cash: float = 100_000.0
-    qty: float = 50.0
-    seed: int = 7
 
 
 def _index(spec: RunSpec) -> pd.DatetimeIndex:
@@ -59,119 +65,71 @@ def _index(spec: RunSpec) -> pd.DatetimeIndex:
     return pd.DatetimeIndex([t + m for t in opens for m in minutes]).tz_convert("UTC")
 
 
-def _bars(spec: RunSpec) -> dict[str, pd.DataFrame]:
+def _shaped(spec: RunSpec) -> tuple[dict[str, pd.DataFrame], dict[str, dict[int, float]]]:
+    """Flat bars per symbol shaped for its trades, and the scripted signal per symbol."""
     index = _index(spec)
-    return {
-        sym: random_walk_bars(index, seed=spec.seed + i, start_price=100.0 + 20 * i)
-        for i, sym in enumerate(spec.symbols)
-    }
+    n = len(index)
+    frames, scripts = {}, {}
+    for k, sym in enumerate(spec.symbols):
+        base = 100.0 + 20 * k
+        level = np.full(n, base)
+        low_at: dict[int, float] = {}
+        script: dict[int, float] = {}
+        for s, i, j, reason in spec.trades:
+            if s != sym:
+                continue
+            i, j = i + WARM, j + WARM
+            assert j < n, f"trade {s} {i}-{j} past the last bar ({n})"
+            script[i] = 1.0
+            if reason == "signal":
+                script[j] = -1.0
+            elif reason == "stop":
+                low_at[j] = base - 5.0  # through the fixed stop (2 ATR below the fill)
+            else:  # trail: step up so the trail binds, then fall back through it
+                level[i + 2 : j + 1] = base * 1.1
+                low_at[j] = base  # opens above the trail, trades through it: a winner
+        low = level - 0.5
+        for j, value in low_at.items():
+            low[j] = value
+        frames[sym] = pd.DataFrame({
+            "timestamp": index, "open": level, "high": level + 0.5, "low": low,
+            "close": level, "volume": np.full(n, 10_000.0)})
+        scripts[sym] = script
+    return frames, scripts
 
 
-def _order_row(oid: str, sym: str, side: str, purpose: str, qty: float, price: float,
-               when: pd.Timestamp) -> dict[str, object]:
-    iso = when.isoformat()
-    return {
-        "client_order_id": oid, "symbol": sym, "side": side,
-        "type": "stop" if purpose == "stop" else "market", "purpose": purpose, "qty": qty,
-        "limit_price": np.nan, "stop_price": np.nan, "created_time": when, "status": "filled",
-        "filled_qty": qty, "avg_fill_price": price,
-        "status_history": json.dumps([[iso, "new"], [iso, "filled"]]),
-        "fills": json.dumps([[iso, qty, price]]),
-    }
+class ScriptedSignal:
+    """BUY/SELL on chosen bars of each symbol (told apart by their first close)."""
+
+    name = "scripted"
+    warmup = 0
+
+    def __init__(self, by_first_close: dict[float, dict[int, float]]) -> None:
+        self.by_first_close = by_first_close
+
+    def compute(self, bars: pd.DataFrame) -> pd.DataFrame:
+        sig = np.zeros(len(bars))
+        for i, v in self.by_first_close[float(bars["close"].iloc[0])].items():
+            sig[i] = v
+        return pd.DataFrame({"signal": sig}, index=bars.index)
 
 
-def write_run_folder(path: Path, spec: RunSpec = RunSpec()) -> Path:  # noqa: C901
-    """Write a contract-conformant run folder at ``path`` and return it."""
-    path.mkdir(parents=True, exist_ok=True)
-    bars = _bars(spec)
-    ts = bars[spec.symbols[0]]["timestamp"]
-    n = len(ts)
-    stops = {s: np.full(n, np.nan) for s in spec.symbols}
-    held = {s: np.zeros(n) for s in spec.symbols}
-    cash = np.full(n, spec.cash)
-    trades, orders, audit = [], [], []
-    for sym, i, j, reason in spec.trades:
-        df = bars[sym]
-        entry, exit_ = float(df.close[i]), float(df.close[j])
-        highs = df.high.to_numpy()[i : j + 1]
-        fixed = entry * 0.97
-        trail = np.maximum.accumulate(highs) * 0.97
-        stops[sym][i:j] = np.maximum(fixed, trail)[: j - i]
-        held[sym][i:j] += spec.qty
-        cash[i:] -= entry * spec.qty
-        cash[j:] += exit_ * spec.qty
-        t_in, t_out = df.timestamp[i], df.timestamp[j]
-        stamp = lambda t: t.strftime("%Y%m%dT%H%M%S")  # noqa: E731
-        eid, xid = f"ratchet-{sym}-{stamp(t_in)}-entry", f"ratchet-{sym}-{stamp(t_out)}-exit"
-        pnl = (exit_ - entry) * spec.qty
-        trades.append({
-            "symbol": sym, "entry_time": t_in, "exit_time": t_out, "entry_price": entry,
-            "exit_price": exit_, "qty": spec.qty, "pnl": pnl,
-            "return_pct": pnl / (entry * spec.qty), "exit_reason": reason, "bars_held": j - i,
-            "entry_order_id": eid, "exit_order_id": xid,
-        })
-        orders.append(_order_row(eid, sym, "buy", "entry", spec.qty, entry, t_in))
-        orders.append(_order_row(xid, sym, "sell", "exit", spec.qty, exit_, t_out))
-        audit.append([t_in, "decision", sym, "buy", "signal", spec.qty, entry, eid, ""])
-        audit.append([t_out, "decision", sym, "sell", reason, spec.qty, exit_, xid, ""])
-    value = cash + sum(held[s] * bars[s].close.to_numpy() for s in spec.symbols)
-    market = value - cash
-    first = np.array([bars[s].close.iloc[0] for s in spec.symbols])
-    closes = np.column_stack([bars[s].close.to_numpy() for s in spec.symbols])
-    benchmark = spec.cash * (closes / first).mean(axis=1)
-    equity = pd.DataFrame({
-        "timestamp": ts, "cash": cash, "value": value, "exposure": market / value,
-        "positions": sum((held[s] > 0).astype("int64") for s in spec.symbols),
-        "benchmark": benchmark,
-    })
-    prices = pd.concat(
-        [pd.DataFrame({"timestamp": ts, "symbol": s, "close": bars[s].close, "stop": stops[s]})
-         for s in spec.symbols], ignore_index=True,
-    )
-    trade_cols = ["symbol", "entry_time", "exit_time", "entry_price", "exit_price", "qty",
-                  "pnl", "return_pct", "exit_reason", "bars_held", "entry_order_id",
-                  "exit_order_id"]
-    trades_df = pd.DataFrame(trades, columns=trade_cols)
-    if trades_df.empty:
-        trades_df = trades_df.astype({
-            "symbol": "str", "entry_time": "datetime64[ns, UTC]",
-            "exit_time": "datetime64[ns, UTC]", "entry_price": "float64",
-            "exit_price": "float64", "qty": "float64", "pnl": "float64",
-            "return_pct": "float64", "exit_reason": "str", "bars_held": "int64",
-            "entry_order_id": "str", "exit_order_id": "str",
-        })
-    order_cols = list(_order_row("x", "X", "buy", "entry", 1.0, 1.0, ts[0]))
-    pd.DataFrame(orders, columns=order_cols).to_parquet(path / "orders.parquet")
-    trades_df.to_parquet(path / "trades.parquet")
-    equity.to_parquet(path / "equity.parquet")
-    prices.to_parquet(path / "prices.parquet")
-    pd.DataFrame(audit, columns=["time", "kind", "symbol", "action", "reason", "qty", "price",
-                                 "client_order_id", "detail"]).to_csv(path / "audit.csv",
-                                                                      index=False)
-    wins = [t["pnl"] for t in trades if t["pnl"] > 0]
-    losses = [-t["pnl"] for t in trades if t["pnl"] <= 0]
-    peak = np.maximum.accumulate(value)
-    stats = {
-        "total_return": value[-1] / value[0] - 1, "cagr": 0.12, "sharpe": 1.3,
-        "sortino": 1.9, "max_drawdown": float((value / peak - 1).min()),
-        "max_drawdown_duration_days": 0.42, "win_rate": len(wins) / len(trades) if trades
-        else None, "profit_factor": sum(wins) / sum(losses) if losses else None,
-        "exposure": float(np.mean(market / value)), "trade_count": len(trades),
-        "start": ts.iloc[0].isoformat(), "end": ts.iloc[-1].isoformat(),
-        "start_value": float(value[0]), "end_value": float(value[-1]), "bars": n,
-    }
-    (path / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
-    config = {
-        "mode": spec.mode, "run_id": path.name, "created_at": "2025-11-24T12:00:00+00:00",
-        "settings": {"symbols": list(spec.symbols), "bar_interval": spec.interval,
-                     "signal": "ma", "fast_period": 10, "slow_period": 30,
-                     "risk_per_trade_pct": 0.02, "max_position_pct": 0.1, "max_positions": 5,
-                     "atr_period": 14, "atr_stop_multiplier": 2.0, "trail_stop_pct": 0.03,
-                     "use_limit_orders": True, "limit_order_timeout": 30.0,
-                     "cash": spec.cash, "commission": 0.0},
-        "data": "data/bars", "symbols": list(spec.symbols), "interval": spec.interval,
-        "start": spec.start, "end": spec.end, "version": "0.1.0",
-    }
+def write_run_folder(path: Path, spec: RunSpec = RunSpec()) -> Path:
+    """Run the real backtest for ``spec`` and leave its run folder at ``path``."""
+    frames, scripts = _shaped(spec)
+    datasets = {sym: arrays_from_frame(sym, f) for sym, f in frames.items()}
+    signal = ScriptedSignal({float(frames[s]["close"].iloc[0]): scripts[s] for s in frames})
+    settings = Settings(symbols=spec.symbols, bar_interval=spec.interval, cash=spec.cash,
+                        use_limit_orders=False)
+    work = path.parent / f".{path.name}.work"
+    result = run_backtest(settings, datasets, out=work, signal=signal,
+                          session=lambda _t: "regular")
+    assert result.run_dir is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(result.run_dir, path)
+    shutil.rmtree(work)
+    config = json.loads((path / "config.json").read_text())
+    config.update(mode=spec.mode, run_id=path.name)
     (path / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     return path
 
@@ -191,10 +149,8 @@ def images(page: str) -> list[bytes]:
 
 
 def run_cli(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    """``python cli.py ARGS`` as a subprocess (text output captured)."""
-    return subprocess.run([sys.executable, str(REPO / "cli.py"), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "MPLBACKEND": "Agg"})
+    """``tests.conftest.run_cli`` with the report tests' time limit."""
+    return shared_run_cli(*args, cwd=cwd, timeout=120)
 
 
 @pytest.fixture

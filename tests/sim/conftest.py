@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,17 +20,12 @@ from brokers.alpaca_sim.bars import BarArraysSet, BarBook
 from brokers.alpaca_sim.clock import ReplayClock
 from brokers.alpaca_sim.market import Market, MarketOptions
 from brokers.alpaca_sim.testing import SimServer
+from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BARS = REPO / "data" / "bars"
 #: The bundled data's default start: regular open of its 3rd session (Fri 2025-10-03).
 DEFAULT_START = datetime(2025, 10, 3, 13, 30, tzinfo=UTC)
-
-
-@pytest.fixture(scope="session")
-def book() -> BarBook:
-    """The bundled sample bars, loaded once for the whole session."""
-    return BarBook.load(BARS)
 
 
 @pytest.fixture
@@ -55,18 +49,6 @@ def data_client(sim: SimServer) -> StockHistoricalDataClient:
     client = StockHistoricalDataClient(sim.key, sim.secret, url_override=sim.base_url)
     client._retry_wait = 0
     return client
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    """Poll ``pred`` until it is truthy; its value (fails the test on timeout)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from feeds.store import write_bars
 from feeds.synthetic import random_walk_bars, trading_minutes
+from tests.conftest import wait_for
 
 DASK = str(Path(sys.executable).with_name("dask"))
 #: Two sessions of the bundled bars: a cell is a ~0.1 s backtest.
@@ -31,16 +31,6 @@ def write_tiny_bars(root: Path, start: str = "2025-10-06", end: str = "2025-10-0
         write_bars(folder / f"{sym}.parquet", random_walk_bars(idx, seed=11 + i, regime_len=120,
                                                                bar_vol=0.0015))
     return folder
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # noqa: ANN001
-    """Poll ``predicate`` until true (fail the test after ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def stop(proc: subprocess.Popen) -> None:

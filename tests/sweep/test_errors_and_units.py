@@ -17,7 +17,7 @@ from tests.conftest import run_cli
 from tests.sweep.conftest import SMALL
 
 
-def _one_line_error(proc, *needles: str) -> None:  # noqa: ANN001
+def _one_line_error(proc, *needles: str) -> None:
     assert proc.returncode not in (0, None)
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
