@@ -11,13 +11,10 @@ of sleeping through a grace period (``FastForwardClock``) or drive it by hand
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
-
-logger = logging.getLogger(__name__)
 
 
 class Clock(Protocol):

@@ -7,7 +7,6 @@ entry guards, the limit-order timeout and the deterministic client order ids. Th
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from dataclasses import dataclass
@@ -15,8 +14,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 
 class Purpose(StrEnum):

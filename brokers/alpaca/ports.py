@@ -11,12 +11,9 @@ the first Strategy.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Protocol, runtime_checkable
 
 import backtrader as bt
-
-logger = logging.getLogger(__name__)
 
 
 @runtime_checkable

@@ -20,7 +20,6 @@ Rules:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -28,8 +27,6 @@ from decimal import Decimal
 from brokers.alpaca.journal import JournalOrder
 from brokers.alpaca.parsing import OrderSnapshot, PositionRecord
 from strategies.rules import is_ours
-
-logger = logging.getLogger(__name__)
 
 _STOP_TYPES = ("stop", "stop_limit", "trailing_stop")
 
