@@ -262,6 +262,36 @@ class Journal:
         except sqlite3.IntegrityError:
             raise DuplicateIntentError(cid) from None
 
+    def record_sent(self, spec: dict[str, Any], purpose: str, decision_time: datetime | None,
+                    alpaca_id: str, alpaca_status: str, replaces: str | None = None) -> None:
+        """Journal an order sent BEFORE its intent was written, with Alpaca's answer: intent
+        and acceptance in one synced transaction. Only for an order whose client order id is
+        deterministic and found at Alpaca by startup reconciliation if the process dies
+        between the request and this write (the protective stop of a fill and the PATCH of
+        a stop, issues 11 and 17).
+
+        Raises ``DuplicateIntentError`` if the client order id is already journaled.
+        """
+        cid = spec["client_order_id"]
+        now = time.time()
+        try:
+            with self._tx() as db:
+                quarantined = self._free_alpaca_id(db, alpaca_id, cid)
+                db.execute(
+                    "INSERT INTO orders (cid, symbol, side, type, qty, purpose, spec, state, "
+                    "alpaca_id, alpaca_status, replaces, decision_time, created_wall, "
+                    "updated_wall) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (cid, spec["symbol"], spec["side"], spec["type"], spec["qty"], purpose,
+                     json.dumps(spec, sort_keys=True), JournalState.ACCEPTED.value, alpaca_id,
+                     alpaca_status, replaces,
+                     decision_time.isoformat() if decision_time else None, now, now))
+                self._event(db, cid, "intent", spec=spec, purpose=purpose, sent_first=True)
+                self._event(db, cid, "accepted", state=JournalState.ACCEPTED.value,
+                            alpaca_id=alpaca_id, alpaca_status=alpaca_status)
+        except sqlite3.IntegrityError:
+            raise DuplicateIntentError(cid) from None
+        self._report_quarantine(quarantined, alpaca_id, cid)
+
     def adopt(self, cid: str, symbol: str, side: str, type_: str, qty: Decimal,
               purpose: str, alpaca_id: str, alpaca_status: str, filled_qty: Decimal,
               filled_value: Decimal) -> None:

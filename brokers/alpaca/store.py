@@ -187,7 +187,7 @@ class AlpacaStore(StoreHistory, BrokerTime):
         self._gate_seen: set[tuple[datetime, str]] = set()
         self.clock = MarketClock(client.get_calendar, client.get_clock, settings.bar_seconds,
                                  settings.extended_hours, monotonic=clock.monotonic)
-        self.assembler = StepAssembler(self.symbols, grace=grace)
+        self.assembler = StepAssembler(self.symbols, grace=grace, clock=clock.monotonic)
         # the stream sends 1-minute bars only: coarser intervals are built here
         self.aggregator = IntervalAggregator(settings.bar_seconds) \
             if settings.bar_seconds > 60 else None
@@ -212,6 +212,7 @@ class AlpacaStore(StoreHistory, BrokerTime):
         self._last_clock = 0.0
         self._last_flush = 0.0
         self.flush_every_s = 2.0
+        self._last_delivered = 0.0  # monotonic time of the last step handed out
         self._last_wait_log = 0.0
         self._was_open: bool | None = None
         self._save_state: Callable[[], None] | None = None
@@ -308,6 +309,11 @@ class AlpacaStore(StoreHistory, BrokerTime):
                 self._save_state()
             if self.on_step_done is not None:
                 self.on_step_done()
+            # the bar recording is written right after a step, when the next bar is furthest
+            # away: written from the idle loop every 2 s it ran at any moment, and a bar
+            # arriving during it (a whole-day Parquet rewrite per symbol, longer as the day
+            # goes on) waited for it: ~20% of bar arrival -> order at 60x (issue 11)
+            self._housekeeping()
         if self._stop_requested or (self.max_steps is not None
                                     and self.status.steps >= self.max_steps):
             self._finish()
@@ -317,7 +323,8 @@ class AlpacaStore(StoreHistory, BrokerTime):
         if not self._steps:
             self._steps.extend(self._release())
         if not self._steps:
-            self._housekeeping()
+            if self.local_clock.monotonic() - self._last_delivered > 5 * self.flush_every_s:
+                self._housekeeping()  # no step for a while (e.g. the close): bars left over
             if self.on_idle is not None:
                 self.on_idle()
             self.pump_events(self.poll_s)
@@ -441,6 +448,7 @@ class AlpacaStore(StoreHistory, BrokerTime):
         self.status.last_bar = step.ts
         self.status.state = "delayed" if step.source == "backfill" else "live"
         self._delivered_since_save = True
+        self._last_delivered = self.local_clock.monotonic()
 
     def _housekeeping(self, force: bool = False) -> None:
         now = self.local_clock.monotonic()

@@ -70,7 +70,9 @@ class Tracked:
     waiting_on: str | None = None  # parked exit: cid of the stop being canceled
     replace_pending: str | None = None  # cid of an unresolved replacement
     events: int = 0
-    events_at_step: int = 0
+    # events that end or fill it (not new/accepted): the fill fence waits for one of them
+    outcomes: int = 0
+    outcomes_at_step: int = 0
     next_resolve: float = 0.0
     resolve_backoff: float = 0.5
     decision_time: datetime | None = None

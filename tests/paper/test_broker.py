@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -324,3 +325,38 @@ def test_unconfirmed_cancel_backs_off_and_a_vanished_order_ends(
     assert strat.orders["entry"].status == bt.Order.Canceled
     journal = Journal(tmp_path / "state" / "journal.sqlite")
     assert journal.get(cid_b).state is JournalState.LOST  # type: ignore[union-attr]
+
+
+def test_fill_fence_waits_for_a_late_fill_of_an_order_already_acknowledged(
+        sim: SimServer, creds: Credentials, tmp_path: Path) -> None:
+    """Regression (issue 11, parity at 60x): the fill fence waited for "any event" of a
+    working order the bar would fill, but an order sent in the last step has had its "new"
+    event by then, so the fence skipped it and its fill raced the step: when the fill event
+    came a little after the bar, the Strategy learned of it a bar late (a limit entry timed
+    out in paper and filled in the backtest; parity 29-94% once the bar path got faster).
+    Now it waits for a fill or an end: the Strategy sees the fill with the bar that made it."""
+    bars = _bars("ACME")
+    cid = "ratchet-ACME-20251003T133100-entry"
+    limit = round((bars[2].open + bars[2].low) / 2, 2)  # fills as the 13:32 bar closes
+    assert bars[2].low < limit < bars[2].open
+    publish = sim.market.on_trade_event
+    assert publish is not None
+
+    def late_fill(e: Any) -> None:
+        if e.event == "fill" and e.order.get("client_order_id") == cid:
+            threading.Timer(0.25, publish, [e]).start()  # after the bar, within the fence
+        else:
+            publish(e)
+
+    sim.market.on_trade_event = late_fill
+    seen: dict[int, bool] = {}
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if step == 2:
+            s.orders["entry"] = s.buy(data=d, size=5, exectype=bt.Order.Limit, price=limit,
+                                      cid=cid, purpose="entry")
+        seen[step] = any(n[0] == cid and n[1] == "Completed" for n in s.notes)
+
+    _run(sim, creds, tmp_path, 4, script, {})
+    assert seen.get(3) is True  # the step of the 13:32 bar, as a backtest would

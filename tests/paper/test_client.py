@@ -55,6 +55,44 @@ def test_submit_is_journaled_then_accepted(sim: SimServer, creds: Credentials,
     assert kinds[:2] == ["intent", "accepted"]  # the intent was written before the answer
 
 
+def test_fill_stop_is_sent_first_and_journaled_after(sim: SimServer, creds: Credentials,
+                                                     tmp_path: Path) -> None:
+    """Regression (issue 17): the protective stop of a fill waited for an fsynced intent
+    (7-15 ms of naked time per fill) before its POST. ``send_then_journal`` POSTs first:
+    when the server takes the order the journal has no row yet; after the answer, intent
+    and acceptance are one row. A lost answer is resolved by lookup, and a client order id
+    already journaled is never sent again."""
+    gw, journal = _gateway(sim, creds, tmp_path)
+    assert gw.submit(_market(qty=10), "entry").outcome is Outcome.ACCEPTED
+    sim.advance(minutes=1)  # filled: 10 shares to protect
+    stop = OrderSpec("ratchet-ACME-20251003T133100-stop1", "ACME", OrderSide.SELL,
+                     OrderType.STOP, Decimal(5), TimeInForce.GTC, stop_price=Decimal("90"))
+    seen: list[object] = []
+    submit = sim.market.submit
+
+    def spying(req: object) -> object:
+        seen.append(journal.get(stop.client_order_id))
+        return submit(req)
+
+    sim.market.submit = spying  # type: ignore[method-assign]
+    result = gw.submit(stop, "stop", journal_first=False)
+    assert seen == [None]  # nothing journaled when the server took it
+    assert result.outcome is Outcome.ACCEPTED and result.snapshot is not None
+    row = journal.get(stop.client_order_id)
+    assert row is not None and row.state is JournalState.ACCEPTED
+    assert row.alpaca_id == result.snapshot.id and row.purpose == "stop"
+    assert [e["kind"] for e in journal.events(stop.client_order_id)] == ["intent", "accepted"]
+    again = gw.submit(stop, "stop", journal_first=False)  # journaled: looked up, not sent
+    assert again.repeated and again.outcome is Outcome.ACCEPTED
+    lost = OrderSpec("ratchet-ACME-20251003T133100-stop2", "ACME", OrderSide.SELL,
+                     OrderType.STOP, Decimal(5), TimeInForce.GTC, stop_price=Decimal("90"))
+    sim.faults.lose_response(status=None)
+    assert gw.submit(lost, "stop", journal_first=False).outcome is Outcome.ACCEPTED
+    assert journal.get(lost.client_order_id).state is JournalState.ACCEPTED  # type: ignore[union-attr]
+    posts = sim.posts.posts  # type: ignore[attr-defined]
+    assert posts[stop.client_order_id] == 1 and posts[lost.client_order_id] == 1
+
+
 def test_504_after_accept_creates_no_duplicate(sim: SimServer, creds: Credentials,
                                                tmp_path: Path) -> None:
     """Regression (alpaca-py retries POST /v2/orders on 504): duplicate POST after 504."""

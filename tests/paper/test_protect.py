@@ -16,19 +16,23 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import backtrader as bt
 import pandas as pd
 import pytest
+from alpaca.trading.enums import OrderSide, OrderType, TimeInForce
 
-from brokers.alpaca.client import AlpacaClient
+from brokers.alpaca.client import AlpacaClient, OrderSpec
 from brokers.alpaca.credentials import Credentials
 from brokers.alpaca.journal import Journal, JournalState
+from brokers.alpaca.orders import OrderGateway, Outcome
 from brokers.alpaca_sim.calendar import ns_to_utc
 from brokers.alpaca_sim.testing import SimServer
 from commands.paper import PaperOptions, PaperResult, run_paper
@@ -338,9 +342,13 @@ def _step(sim: SimServer, state: Path, box: dict[str, Any]) -> None:
 def test_sigkill_at_the_entry_fill_leaves_exactly_one_stop(sim: SimServer, tmp_path: Path,
                                                            when: str) -> None:
     """``cli.py paper`` is SIGKILLed as its stop for a just-filled entry reaches the server:
-    before the server takes the POST (the journal holds only the intent) and right after
-    (the stop exists, its answer never arrives). The restarted bot ends with exactly one
-    resting stop of the position's size, and no client order id was posted twice."""
+    before the server takes the POST and right after (the stop exists, its answer never
+    arrives). The helper thread sends the stop FIRST and journals it after the answer
+    (issue 17: no fsynced intent on the fill path), so "after" is a SIGKILL between the send
+    and the journal write: the restart finds the stop among Alpaca's open orders and adopts
+    it by client order id, never sends it again. The restarted bot ends with exactly one
+    resting stop of the position's size, in the journal and at the server, and no client
+    order id was posted twice."""
     box: dict[str, Any] = {"killed": None}
     market = sim.market
     submit = market.submit
@@ -390,12 +398,19 @@ def test_sigkill_at_the_entry_fill_leaves_exactly_one_stop(sim: SimServer, tmp_p
     assert len(open_stops) == 1 and open_stops[0].remaining == position
     journal = Journal(tmp_path / "state" / "journal.sqlite")
     killed = journal.get(box["killed"])
-    assert killed is not None
+    with market.lock:
+        server_open = {o.client_order_id for o in market.orders.values()
+                       if o.type == "stop" and o.status in _OPEN}
+    journal_open = {r.cid for r in journal.orders() if r.purpose == "stop"
+                    and r.state is JournalState.ACCEPTED
+                    and r.alpaca_status in (*_OPEN, None)}
+    assert journal_open == server_open == {open_stops[0].client_order_id}
     if when == "before_post":  # never reached the server; a new stop was placed instead
         assert box["killed"] not in posts.posts
         assert open_stops[0].client_order_id != box["killed"]
-        assert killed.state is not JournalState.ACCEPTED
+        assert killed is None or killed.state is not JournalState.ACCEPTED
     else:  # the stop the dead process sent is found and kept; nothing new was posted
+        assert killed is not None and killed.state is JournalState.ACCEPTED  # adopted
         assert open_stops[0].client_order_id == box["killed"]
         assert [c for c in posts.posts if "-stop" in c] == [box["killed"]]
 
@@ -472,3 +487,110 @@ def test_stop_refused_through_the_market_exits_at_once(sim: SimServer, creds: Cr
     assert pos is None or pos.qty == 0
     audit = "\n".join(p.read_text() for p in (tmp_path / "logs").rglob("audit*"))
     assert "stop_refused" in audit and "less than current price" in audit
+
+
+def test_exit_while_the_helper_threads_stop_is_in_flight_has_one_outcome(
+        sim: SimServer, creds: Credentials, tmp_path: Path) -> None:
+    """A working limit entry fills in the middle of a step (real time: at any moment); the
+    helper thread's stop for it is still in flight (its POST not answered) when the
+    Strategy, in that step, cancels the entry (too late) and exits at market, as
+    ``RatchetStrategy._exit`` does. The exit takes the stop over first, cancels it, then
+    sells. One outcome: the position is closed, no stop is left resting at the server (it
+    would sell short when it triggers), each order was posted once, journal and server
+    agree."""
+    market = sim.market
+    in_flight, answered = threading.Event(), threading.Event()
+    submit = market.submit
+    box: dict[str, bool] = {}
+
+    def slow_stop(req: Any) -> Any:
+        if req.type == "stop" and not in_flight.is_set():
+            in_flight.set()
+            time.sleep(0.3)  # the stop's answer is late: the exit is decided meanwhile
+            try:
+                return submit(req)
+            finally:
+                answered.set()
+        return submit(req)
+
+    market.submit = slow_stop  # type: ignore[method-assign]
+    entry_cid, exit_cid = ("ratchet-ACME-20251003T133100-entry",
+                           "ratchet-ACME-20251003T133200-exit")
+
+    def fill_now() -> None:
+        with market.lock:
+            o = market.get_order_by_client_id(entry_cid)
+            market._execute(o, market.book.last_closed("ACME", market.now_ns), 50.0)
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if step == 2:  # far under the market: it works until the server fills it below
+            h = rules.StopHandoff("ACME", "ratchet", float(d.atr[0]), 2.0, 0.03, seq=0)
+            s.orders["entry"] = s.buy(data=d, size=5, exectype=bt.Order.Limit, price=50.0,
+                                      cid=entry_cid, purpose="entry", handoff=h)
+        elif step == 3:
+            threading.Thread(target=fill_now).start()
+            box["in_flight"] = in_flight.wait(5.0) and not answered.is_set()
+            s.cancel(s.orders["entry"])  # the Strategy's exit: the entry first (too late)
+            s.orders["exit"] = s.sell(data=d, size=5, exectype=bt.Order.Market, cid=exit_cid,
+                                      purpose="exit")
+
+    _run(sim, creds, tmp_path, 5, script, {})
+    assert box.get("in_flight"), "the scenario did not happen: the stop was not in flight"
+    orders = _orders(sim, "ACME")
+    stops = [o for o in orders if o.type == "stop"]
+    exits = [o for o in orders if o.client_order_id == exit_cid]
+    with market.lock:
+        pos = market.positions.get("ACME")
+    assert pos is None or pos.qty == 0
+    assert len(stops) == 1 and stops[0].status == "canceled"
+    assert len(exits) == 1 and exits[0].status == "filled" and exits[0].qty == 5
+    posts = sim.posts  # type: ignore[attr-defined]
+    assert posts.duplicates() == {}
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    row = journal.get(stops[0].client_order_id)
+    assert row is not None and row.alpaca_status == "canceled"
+
+
+def test_fill_event_during_startup_reconciliation_gives_one_stop(
+        sim: SimServer, creds: Credentials, tmp_path: Path) -> None:
+    """A limit entry of the last life is working when the bot starts again; it fills while
+    startup reconciliation reads the open orders, so its fill event arrives on the stream
+    in the middle of the reconciliation. The position is counted once (10, not 20) and
+    ends with exactly one resting stop of its size; journal and server agree."""
+    cid = "ratchet-ACME-20251003T132900-entry"
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    client = AlpacaClient(creds, base_url=sim.base_url, trading_per_minute=1e6)
+    spec = OrderSpec(cid, "ACME", OrderSide.BUY, OrderType.LIMIT, Decimal(10),
+                     TimeInForce.DAY, limit_price=Decimal("50.00"))
+    assert OrderGateway(client, journal).submit(spec, "entry").outcome is Outcome.ACCEPTED
+    journal.close()
+    market, box = sim.market, {"filled": False}
+    list_orders = market.list_orders
+
+    def filling(*args: Any, **kwargs: Any) -> Any:
+        out = list_orders(*args, **kwargs)
+        if not box["filled"] and any(o.client_order_id == cid for o in out):
+            box["filled"] = True
+            with market.lock:  # the entry fills right after the bot read it as working
+                o = market.get_order_by_client_id(cid)
+                market._execute(o, market.book.last_closed("ACME", market.now_ns), 50.0)
+        return out
+
+    market.list_orders = filling  # type: ignore[method-assign]
+    session(sim, creds, tmp_path, 3, symbols=("ACME",), settings=Settings(symbols=("ACME",)))
+    assert box["filled"]
+    with market.lock:
+        position = market.positions["ACME"].qty
+    assert position == 10
+    stops = [o for o in _orders(sim, "ACME") if o.type == "stop" and o.status in _OPEN]
+    assert len(stops) == 1 and stops[0].remaining == 10
+    assert sim.posts.duplicates() == {}  # type: ignore[attr-defined]
+    state = json.loads((tmp_path / "state" / "portfolio_state.json").read_text())
+    assert float(state["positions"]["ACME"]["qty"]) == 10
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    open_stops = [r.cid for r in journal.orders() if r.purpose == "stop"
+                  and r.state is JournalState.ACCEPTED and r.alpaca_status in _OPEN]
+    assert open_stops == [stops[0].client_order_id]
+    entry = journal.get(cid)
+    assert entry is not None and entry.alpaca_status == "filled" and entry.filled_qty == 10

@@ -24,13 +24,16 @@ class Gateway:
 
     def __init__(self) -> None:
         self.sent: list[OrderSpec] = []
+        self.journal_first: list[bool] = []
         self.gate = threading.Event()
         self.gate.set()
 
     def submit(self, spec: OrderSpec, purpose: str = "",
-               decision_time: datetime | None = None) -> SubmitResult:
+               decision_time: datetime | None = None,
+               journal_first: bool = True) -> SubmitResult:
         self.gate.wait(5.0)
         self.sent.append(spec)
+        self.journal_first.append(journal_first)
         return SubmitResult(Outcome.ACCEPTED, spec.client_order_id)
 
 
@@ -65,6 +68,9 @@ def test_an_armed_fill_is_protected_at_the_rule_level_with_the_next_stop_number(
     assert [(s.client_order_id, s.qty, s.stop_price) for s in gw.sent] == [
         ("ratchet-ACME-20251003T133200-stop3", Decimal(10), Decimal(str(level)))]
     assert job.seq == 3 and not p.busy("ACME")
+    # sent before its intent is journaled (no fsync on the fill path; the id is
+    # deterministic, so a crash in between is adopted at restart, never resent)
+    assert gw.journal_first == [False]
 
 
 def test_unarmed_claimed_paused_or_second_fill_starts_nothing() -> None:
