@@ -37,6 +37,7 @@ from brokers.alpaca.client import AlpacaClient
 from brokers.alpaca.data import AlpacaData
 from brokers.alpaca.journal import Journal
 from brokers.alpaca.orders import OrderGateway
+from brokers.alpaca.ports import PositionOwner, as_owner
 from brokers.alpaca.state import (
     DRY_RUN,
     LIVE,
@@ -157,7 +158,8 @@ class PaperSession:
             recorder=BarRecorder(state_dir / "bars", settings.bar_interval, cfg.feed),
             max_steps=1 if run.once else run.max_steps,
             on_idle=None if idle is None else (lambda: idle(self.store)),
-            latency=self.latency, clock_rate=clock_rate, audit=self.audit)
+            latency=self.latency, clock_rate=clock_rate, audit=self.audit,
+            clock=hooks.clock)
         if hooks.on_store is not None:
             hooks.on_store(self.store)
         self.cerebro = cerebro = bt.Cerebro(stdstats=False, quicknotify=False)
@@ -200,8 +202,9 @@ class PaperSession:
                                         run.rebuild_journal, self._recovered)
             return AlpacaBroker(store=self.store, gateway=OrderGateway(self.client, self.journal),
                                 journal=self.journal, settings=self.settings, audit=self.audit,
-                                strategies=self._strategies, fence_s=self.hooks.fence_s,
-                                stop_grace_s=cfg.stop_grace, stop_audit_s=cfg.stop_audit)
+                                owner=self._owner, fence_s=self.hooks.fence_s,
+                                stop_grace_s=cfg.stop_grace, stop_audit_s=cfg.stop_audit,
+                                clock=self.hooks.clock)
         cash = self.settings.cash
         try:
             cash = float(self.client.get_account().cash)
@@ -211,6 +214,11 @@ class PaperSession:
         # extended hours: stops sleep outside regular hours
         return make_dry_run_broker(cash, self.settings.commission, self.store,
                                    self.store.session if self.settings.extended_hours else None)
+
+    def _owner(self) -> PositionOwner | None:
+        """The Strategy that owns the positions (the broker asks it for stop levels)."""
+        strategies = self._strategies()
+        return as_owner(strategies[0]) if strategies else None
 
     def _strategies(self) -> list[bt.Strategy]:
         return list(getattr(self.cerebro, "runningstrats", []) or [])

@@ -20,6 +20,7 @@ import backtrader as bt
 
 from brokers.alpaca.credentials import Credentials
 from common.alpaca_config import AlpacaConfig
+from common.clock import SYSTEM_CLOCK, Clock
 from common.config import Settings
 from common.errors import ConfigError
 from strategies.ratchet import RatchetStrategy
@@ -71,6 +72,8 @@ class SessionHooks:
     #: broker clock speed vs the local monotonic clock; None: 1 for Alpaca hosts, 0 for a
     #: loopback simulator (its replayed time may run at any speed: bar closes + clock reads)
     clock_rate: float | None = None
+    #: the local clock of the store, streams and broker (``common.clock``; tests fast-forward)
+    clock: Clock = SYSTEM_CLOCK
 
 
 @dataclass

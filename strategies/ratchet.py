@@ -792,6 +792,19 @@ class RatchetStrategy(bt.Strategy):
                                        tr.get("entry_cid", ""), tr["entry_qty"],
                                        tr["entry_value"])
 
+    # ------------------------------------------------------------------ brokers.alpaca.ports
+
+    def stop_level(self, symbol: str) -> float | None:
+        """The current (ratcheted) stop level of ``symbol``'s position; None if none."""
+        book = self.books.get(symbol)
+        st = book.stop_state if book is not None else None
+        return None if st is None else st.level
+
+    def notifications_pending(self, symbol: str) -> bool:
+        """Notifications of ``symbol`` Backtrader queued for this Strategy that its next bar
+        has yet to process (Backtrader's own queue of this Strategy)."""
+        return any(o.data._name == symbol for o in self._orderspending)
+
     def adopt_position(self, data: bt.DataBase, qty: float, avg_price: float,
                        stop_order: bt.Order | None = None, atr: float | None = None) -> None:
         """Take over a position found at the broker (restart, reconciliation).

@@ -7,15 +7,13 @@ entry guards, the limit-order timeout and the deterministic client order ids. Th
 
 from __future__ import annotations
 
-import logging
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 
 class Purpose(StrEnum):
@@ -377,14 +375,185 @@ def client_order_id(
 
 
 def parse_client_order_id(cid: str) -> tuple[str, str, datetime, Purpose] | None:
-    """Inverse of ``client_order_id``; None for ids we did not make."""
+    """Inverse of ``client_order_id`` (every form of the grammar, see ``parse_order_id``):
+    ``(strategy, symbol, bar time, purpose)``; None for ids we did not make."""
+    parsed = parse_order_id(cid)
+    if parsed is None:
+        return None
+    return parsed.strategy_id, parsed.symbol, parsed.bar_time, parsed.purpose
+
+
+# ---------------------------------------------------------------------------------------------
+# The client order id grammar (the Strategy's ids and the ones a live broker makes)
+#
+#   {strategy}-{SYMBOL}-{YYYYmmddTHHMMSS}-{purpose}[seq][r...]
+#
+# * purpose: ``entry``, ``fallback``, ``stop``, ``exit`` (``Purpose``);
+# * seq: the Strategy numbers the stops of a position 1, 2, ...; a stop a live broker places
+#   for a position found without one is numbered from ``BROKER_STOP_SEQ_BASE`` on
+#   (``broker_stop_seq``); an order sent without an id is numbered with its Backtrader ref
+#   (``unnamed_order_id``);
+# * ``r``: a stop resized by a reconciliation (one PATCH needs a new id) gets an ``r`` per
+#   resize (``resized_order_id``).
+
+#: broker-made stops are numbered from here on (clear of the Strategy's own stop numbers)
+BROKER_STOP_SEQ_BASE = 50
+#: a resized id keeps this many characters of the old one before its ``r`` (Alpaca: 128 max)
+RESIZED_ID_KEEP = 100
+
+_PURPOSE_TAIL = re.compile(r"^(entry|fallback|stop|exit)(\d*)(r*)$")
+
+
+@dataclass(frozen=True)
+class OrderId:
+    """A parsed client order id of ours (``parse_order_id``); ``str()`` builds it back."""
+
+    strategy_id: str
+    symbol: str
+    bar_time: datetime
+    purpose: Purpose
+    seq: int = 0
+    resized: int = 0  # trailing ``r``s: how many times a reconciliation resized the stop
+
+    def __str__(self) -> str:
+        return client_order_id(self.strategy_id, self.symbol, self.bar_time, self.purpose,
+                               seq=self.seq) + "r" * self.resized
+
+
+def parse_order_id(cid: str) -> OrderId | None:
+    """Every part of a client order id of ours (the grammar above); None for other ids."""
     strategy_id, _, rest = cid.partition("-")
     parts = rest.rsplit("-", 2)
     if not strategy_id or len(parts) != 3:
         return None
-    symbol, stamp, purpose = parts
+    symbol, stamp, tail = parts
+    m = _PURPOSE_TAIL.match(tail)
+    if not symbol or m is None:
+        return None
     try:
         when = datetime.strptime(stamp, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
-        return strategy_id, symbol, when, Purpose(purpose.rstrip("0123456789"))
     except ValueError:
         return None
+    return OrderId(strategy_id, symbol, when, Purpose(m.group(1)),
+                   int(m.group(2) or 0), len(m.group(3)))
+
+
+def is_ours(cid: str, strategy_id: str) -> bool:
+    """Client order ids we make start with ``{strategy_id}-``."""
+    return cid.startswith(f"{strategy_id}-")
+
+
+def purpose_of(cid: str) -> str:
+    """The purpose an id of ours names ('' if none): parsed, else its last ``-`` part without
+    the number and ``r`` suffixes (an id cut short by ``resized_order_id``)."""
+    parsed = parse_order_id(cid)
+    if parsed is None:
+        tail = cid.rsplit("-", 1)[-1]
+        return tail.rstrip("0123456789r") if tail else ""
+    return parsed.purpose.value
+
+
+def broker_stop_seq(saved_stop_seq: int, placed_before: int) -> int:
+    """Number of a stop a live broker places for a position found without one:
+    ``BROKER_STOP_SEQ_BASE`` past the Strategy's last saved stop number, plus the stops the
+    broker already placed for the symbol in this run (a second one on the same bar)."""
+    return saved_stop_seq + BROKER_STOP_SEQ_BASE + placed_before
+
+
+def unnamed_order_id(strategy_id: str, symbol: str, bar_time: datetime, purpose: str,
+                     is_buy: bool, ref: int) -> str:
+    """The id of an order sent without one: from its decision bar (never a clock, so a restart
+    rebuilds it), purpose ``entry`` for a buy and ``exit`` for a sell unless given, numbered
+    with the order's Backtrader ``ref``."""
+    purpose = purpose or (Purpose.ENTRY.value if is_buy else Purpose.EXIT.value)
+    return client_order_id(strategy_id, symbol, bar_time, purpose, seq=ref)
+
+
+def resized_order_id(cid: str) -> str:
+    """The id of ``cid``'s stop resized by a reconciliation (PATCH): one more ``r``, the old id
+    cut to ``RESIZED_ID_KEEP`` characters first so repeated resizes stay within 128."""
+    return f"{cid[:RESIZED_ID_KEEP]}r"
+
+
+# ---------------------------------------------------------------------------------------------
+# The stop a live broker places itself (a position found without one)
+
+#: the ATR assumed, as a fraction of the average price, when no ATR is known
+FALLBACK_ATR_PCT = 0.01
+#: a protective level at or above the market is placed at this fraction of the last price
+BELOW_MARKET_FACTOR = 0.999
+
+
+def fallback_atr(avg_price: float, atr: float | None) -> float:
+    """The ATR a broker-made stop is computed with: the symbol's ATR, else (none known yet,
+    e.g. right after a restart) ``FALLBACK_ATR_PCT`` of the average price."""
+    if atr is None or not math.isfinite(atr):
+        return avg_price * FALLBACK_ATR_PCT
+    return atr
+
+
+@dataclass(frozen=True)
+class ProtectiveLevel:
+    """The price of a stop a broker places for a naked position (``protective_stop_level``)."""
+
+    price: float  # rounded down to the tick
+    level: float  # the rule's level before the market check
+    below_market: bool  # the level was at or above the market: placed just below it
+
+
+def protective_stop_level(avg_price: float, atr: float | None, known_level: float | None,
+                          last_price: float | None, atr_stop_multiplier: float,
+                          trail_pct: float) -> ProtectiveLevel:
+    """Where the stop of a position found without one goes.
+
+    The Strategy's current (ratcheted) or saved level when there is one; else its initial
+    stop from the average price and ``fallback_atr``. A level at or above the last price
+    (Alpaca refuses such a sell stop) becomes ``BELOW_MARKET_FACTOR`` x the last price."""
+    if known_level:
+        level = float(known_level)
+    else:
+        level = initial_stop(avg_price, fallback_atr(avg_price, atr), atr_stop_multiplier,
+                             trail_pct).level
+    price = level
+    below = last_price is not None and stop_through_market(level, last_price)
+    if last_price is not None and below:
+        price = last_price * BELOW_MARKET_FACTOR
+    return ProtectiveLevel(round_price(price), level, below)
+
+
+def stop_placeable(price: float, market: float | None) -> bool:
+    """May a sell stop at ``price`` go out with the market at ``market`` (None: unknown)?
+    Not when it is not a positive price, nor when it is already hit (``stop_through_market``:
+    the position is then sold at market instead)."""
+    if not math.isfinite(price) or price <= 0:
+        return False
+    return market is None or not stop_through_market(price, market)
+
+
+def fill_stop_price(fill_price: float, atr: float, atr_stop_multiplier: float,
+                    trail_pct: float) -> float | None:
+    """The stop of an entry's first fill (``initial_stop``, rounded down to the tick), or None
+    when it cannot be placed (``stop_placeable`` against the fill price)."""
+    state = initial_stop(fill_price, atr, atr_stop_multiplier, trail_pct)
+    price = round_price(state.level)
+    return price if stop_placeable(price, fill_price) else None
+
+
+def refused_stop_exit_reason(state: StopState | None) -> str:
+    """Why a position is sold at market because its stop was refused as through the market:
+    the binding stop (``stop``/``trail``), ``stop`` when no stop state is known."""
+    return state.binding if state is not None else Reason.STOP.value
+
+
+def sellable_qty(position: float, other_sells: float, wanted: float) -> float:
+    """Long-only: how much of ``wanted`` a sell (an exit) may sell, the other working sells
+    of the symbol (not its stop) counted: never more than is held (a stop that filled first
+    leaves 0: the exit is not sent). ``wanted`` itself when it fits (within 1e-9)."""
+    available = max(0.0, position - other_sells)
+    return wanted if wanted <= available + 1e-9 else available
+
+
+def default_stop_grace(bar_seconds: int) -> float:
+    """How long a live position may be without a resting stop before the broker places one:
+    one bar (the Strategy re-places a stop it lost on its next bar) plus 15 s."""
+    return float(bar_seconds) + 15.0

@@ -19,15 +19,12 @@ Three questions, answered from different time sources on purpose:
 
 from __future__ import annotations
 
-import logging
 import time as _time
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from brokers.alpaca.client import ClockInfo, SessionDay
-
-logger = logging.getLogger(__name__)
 
 NEW_YORK = ZoneInfo("America/New_York")
 EXTENDED_OPEN = time(4, 0)

@@ -16,7 +16,6 @@ The feed is thin on purpose: the store owns every connection and decision; ``del
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from typing import Any
 
@@ -25,8 +24,6 @@ import numpy as np
 
 from brokers.alpaca.parsing import BarRecord
 from feeds.btfeed import ns_to_bt
-
-logger = logging.getLogger(__name__)
 
 
 class AlpacaData(bt.feed.DataBase):

@@ -14,6 +14,8 @@ transaction, so a process killed at any instruction leaves either the old or the
   what was already applied (persisted in the same transaction). A replayed, duplicated or
   out-of-order event is therefore a no-op; the execution id (when there is one) names the
   fill row.
+
+The schema and the row types are in ``journal_rows.py``.
 """
 
 from __future__ import annotations
@@ -26,140 +28,28 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from brokers.alpaca.parsing import status_rule
+from brokers.alpaca.journal_rows import (
+    SCHEMA_SQL,
+    SCHEMA_VERSION,
+    DuplicateIntentError,
+    Fill,
+    JournalCorruptError,
+    JournalOrder,
+    JournalState,
+    as_decimal,
+    journal_row,
+)
 from common.perms import private_file
 
+__all__ = ["SCHEMA_VERSION", "DuplicateIntentError", "Fill", "Journal", "JournalCorruptError",
+           "JournalOrder", "JournalState"]
+
 logger = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS orders (
-    cid TEXT PRIMARY KEY,
-    symbol TEXT NOT NULL,
-    side TEXT NOT NULL,
-    type TEXT NOT NULL,
-    qty TEXT NOT NULL,
-    purpose TEXT NOT NULL DEFAULT '',
-    spec TEXT NOT NULL,
-    state TEXT NOT NULL,
-    alpaca_id TEXT UNIQUE,
-    alpaca_status TEXT,
-    filled_qty TEXT NOT NULL DEFAULT '0',
-    filled_value TEXT NOT NULL DEFAULT '0',
-    replaces TEXT,
-    reason TEXT NOT NULL DEFAULT '',
-    decision_time TEXT,
-    created_wall REAL NOT NULL,
-    updated_wall REAL NOT NULL,
-    lookups INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS fills (
-    cid TEXT NOT NULL,
-    key TEXT NOT NULL,
-    qty TEXT NOT NULL,
-    price TEXT NOT NULL,
-    ts TEXT NOT NULL,
-    PRIMARY KEY (cid, key)
-);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    wall REAL NOT NULL,
-    cid TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    payload TEXT NOT NULL
-);
-"""
-
-
-class JournalState(StrEnum):
-    """Our knowledge of one order."""
-
-    INTENT = "intent"  # written before the POST; outcome not yet known
-    ACCEPTED = "accepted"  # Alpaca has it (alpaca_status tells the rest)
-    AMBIGUOUS = "ambiguous"  # the POST may or may not have created it: look it up
-    REJECTED = "rejected"  # Alpaca definitely refused it
-    LOST = "lost"  # never found at Alpaca after lookups and an age threshold
-
-
-class JournalCorruptError(Exception):
-    """The journal file is not a readable SQLite database (corrupt pages, not a database)."""
-
-
-class DuplicateIntentError(Exception):
-    """The client order id is already in the journal: it must not be sent again."""
-
-
-@dataclass(frozen=True)
-class JournalOrder:
-    """One journal row."""
-
-    cid: str
-    symbol: str
-    side: str
-    type: str
-    qty: Decimal
-    purpose: str
-    spec: dict[str, Any]
-    state: JournalState
-    alpaca_id: str | None
-    alpaca_status: str | None
-    filled_qty: Decimal
-    filled_value: Decimal
-    replaces: str | None
-    reason: str
-    decision_time: str | None
-    created_wall: float
-    updated_wall: float
-    lookups: int
-
-    @property
-    def unresolved(self) -> bool:
-        """Sent (or about to be) but not known at Alpaca: INTENT or AMBIGUOUS."""
-        return self.state in (JournalState.INTENT, JournalState.AMBIGUOUS)
-
-    @property
-    def terminal(self) -> bool:
-        """Nothing more can happen to this order."""
-        if self.state in (JournalState.REJECTED, JournalState.LOST):
-            return True
-        if self.state is JournalState.ACCEPTED and self.alpaca_status:
-            return status_rule(self.alpaca_status).terminal
-        return False
-
-    @property
-    def open(self) -> bool:
-        """Not terminal: working at Alpaca or not yet resolved."""
-        return not self.terminal
-
-    @property
-    def avg_price(self) -> Decimal | None:
-        """Average price of the fills applied so far."""
-        return self.filled_value / self.filled_qty if self.filled_qty > 0 else None
-
-
-@dataclass(frozen=True)
-class Fill:
-    """A fill applied by ``apply_fill`` (``qty`` is this fill's quantity, unsigned)."""
-
-    cid: str
-    key: str
-    qty: Decimal
-    price: Decimal
-    ts: datetime
-    cum_qty: Decimal
-
-
-def _dec(value: Any) -> Decimal:
-    return Decimal(str(value)) if value not in (None, "") else Decimal(0)
 
 
 class Journal:
@@ -191,7 +81,7 @@ class Journal:
             raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else '?'}")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(SCHEMA_SQL)
         with self._tx() as db:
             row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
@@ -339,7 +229,7 @@ class Journal:
                           "WHERE alpaca_id = ? AND cid != ?", (alpaca_id, cid)).fetchall()
         out = []
         for row in rows:
-            old = _row(db.execute("SELECT * FROM orders WHERE cid = ?",
+            old = journal_row(db.execute("SELECT * FROM orders WHERE cid = ?",
                                   (row["cid"],)).fetchone())
             new_state = JournalState.AMBIGUOUS.value if old.open else old.state.value
             reason = f"quarantined: Alpaca id {alpaca_id} now belongs to {cid}"
@@ -402,20 +292,20 @@ class Journal:
         """The journal row for ``cid``."""
         with self._lock:
             row = self._db.execute("SELECT * FROM orders WHERE cid = ?", (cid,)).fetchone()
-        return None if row is None else _row(row)
+        return None if row is None else journal_row(row)
 
     def by_alpaca_id(self, alpaca_id: str) -> JournalOrder | None:
         """The journal row for an Alpaca order id."""
         with self._lock:
             row = self._db.execute("SELECT * FROM orders WHERE alpaca_id = ?",
                                    (alpaca_id,)).fetchone()
-        return None if row is None else _row(row)
+        return None if row is None else journal_row(row)
 
     def orders(self) -> list[JournalOrder]:
         """Every journal row, oldest first."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM orders ORDER BY created_wall, cid").fetchall()
-        return [_row(r) for r in rows]
+        return [journal_row(r) for r in rows]
 
     def open_orders(self) -> list[JournalOrder]:
         """Rows that are not terminal (working, or not yet resolved)."""
@@ -441,7 +331,7 @@ class Journal:
                              (cid,)).fetchone()
             if row is None:
                 raise KeyError(f"journal has no order {cid}")
-            applied, applied_value = _dec(row["filled_qty"]), _dec(row["filled_value"])
+            applied, applied_value = as_decimal(row["filled_qty"]), as_decimal(row["filled_value"])
             delta = cum_qty - applied
             if delta <= 0:
                 return None
@@ -489,25 +379,3 @@ class Journal:
                                         (cid,)).fetchall()
         return [dict(r) for r in rows]
 
-
-def _row(row: sqlite3.Row) -> JournalOrder:
-    return JournalOrder(
-        cid=row["cid"],
-        symbol=row["symbol"],
-        side=row["side"],
-        type=row["type"],
-        qty=_dec(row["qty"]),
-        purpose=row["purpose"],
-        spec=json.loads(row["spec"]),
-        state=JournalState(row["state"]),
-        alpaca_id=row["alpaca_id"],
-        alpaca_status=row["alpaca_status"],
-        filled_qty=_dec(row["filled_qty"]),
-        filled_value=_dec(row["filled_value"]),
-        replaces=row["replaces"],
-        reason=row["reason"],
-        decision_time=row["decision_time"],
-        created_wall=float(row["created_wall"]),
-        updated_wall=float(row["updated_wall"]),
-        lookups=int(row["lookups"]),
-    )

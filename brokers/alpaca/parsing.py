@@ -14,7 +14,6 @@ reconciliation); they become ``float`` only at the Backtrader boundary.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ from typing import Any
 
 import backtrader as bt
 from alpaca.trading.enums import OrderSide, OrderStatus, OrderType, TimeInForce, TradeEvent
-
-logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Order status -> Backtrader life cycle

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import queue
 import threading
 import time
@@ -193,11 +192,9 @@ class StopProtector:
 
     def _job(self, armed: Armed, ev: TradeUpdateRecord, arrived: float) -> Job | None:
         fill_price = float(ev.price or 0)
-        state = rules.initial_stop(fill_price, armed.atr, armed.atr_stop_multiplier,
-                                   armed.trail_pct)
-        price = rules.round_price(state.level)
-        if not math.isfinite(price) or price <= 0 or rules.stop_through_market(price,
-                                                                                fill_price):
+        price = rules.fill_stop_price(fill_price, armed.atr, armed.atr_stop_multiplier,
+                                      armed.trail_pct)
+        if price is None:
             return None  # the Strategy's next bar sells at market instead
         when = self._bar_time(armed.symbol)
         if when is None:

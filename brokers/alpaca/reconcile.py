@@ -20,15 +20,13 @@ Rules:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from brokers.alpaca.journal import JournalOrder
 from brokers.alpaca.parsing import OrderSnapshot, PositionRecord
-
-logger = logging.getLogger(__name__)
+from strategies.rules import is_ours
 
 _STOP_TYPES = ("stop", "stop_limit", "trailing_stop")
 
@@ -205,11 +203,6 @@ def describe(action: Action) -> str:
     if isinstance(action, MissingStop):
         return f"{action.symbol}: {_qty(action.qty)} shares have no resting stop; placing one"
     return type(action).__name__
-
-
-def is_ours(cid: str, strategy_id: str) -> bool:
-    """Client order ids we make start with ``{strategy_id}-``."""
-    return cid.startswith(f"{strategy_id}-")
 
 
 def is_stop(order: OrderSnapshot) -> bool:

@@ -31,6 +31,10 @@ closed bar, also when it came from a backfill or a ``--once`` fetch) while the m
 NOW (Alpaca's clock; the calendar's extended session for extended-hours orders). Bars replayed
 after a restart or backfilled after an outage still update the indicators and the stop state.
 
+Parts: ``history.StoreHistory`` (warm-up, backfill, gaps from REST) and ``gate.BrokerTime``
+(the broker's time and the order gate) are mixins of ``AlpacaStore``; the local clock is
+injected (``common.clock``).
+
 The store is not a Backtrader ``Store`` subclass on purpose: ``bt.Store`` is a metaclass
 singleton. Cerebro only needs ``start``, ``stop`` and ``get_notifications``.
 """
@@ -45,20 +49,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from analyzers.audit import Audit
-from brokers.alpaca.bars import (
-    BarRecorder,
-    IntervalAggregator,
-    LiveIndicators,
-    Step,
-    StepAssembler,
-)
+from brokers.alpaca.bars import BarRecorder, IntervalAggregator, LiveIndicators, Step, StepAssembler
 from brokers.alpaca.client import AlpacaClient
 from brokers.alpaca.clock import MarketClock
 from brokers.alpaca.credentials import Credentials
+from brokers.alpaca.gate import BrokerTime
+from brokers.alpaca.history import StoreHistory
 from brokers.alpaca.parsing import BarRecord
 from brokers.alpaca.streams import (
     MarketDataProtocol,
@@ -67,8 +67,9 @@ from brokers.alpaca.streams import (
     StreamSupervisor,
     TradeUpdatesProtocol,
 )
+from common.clock import SYSTEM_CLOCK, Clock
 from common.config import Settings
-from common.errors import BrokerError, DataError, RetryableError
+from common.errors import BrokerError, RetryableError
 from strategies.signals import Signal
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class StoreStatus:
     clock: str = ""
 
 
-class AlpacaStore:
+class AlpacaStore(StoreHistory, BrokerTime):
     """The live side of a paper run (see the module docstring for the threads and loop).
 
     Args:
@@ -134,6 +135,7 @@ class AlpacaStore:
         fresh_grace_s: a bar may be traded on until one bar interval plus this many seconds
             after its close (broker time).
         audit: where refused new orders (stale bar, market closed) are recorded.
+        clock: the local clock (``common.clock``; the streams get it too).
     """
 
     def __init__(
@@ -158,8 +160,11 @@ class AlpacaStore:
         clock_rate: float = 1.0,
         fresh_grace_s: float = 10.0,
         audit: Audit | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.client = client
+        #: the local clock (``common.clock``): ages the market clock's answer, timeouts
+        self.local_clock = clock
         self.settings = settings
         self.signal = signal
         self.symbols = [s.upper() for s in settings.symbols]
@@ -181,8 +186,8 @@ class AlpacaStore:
         self._newest_close: datetime | None = None
         self._gate_seen: set[tuple[datetime, str]] = set()
         self.clock = MarketClock(client.get_calendar, client.get_clock, settings.bar_seconds,
-                                 settings.extended_hours)
-        self.assembler = StepAssembler(self.symbols, grace=grace)
+                                 settings.extended_hours, monotonic=clock.monotonic)
+        self.assembler = StepAssembler(self.symbols, grace=grace, clock=clock.monotonic)
         # the stream sends 1-minute bars only: coarser intervals are built here
         self.aggregator = IntervalAggregator(settings.bar_seconds) \
             if settings.bar_seconds > 60 else None
@@ -216,12 +221,14 @@ class AlpacaStore:
         data_sup = StreamSupervisor(
             data_stream_url,
             MarketDataProtocol(credentials.key_id, credentials.secret_key, self.symbols),
-            self._sink, silence_timeout=silence_timeout, watch=lambda: self.clock.is_open)
+            self._sink, silence_timeout=silence_timeout, watch=lambda: self.clock.is_open,
+            clock=clock)
         sups = [data_sup]
         if trading_stream_url:
             sups.append(StreamSupervisor(
                 trading_stream_url,
-                TradeUpdatesProtocol(credentials.key_id, credentials.secret_key), self._sink))
+                TradeUpdatesProtocol(credentials.key_id, credentials.secret_key), self._sink,
+                clock=clock))
         self.hub = StreamHub(sups)
         self._connected: dict[str, int] = {}
 
@@ -263,179 +270,11 @@ class AlpacaStore:
         value = ind._atr if ind is not None else math.nan
         return None if math.isnan(value) else value
 
-    def now(self) -> datetime:
-        """The broker's time now (see the module docstring, "Time")."""
-        candidates: list[datetime] = []
-        last, read_at = self.clock.last, self.clock.read_at
-        if last is not None:
-            elapsed = 0.0 if read_at is None else max(0.0, time.monotonic() - read_at)
-            candidates.append(last.timestamp + timedelta(seconds=elapsed * self.clock_rate))
-        if self._newest_close is not None:
-            candidates.append(self._newest_close)
-        if not candidates:  # before the first clock read (connect reads it first)
-            return datetime.now(UTC)
-        return max(candidates)
-
-    def broker_time(self) -> datetime:
-        """The broker's notion of now (``now()``; written to the state file)."""
-        return self.now()
-
-    def _saw_close(self, bar_start: datetime, seconds: int) -> None:
-        close = bar_start + timedelta(seconds=seconds)
-        if self._newest_close is None or close > self._newest_close:
-            self._newest_close = close
-
-    def session(self, bar_time: datetime) -> str:
-        """The Strategy's ``session`` param (``regular``/``extended``/``closed``)."""
-        return self.clock.session(bar_time)
-
-    def market_open(self, bar_time: datetime) -> bool:
-        """The Strategy's ``market_open`` param: may a NEW order go out now for a decision on
-        the bar starting at ``bar_time``? (``order_gate`` says why not.)"""
-        ok, reason = self.order_gate(bar_time)
-        if not ok:
-            self._record_gate(bar_time, reason)
-        return ok
-
-    def order_gate(self, bar_time: datetime) -> tuple[bool, str]:
-        """(allowed, reason): the bar lies in the session before its last bar (calendar), it
-        is fresh (closed at most one interval + ``fresh_grace_s`` before ``now``), and the
-        market is open now. Reasons: ``market_closed``, ``stale_bar``."""
-        if not self.clock.market_open(bar_time):
-            return False, "market_closed"
-        secs = self.settings.bar_seconds
-        now = self.now()
-        age = (now - (bar_time + timedelta(seconds=secs))).total_seconds()
-        if age > secs + self.fresh_grace_s:
-            return False, "stale_bar"
-        if not self.entries_open(extended=self.clock.session(bar_time) == "extended"):
-            return False, "market_closed"
-        return True, ""
-
-    def entries_open(self, extended: bool = False) -> bool:
-        """Is the market open NOW for a new entry? Alpaca's clock (read again only when
-        ``now`` crossed its next open/close); for an extended-hours order, the calendar's
-        extended session at ``now``. An unreadable clock counts as closed."""
-        now = self.now()
-        if extended:
-            return bool(self.settings.extended_hours) and self.clock.in_session(now)
-        is_open = self.clock.open_at(now)
-        if is_open is None:
-            try:
-                self.clock.refresh()
-            except (RetryableError, BrokerError) as exc:
-                logger.warning("market clock unavailable (%s): no new entries", exc)
-                return False
-            self._last_clock = time.monotonic()
-            is_open = self.clock.open_at(self.now())
-            if is_open is None:  # our bar-based now ran past the clock's answer: trust it
-                is_open = self.clock.is_open
-        return bool(is_open)
-
-    def _record_gate(self, bar_time: datetime, reason: str) -> None:
-        key = (bar_time, reason)
-        if key in self._gate_seen:
-            return  # once per bar time (several symbols may ask)
-        self._gate_seen.add(key)
-        if len(self._gate_seen) > 4096:
-            self._gate_seen.clear()
-        now = self.now()
-        close = bar_time + timedelta(seconds=self.settings.bar_seconds)
-        logger.info("no new orders on the bar of %s: %s (bar closed %s, broker time %s, %s)",
-                    bar_time.isoformat(), reason, close.isoformat(), now.isoformat(),
-                    self.clock.describe_wait())
-        if self.audit is not None:
-            self.audit.record(bar_time, "gate", "", "no_new_orders", reason,
-                              bar_close=close.isoformat(), broker_time=now.isoformat())
-
     def request_stop(self) -> None:
         """Finish the current step, then end the run (signal handlers call this)."""
         self._stop_requested = True
 
     # ================================================================ startup
-
-    def connect(self, last_delivered: dict[str, datetime] | None = None) -> None:
-        """Clock, warm-up history and streams, before Cerebro runs.
-
-        ``last_delivered``: per symbol, the last bar the Strategy processed in an earlier run
-        (from the state file); newer bars are replayed as a backfill (DELAYED), older ones
-        only warm up the indicators.
-        """
-        self.clock.refresh()
-        self._last_clock = time.monotonic()
-        logger.info("%s", self.clock.describe_wait())
-        self.hub.start()
-        now = self.clock.last.timestamp if self.clock.last else datetime.now(UTC)
-        start = now - timedelta(days=self.warmup_days)
-        end = self._complete_before(now)
-        history = self.client.get_bars(self.symbols, start, end, self.settings.bar_interval)
-        empty = [s for s in self.symbols
-                 if not any(b.ts <= end and self._keep(b) for b in history.get(s, []))]
-        if empty:
-            # A typo (APPL) or a delisted symbol would otherwise sit in warm-up all day.
-            raise DataError(
-                f"no bars for {', '.join(empty)} from Alpaca ({self.client.data_url}) in the "
-                f"{self.warmup_days:g} days before {end:%Y-%m-%d %H:%M} UTC: check the "
-                f"symbol{'s' if len(empty) > 1 else ''} (or give more --warmup-days)")
-        last_delivered = last_delivered or {}
-        if self.recorder is not None:
-            self.recorder.clean_partials()
-        completed = 0
-        for sym in self.symbols:
-            bars = [b for b in history.get(sym, []) if b.ts <= end and self._keep(b)]
-            since = self.recorder.recorded_since(sym) if self.recorder is not None else None
-            if since is not None:  # bars a killed run never wrote, and those it missed
-                completed += self.recorder.complete(bars, since)  # type: ignore[union-attr]
-            cut = seen = last_delivered.get(sym)
-            if cut is not None and now - cut > self.max_backfill:
-                cut = None  # too old to act on: warm up only
-            warm = [b for b in bars if cut is None or b.ts <= cut]
-            replay = [b for b in bars if cut is not None and b.ts > cut]
-            if self.max_steps == 1:  # --once: decide on the latest closed bar, if it is new
-                fresh = bool(bars) and (seen is None or bars[-1].ts > seen)
-                replay, warm = (bars[-1:], bars[:-1]) if fresh else ([], bars)
-            if bars:
-                self._saw_close(bars[-1].ts, self.settings.bar_seconds)
-            self.indicators[sym].warm(warm)
-            self.warmup_bars[sym] = warm  # the run folder keeps them (cli.py parity)
-            if warm:
-                self._last_bar_time[sym] = warm[-1].ts
-                self._last_close[sym] = warm[-1].close
-            self.assembler.seed(sym, warm[-1].ts if warm else cut)
-            for bar in replay:
-                self.assembler.add(bar, time.perf_counter(), source="backfill")
-            logger.info("%s: %d warm-up bars%s", sym, len(warm),
-                        f", {len(replay)} to replay" if replay else "")
-        if completed:
-            logger.warning("recorded bars completed from REST after the restart: %d bar(s)",
-                           completed)
-            self.recorder.flush()  # type: ignore[union-attr]
-        self._steps.extend(self.assembler.release(upto=end))
-        self.status.state = "delayed" if self._steps else "live"
-        if self.max_steps == 1 and not self._steps:
-            logger.info("--once: no new closed bar since the last run; nothing to decide")
-            self.max_steps = 0
-
-    def wait_connected(self, timeout: float = 15.0) -> bool:
-        """Wait until every stream has connected once (False on timeout)."""
-        deadline = time.monotonic() + timeout
-        wanted = {s.protocol.name for s in self.hub.supervisors}
-        while time.monotonic() < deadline:
-            self.pump_events(0.05)
-            if wanted <= set(self._connected):
-                return True
-        return False
-
-    def _complete_before(self, now: datetime) -> datetime:
-        # only bars that have closed: start + interval <= now
-        secs = self.settings.bar_seconds
-        floor = datetime.fromtimestamp(int(now.timestamp()) // secs * secs, UTC)
-        return floor - timedelta(microseconds=1)
-
-    def _keep(self, bar: BarRecord) -> bool:
-        if self.settings.bar_interval == "1Day":
-            return True
-        return self.clock.in_session(bar.ts)
 
     # ================================================================ Cerebro store protocol
 
@@ -484,7 +323,7 @@ class AlpacaStore:
         if not self._steps:
             self._steps.extend(self._release())
         if not self._steps:
-            if time.monotonic() - self._last_delivered > 5 * self.flush_every_s:
+            if self.local_clock.monotonic() - self._last_delivered > 5 * self.flush_every_s:
                 self._housekeeping()  # no step for a while (e.g. the close): bars left over
             if self.on_idle is not None:
                 self.on_idle()
@@ -560,58 +399,6 @@ class AlpacaStore:
         if self.aggregator is not None and self.aggregator.backfill_due(bar.ts):
             self._needs_backfill = True  # the bucket cut by a reconnect is complete at REST
 
-    def _check_gap(self, bar: BarRecord) -> None:
-        """A stream bar that skips session minutes of its symbol (a short silence, shorter
-        than the watchdog, or dropped frames) triggers a REST backfill at once: without a
-        reconnect those bars would be lost for good (issue 11)."""
-        sym = bar.symbol
-        prev = self._stream_prev.get(sym) or self.assembler.last_ts.get(sym)
-        if prev is None or bar.ts <= prev:
-            self._stream_prev[sym] = max(bar.ts, prev) if prev else bar.ts
-            return
-        self._stream_prev[sym] = bar.ts
-        t, steps = prev + timedelta(minutes=1), 0
-        while t < bar.ts and steps < 1440:
-            if self.clock.in_session(t):
-                # info: a thin symbol may simply not have traded (REST then has nothing)
-                logger.info("%s: stream bar %s follows %s: asking REST for the bars between",
-                            sym, bar.ts.isoformat(), prev.isoformat())
-                self.status.gaps += 1
-                self._needs_backfill = True
-                if self.aggregator is not None:
-                    self.aggregator.reset()  # its bucket lost minutes: REST has it whole
-                return
-            t += timedelta(minutes=1)
-            steps += 1
-
-    def _release(self) -> list[Step]:
-        """``assembler.release()``, after asking REST for the bars of symbols a step would
-        otherwise close without (their stream bar was lost): one request per bar time."""
-        missing = self.assembler.incomplete_due()
-        todo = [(ts, syms) for ts, syms in missing if ts not in self._completed_at]
-        if todo:
-            for ts, _ in todo:
-                self._completed_at.append(ts)
-            start = min(ts for ts, _ in todo)
-            end = max(ts for ts, _ in todo) + timedelta(seconds=self.settings.bar_seconds - 1)
-            wanted = sorted({s for _, syms in todo for s in syms})
-            try:
-                history = self.client.get_bars(wanted, start, end, self.settings.bar_interval)
-            except (RetryableError, BrokerError) as exc:
-                logger.warning("could not complete step(s) from REST: %s", exc)
-                history = {}
-            added = 0
-            for bars in history.values():
-                for bar in bars:
-                    if self._keep(bar) and any(bar.ts == ts for ts, _ in todo) \
-                            and self.assembler.add(bar, time.perf_counter(), "backfill"):
-                        added += 1
-            if added:
-                logger.warning("completed %d bar(s) of %s from REST (missed on the stream)",
-                               added, ",".join(wanted))
-                self.status.backfilled += added
-        return self.assembler.release()
-
     def _on_connected(self, name: str, reconnect: bool) -> None:
         self._connected[name] = self._connected.get(name, 0) + 1
         if not reconnect:
@@ -628,7 +415,7 @@ class AlpacaStore:
             self.broker.request_reconcile(reason)
 
     def _maintain(self) -> None:
-        now = time.monotonic()
+        now = self.local_clock.monotonic()
         if now - self._last_clock >= self.clock_poll_s:
             self._last_clock = now
             try:
@@ -643,42 +430,6 @@ class AlpacaStore:
             self._was_open = is_open
         if self._needs_backfill:
             self._backfill()
-
-    def _backfill(self) -> None:
-        """Fetch (last delivered, now] from REST after a data-stream reconnect."""
-        try:
-            clock = self.clock.refresh()
-        except (RetryableError, BrokerError) as exc:
-            logger.warning("backfill postponed: clock unavailable (%s)", exc)
-            return
-        self._needs_backfill = False
-        known = [t for t in self.assembler.last_ts.values() if t is not None]
-        if not known:
-            return
-        start = min(known) + timedelta(seconds=1)
-        end = self._complete_before(clock.timestamp)
-        if end <= start:
-            return
-        for feed in self._feeds.values():
-            feed.put_notification(feed.DELAYED)
-        self.status.state = "backfilling"
-        try:
-            history = self.client.get_bars(self.symbols, start, end, self.settings.bar_interval)
-        except (RetryableError, BrokerError) as exc:
-            logger.error("backfill failed (%s); retrying", exc)
-            self._needs_backfill = True
-            return
-        added = 0
-        for bars in history.values():
-            if bars:
-                self._saw_close(bars[-1].ts, self.settings.bar_seconds)
-            for bar in bars:
-                if self._keep(bar) and self.assembler.add(bar, time.perf_counter(), "backfill"):
-                    added += 1
-        self.status.backfilled += added
-        logger.log(logging.WARNING if added else logging.INFO, "backfilled %d bars for %s .. %s",
-                   added, start.isoformat(), end.isoformat())
-        self._steps.extend(self.assembler.release(upto=end))
 
     def _deliver(self, step: Step) -> None:
         if self.broker is not None and hasattr(self.broker, "settle"):
@@ -697,10 +448,10 @@ class AlpacaStore:
         self.status.last_bar = step.ts
         self.status.state = "delayed" if step.source == "backfill" else "live"
         self._delivered_since_save = True
-        self._last_delivered = time.monotonic()
+        self._last_delivered = self.local_clock.monotonic()
 
     def _housekeeping(self, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self.local_clock.monotonic()
         if not force and now - self._last_flush < self.flush_every_s:
             return
         self._last_flush = now

@@ -44,6 +44,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from brokers.alpaca.parsing import BarRecord, bar_from_stream, trade_update_from_model
 from brokers.alpaca.throttle import Backoff
+from common.clock import SYSTEM_CLOCK, Clock
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ class StreamSupervisor:
         silence_timeout: seconds without data (while ``watch()`` is true) before a forced
             reconnect; None disables the watchdog (the trading stream is legitimately quiet).
         watch: whether silence matters now (market open).
+        clock: measures the silence and the stable connection (``common.clock``).
     """
 
     def __init__(
@@ -219,6 +221,7 @@ class StreamSupervisor:
         watch: Callable[[], bool] = lambda: True,
         open_timeout: float = 10.0,
         stable_after: float = 30.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.url = url
         self.protocol = protocol
@@ -228,6 +231,7 @@ class StreamSupervisor:
         self.watch = watch
         self.open_timeout = open_timeout
         self.stable_after = stable_after
+        self.clock = clock
         self.status = StreamStatus(protocol.name, url)
         self._kick: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -281,14 +285,14 @@ class StreamSupervisor:
 
     async def _receive(self, ws: ClientConnection, stopping: asyncio.Event) -> str:
         assert self._kick is not None  # noqa: S101 - narrows the type: set in start()
-        connected_at = time.monotonic()
+        connected_at = self.clock.monotonic()
         last_data = connected_at
         tick = 1.0 if self.silence_timeout is None else max(0.05, min(1.0,
                                                                       self.silence_timeout / 4))
         while not stopping.is_set():
             if self._kick.is_set():
                 return "reconnect requested"
-            now = time.monotonic()
+            now = self.clock.monotonic()
             if self.backoff.attempt and now - connected_at > self.stable_after:
                 self.backoff.reset()
             if (self.silence_timeout is not None and now - last_data > self.silence_timeout
@@ -306,9 +310,9 @@ class StreamSupervisor:
                 self.sink("parse_error", (self.protocol.name, f"{type(exc).__name__}"))
                 continue
             self.status.messages += 1
-            self.status.last_message_wall = time.time()
+            self.status.last_message_wall = self.clock.now().timestamp()
             if n:
-                last_data = time.monotonic()
+                last_data = self.clock.monotonic()
                 if self.backoff.attempt:
                     self.backoff.reset()
         return "stopped"

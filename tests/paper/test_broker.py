@@ -28,6 +28,7 @@ from brokers.alpaca.credentials import Credentials
 from brokers.alpaca.journal import Journal, JournalState
 from brokers.alpaca.orders import OrderGateway, Outcome
 from brokers.alpaca_sim.testing import SimServer
+from common.clock import FastForwardClock
 from common.config import Settings
 from common.errors import ConfigError
 from feeds.store import read_bars
@@ -150,8 +151,9 @@ def test_exit_waits_for_the_stop_cancel(sim: SimServer, creds: Credentials,
                                       cid="ratchet-ACME-20251003T133200-exit", purpose="exit")
             assert "ratchet-ACME-20251003T133200-exit" not in sim.posts.posts  # parked
 
-    slow = {k: (lambda: time.sleep(0.2)) for k in range(4, 9)}  # real time for the retries
-    strat = _run(sim, creds, tmp_path, 10, script, slow)
+    clock = FastForwardClock()  # the retries' backoff passes on it (no real sleep)
+    slow = {k: (lambda: clock.advance(0.2)) for k in range(4, 9)}
+    strat = _run(sim, creds, tmp_path, 10, script, slow, clock=clock)
     assert strat.orders["stop"].status == bt.Order.Canceled
     assert strat.orders["exit"].status == bt.Order.Completed
     assert sim.posts.posts["ratchet-ACME-20251003T133200-exit"] == 1  # type: ignore[attr-defined]
@@ -247,9 +249,12 @@ def test_stop_canceled_by_someone_else_is_noticed_and_replaced(
         assert snap is not None
         client.cancel_order(snap.id)
 
+    clock = FastForwardClock()
     hooks: dict[int, Callable[[], None]] = {4: cancel_by_hand}
-    hooks.update({k: (lambda: time.sleep(0.25)) for k in range(5, 16)})  # ~3 s real time
-    strat = _run(sim, creds, tmp_path, 16, script, hooks, stop_grace=0.5, stop_audit=0.5)
+    # the grace periods pass on the injected clock (they slept ~3 s in real time)
+    hooks.update({k: (lambda: clock.advance(0.25)) for k in range(5, 16)})
+    strat = _run(sim, creds, tmp_path, 16, script, hooks, stop_grace=0.5, stop_audit=0.5,
+                 clock=clock)
     assert strat.orders["stop"].status == bt.Order.Canceled  # read at Alpaca, not streamed
     with sim.market.lock:
         stops = {o.client_order_id: o for o in sim.market.orders.values() if o.type == "stop"}

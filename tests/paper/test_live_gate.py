@@ -21,6 +21,7 @@ from brokers.alpaca.client import ClockInfo, SessionDay
 from brokers.alpaca.credentials import Credentials
 from brokers.alpaca.store import AlpacaStore
 from brokers.alpaca_sim.testing import SimServer
+from common.clock import ManualClock
 from common.config import Settings
 from strategies.signals import make_signal
 from tests.paper.conftest import REPLAY_START, SYMBOLS, decisions, session
@@ -50,11 +51,11 @@ class FakeClient:
                 for d in days if start <= d <= end]
 
 
-def _store(client: FakeClient, clock_rate: float) -> AlpacaStore:
+def _store(client: FakeClient, clock_rate: float, clock: ManualClock) -> AlpacaStore:
     settings = Settings(symbols=("ACME",))
     store = AlpacaStore(client, Credentials("k", "s", "test"), settings,  # type: ignore[arg-type]
                         make_signal(settings), "ws://127.0.0.1:9/v2/iex", None,
-                        clock_rate=clock_rate)
+                        clock_rate=clock_rate, clock=clock)
     store.clock.refresh()
     return store
 
@@ -64,12 +65,14 @@ def test_broker_time_advances_between_clock_reads() -> None:
     Against Alpaca it now runs on with the monotonic clock; against a simulator (rate 0) it
     follows the newest bar close instead (replayed time may run at any speed)."""
     t0 = datetime(2025, 10, 3, 14, 0, tzinfo=UTC)
-    real = _store(FakeClient(t0), clock_rate=1.0)
+    local = ManualClock()
+    real = _store(FakeClient(t0), clock_rate=1.0, clock=local)
     assert real.clock.read_at is not None
-    real.clock.read_at -= 42.0  # 42 s of monotonic time since the read
-    assert abs((real.broker_time() - t0).total_seconds() - 42.0) < 1.0
-    sim = _store(FakeClient(t0), clock_rate=0.0)
-    sim.clock.read_at = (sim.clock.read_at or 0.0) - 42.0
+    local.advance(42.0)  # 42 s of monotonic time since the read
+    assert real.broker_time() == t0 + timedelta(seconds=42)
+    local = ManualClock()
+    sim = _store(FakeClient(t0), clock_rate=0.0, clock=local)
+    local.advance(42.0)
     assert sim.broker_time() == t0
     sim._saw_close(t0 + timedelta(minutes=5), 60)  # a bar arrived: time has moved on
     assert sim.broker_time() == t0 + timedelta(minutes=6)
@@ -81,7 +84,8 @@ def test_gate_needs_a_fresh_bar_and_an_open_market_without_a_clock_read_per_bar(
     clock, read again only when now crosses its next_close."""
     now = datetime(2025, 10, 3, 14, 0, 5, tzinfo=UTC)
     client = FakeClient(now)
-    store = _store(client, clock_rate=1.0)
+    local = ManualClock()
+    store = _store(client, clock_rate=1.0, clock=local)
     newest = now.replace(second=0) - timedelta(minutes=1)  # the bar that closed at 14:00
     assert store.order_gate(newest) == (True, "")
     for _ in range(100):
@@ -91,7 +95,7 @@ def test_gate_needs_a_fresh_bar_and_an_open_market_without_a_clock_read_per_bar(
     # 6 hours later by the broker's clock: now crossed next_close, so the clock is read
     # again, and it says closed (the 15:58 bar itself is fresh and inside the session)
     elapsed = (CLOSE_AT - now).total_seconds() + 1
-    store.clock.read_at = (store.clock.read_at or 0.0) - elapsed
+    local.advance(elapsed)
     client.now = CLOSE_AT + timedelta(seconds=1)
     assert store.order_gate(CLOSE_AT - timedelta(minutes=2)) == (False, "market_closed")
     assert client.clock_reads == 2

@@ -35,6 +35,7 @@ from brokers.alpaca.journal import Journal, JournalState
 from brokers.alpaca.orders import OrderGateway, Outcome
 from brokers.alpaca_sim.calendar import ns_to_utc
 from brokers.alpaca_sim.testing import SimServer
+from common.clock import FastForwardClock
 from common.config import Settings
 from engine.paper import run_paper
 from engine.paper_run import PaperResult
@@ -276,8 +277,9 @@ def test_fill_while_the_strategys_stop_is_in_flight_gives_one_stop(
                                       price=round(d.close[0] * 0.95, 2), cid=stop_cid,
                                       purpose="stop", handoff=h)
 
-    slow = {k: (lambda: time.sleep(0.4)) for k in range(3, 11)}  # real time for the lookups
-    _run(sim, creds, tmp_path, 12, script, slow)
+    clock = FastForwardClock()  # the lookups' backoff passes on it (no real sleep)
+    slow = {k: (lambda: clock.advance(0.4)) for k in range(3, 11)}
+    _run(sim, creds, tmp_path, 12, script, slow, clock=clock)
     stops = [o for o in _orders(sim, "ACME") if o.type == "stop"]
     open_stops = [o for o in stops if o.status in _OPEN]
     with sim.market.lock:

@@ -1,0 +1,166 @@
+"""Cancels and parked exits.
+
+``cancel`` is confirmed synchronously (bounded), so the Strategy sees the result in the same
+step as in a backtest; a cancel that loses the race to a fill is normal (the fill is applied,
+the order is Completed). Unconfirmed cancels are polled with a per-order backoff (0.25 s ->
+30 s); an order Alpaca knows neither by id (404) nor by client order id is given up as
+Canceled. An exit sell sent while the resting stop's cancel is pending is parked and sent once
+the cancel is confirmed (Alpaca holds the stop's quantity until then).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from brokers.alpaca.client import CancelResult
+from brokers.alpaca.tracking import BrokerCore, Tracked, is_stop_order
+from common.errors import BrokerError, RetryableError
+
+logger = logging.getLogger(__name__)
+
+
+class Cancels(BrokerCore):
+    """Cancels and parked exits (see the module docstring)."""
+
+    def _cancel_sent(self, tr: Tracked) -> None:
+        tr.cancel_pending = True
+        tr.cancel_backoff = 0.25
+        if not self._send_cancel(tr):
+            return
+        self._confirm_cancel(tr, self.cancel_confirm_s)
+
+    def _send_cancel(self, tr: Tracked) -> bool:
+        # DELETE is idempotent: re-sent until Alpaca answers it (then confirmed by status)
+        assert tr.alpaca_id is not None  # noqa: S101 - narrows the type: only tracked orders with an id get here
+        try:
+            result = self.gateway.cancel(tr.alpaca_id)
+        except (RetryableError, BrokerError) as exc:
+            logger.warning("%s: cancel of %s failed (%s); retrying", tr.symbol, tr.cid, exc)
+            self._cancel_later(tr)
+            return False
+        tr.cancel_acked = True
+        if result is CancelResult.NOT_FOUND:
+            logger.error("%s: cancel of %s: Alpaca does not know order id %s; looking it up "
+                         "by client order id", tr.symbol, tr.cid, tr.alpaca_id)
+            tr.cancel_not_found = True
+        return True
+
+    def _cancel_later(self, tr: Tracked) -> None:
+        # per-order backoff: an unconfirmed cancel must not drain the request budget
+        tr.next_cancel = self.clock.monotonic() + tr.cancel_backoff
+        tr.cancel_backoff = min(30.0, tr.cancel_backoff * 2)
+
+    def _poll_cancel(self, tr: Tracked) -> bool:
+        """Read the order once; True when the cancel is settled (the order is done)."""
+        client = self.gateway.client
+        try:
+            snap = None if tr.cancel_not_found or tr.alpaca_id is None else \
+                client.get_order(tr.alpaca_id)
+            if snap is None:
+                # 404 by id: the terminal answer is a lookup by client order id
+                tr.cancel_not_found = True
+                snap = client.get_order_by_client_id(tr.cid, attempts=1)
+                if snap is None:
+                    self._cancel_gone(tr)
+                    return True
+                tr.cancel_not_found = False
+                if snap.id != tr.alpaca_id:
+                    self._index_alpaca(tr, snap.id)
+                if not snap.terminal:
+                    tr.cancel_acked = False  # the DELETE did not reach it: send it again
+        except Exception as exc:  # noqa: BLE001 - a failed read changes nothing
+            logger.info("read of %s failed: %s", tr.cid, exc)
+            return False
+        self._apply_snapshot(snap, source="cancel")
+        if snap.terminal or not tr.order.alive():
+            tr.cancel_pending = False
+            return True
+        return False
+
+    def _cancel_gone(self, tr: Tracked) -> None:
+        reason = "not found at Alpaca (404 by order id and by client order id)"
+        logger.error("%s: %s is %s: taken as canceled", tr.symbol, tr.cid, reason)
+        tr.cancel_pending = False
+        tr.state = "done"
+        row = self.journal.get(tr.cid)
+        if row is not None and not row.terminal:
+            self.journal.mark_lost(tr.cid, reason)
+        if tr.order.alive():
+            tr.order.cancel()
+            self.notify(tr.order)
+        self._audit("cancel", tr, reason)
+
+    def _confirm_cancel(self, tr: Tracked, budget: float) -> None:
+        deadline = self.clock.monotonic() + budget
+        delay = 0.01
+        while True:
+            self._apply_events()
+            if not tr.order.alive():
+                tr.cancel_pending = False
+                return
+            if self._poll_cancel(tr):
+                return
+            if not tr.cancel_acked or self.clock.monotonic() + delay > deadline:
+                # not confirmed (or the DELETE must be sent again): later, with backoff
+                if budget > 0:
+                    logger.info("%s: cancel of %s not confirmed yet", tr.symbol, tr.cid)
+                self._cancel_later(tr)
+                return
+            self.store.pump_events(delay)
+            delay = min(0.2, delay * 2)
+
+    def _confirm_pending_cancels(self) -> None:
+        now = self.clock.monotonic()
+        for tr in list(self._by_cid.values()):
+            if not tr.cancel_pending:
+                continue
+            if not tr.order.alive():
+                tr.cancel_pending = False
+            elif now >= tr.next_cancel and (tr.cancel_acked or self._send_cancel(tr)):
+                self._confirm_cancel(tr, 0.0)
+
+    def _stop_cancel_pending(self, symbol: str) -> Tracked | None:
+        for tr in self._by_cid.values():
+            if tr.symbol == symbol and tr.cancel_pending and tr.order.alive() \
+                    and is_stop_order(tr.order):
+                return tr
+        return None
+
+    def _release_parked(self) -> None:
+        for tr in list(self._by_cid.values()):
+            if tr.state != "parked" or not tr.order.alive():
+                continue
+            blocker = self._by_cid.get(tr.waiting_on or "")
+            if blocker is not None and blocker.order.alive():
+                continue
+            tr.state, tr.waiting_on = "new", None
+            logger.info("%s: stop cancel settled; sending exit %s", tr.symbol, tr.cid)
+            self._send(tr)
+
+    def _cancel_by_cid(self, cid: str, why: str) -> None:
+        row = self.journal.get(cid)
+        snap = None
+        if row is None or row.alpaca_id is None:
+            snap = self.gateway.client.get_order_by_client_id(cid, attempts=2)
+        alpaca_id = row.alpaca_id if row is not None and row.alpaca_id else \
+            (snap.id if snap else None)
+        if alpaca_id is None:
+            return
+        logger.warning("canceling %s (%s)", cid, why)
+        self.gateway.cancel(alpaca_id)
+        tr = self._by_cid.get(cid)
+        if tr is not None:
+            tr.cancel_pending = tr.cancel_acked = True
+            self._confirm_cancel(tr, self.cancel_confirm_s)
+
+    def cancel_working_entries(self) -> None:
+        """Graceful stop: cancel working ENTRY orders (a fill while nobody watches would
+        leave a position without a stop); resting stops stay at the broker. The results
+        (fills that won the race included) are queued as notifications for the Strategy."""
+        for tr in list(self._by_cid.values()):
+            if tr.order.alive() and tr.purpose in ("entry", "fallback") and tr.alpaca_id:
+                logger.info("shutdown: canceling working entry %s", tr.cid)
+                try:
+                    self.cancel(tr.order)
+                except Exception as exc:  # noqa: BLE001 - the next run reconciles it
+                    logger.error("shutdown: cancel of %s failed: %s", tr.cid, exc)
