@@ -33,15 +33,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW = "ratchet"
-MOVED = ("common", "commands")
+MOVED = ("common", "commands", "engine")
 #: files never rewritten: this script, vendored third-party files, data
 SKIP = (re.compile(r"^tools/rename_internal\.py$"), re.compile(r"^tests/sim/alpaca-spec/"),
         re.compile(r"^data/"), re.compile(r"\.(parquet|npz|png|jpg|ico|gz|zip|pkl|skops)$"))
 
 PACKAGE_INIT = (
     '"""ratchet: the project\'s own code that has no place in the design-card folders\n'
-    "(``ratchet.common``: settings, errors, logging, files; ``ratchet.commands``: the CLI\n"
-    'commands; ``ratchet.cli``: the ``ratchet`` console command)."""\n'
+    "(``ratchet.common``: settings, errors, logging, files; ``ratchet.engine``: backtest and\n"
+    "paper sessions as a library; ``ratchet.commands``: the CLI commands; ``ratchet.cli``: the\n"
+    '``ratchet`` console command)."""\n'
 )
 
 CLI_SHIM = '''"""``python cli.py ...`` from a checkout: the same program as the installed
