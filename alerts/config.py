@@ -3,7 +3,7 @@
 URLs: ``--alert`` flags if any, else ``RATCHET_ALERTS`` (space separated), else ``alerts =
 [...]`` in the config file (``--config`` or ``RATCHET_CONFIG``). Level: ``--alert-level``,
 else ``RATCHET_ALERT_LEVEL``, else ``alert_level`` in the file, else ``all``. They are kept
-out of ``common.config.Settings``: Settings are written to run folders, alert URLs are
+out of ``ratchet.common.config.Settings``: Settings are written to run folders, alert URLs are
 secrets.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from alerts.dispatch import split_urls
 from alerts.events import LEVELS
-from common.errors import ConfigError
+from ratchet.common.errors import ConfigError
 
 
 def _file_values(path: Path) -> dict[str, Any]:

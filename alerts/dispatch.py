@@ -10,7 +10,7 @@ meanwhile joins the next message), send with a timeout, retry with exponential b
 A failing endpoint is logged once (then at debug level) and once more when it recovers.
 
 Alert URLs carry tokens and passwords: every secret-looking part is registered with
-``common.logs.REDACTOR``; logs name an endpoint by its scheme and number only
+``ratchet.common.logs.REDACTOR``; logs name an endpoint by its scheme and number only
 (``json #1``). Apprise's own log records are lowered to DEBUG (the debug log file, redacted).
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from alerts.events import LEVELS, AlertEvent, Category
-from common.errors import ConfigError
-from common.logs import REDACTOR
+from ratchet.common.errors import ConfigError
+from ratchet.common.logs import REDACTOR
 
 logger = logging.getLogger(__name__)
 

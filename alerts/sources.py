@@ -22,7 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from alerts.events import AlertEvent, AlertSink, Category
-from common.logs import REDACTOR
+from ratchet.common.logs import REDACTOR
 
 logger = logging.getLogger(__name__)
 

@@ -99,7 +99,7 @@ class Audit:
 
     def write_csv(self, path: Path) -> None:
         """Write every row collected in this process to ``path`` (atomically)."""
-        from common.atomic import atomic_path
+        from ratchet.common.atomic import atomic_path
 
         with atomic_path(Path(path)) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)

@@ -37,11 +37,11 @@ from analyzers.audit import AUDIT_COLUMNS, Audit
 from analyzers.recorder import RunRecorder
 from analyzers.runfolder import load_run
 from brokers.backtest import make_backtest_broker
-from common.config import Settings, public_settings, settings_from_saved
-from common.errors import DataError
-from common.nytime import NY
 from feeds.btfeed import make_feed
 from feeds.store import BarArrays
+from ratchet.common.config import Settings, public_settings, settings_from_saved
+from ratchet.common.errors import DataError
+from ratchet.common.nytime import NY
 from strategies.ratchet import RatchetStrategy
 from strategies.rules import atr_wilder
 from strategies.signals import make_signal
@@ -502,7 +502,7 @@ def compare(run_dir: str | Path, settings: Settings | None = None) -> ParityRepo
 
 def write_parity(report: ParityReport, run_dir: str | Path) -> Path:
     """Write ``parity.json`` into the run folder (atomically)."""
-    from common.atomic import write_json_atomic
+    from ratchet.common.atomic import write_json_atomic
 
     path = Path(run_dir) / PARITY_FILE
     write_json_atomic(path, report.to_json())

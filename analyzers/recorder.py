@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 
 from analyzers.audit import Audit
 from analyzers.stats import compute_stats_arrays, symbol_stats_arrays
-from common import arrow
-from common.atomic import atomic_path, write_json_atomic
-from common.config import Settings, public_settings
-from common.nytime import unique_inverse
-from common.version import __version__
+from ratchet.common import arrow
+from ratchet.common.atomic import atomic_path, write_json_atomic
+from ratchet.common.config import Settings, public_settings
+from ratchet.common.nytime import unique_inverse
+from ratchet.common.version import __version__
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -32,8 +32,8 @@ import pandas as pd
 from analyzers.report_assets import charts, theme
 from analyzers.report_assets.charts import NY, TimeAxis, drawdown, to_utc
 from analyzers.runfolder import Run, latest_run, load_run
-from common.atomic import write_text_atomic
-from common.errors import DataError
+from ratchet.common.atomic import write_text_atomic
+from ratchet.common.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -284,9 +284,9 @@ def _e(value: Any) -> str:
 
 
 def public_run_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """config.json's settings under their public names and units (common.config.PARAMS);
+    """config.json's settings under their public names and units (ratchet.common.config.PARAMS);
     runs written before the rename (``risk_per_trade_pct`` as a fraction ...) are mapped."""
-    from common.config import BY_FIELD, PUBLIC
+    from ratchet.common.config import BY_FIELD, PUBLIC
 
     out: dict[str, Any] = {}
     for key, value in (config.get("settings", {}) or {}).items():

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.errors import DataError
+from ratchet.common.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.nytime import ny_dates
+from ratchet.common.nytime import ny_dates
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -24,9 +24,9 @@ from matplotlib.figure import Figure
 from analyzers.report import _card, _img, _table
 from analyzers.report_assets import charts, theme
 from analyzers.sweepfolder import Sweep, load_sweep
-from common.atomic import write_text_atomic
-from common.config import BY_FIELD
-from common.nytime import NY
+from ratchet.common.atomic import write_text_atomic
+from ratchet.common.config import BY_FIELD
+from ratchet.common.nytime import NY
 
 MAX_HEATMAPS = 6
 

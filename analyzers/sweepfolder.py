@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analyzers.runfolder import Run, load_run
-from common.errors import DataError
+from ratchet.common.errors import DataError
 
 if TYPE_CHECKING:  # pandas loads on use: `from analyzers import load_run` stays light
     import pandas as pd

@@ -61,7 +61,7 @@ _MIB = 1024.0  # ru_maxrss is in KiB on Linux
 
 def symbol_names(n: int) -> list[str]:
     """``n`` ticker-like names: the default 20-stock universe, then ``SYN21``, ``SYN22``..."""
-    from common.config import DEFAULT_SYMBOLS
+    from ratchet.common.config import DEFAULT_SYMBOLS
 
     names = list(DEFAULT_SYMBOLS[:n])
     names += [f"SYN{i + 1}" for i in range(len(names), n)]
@@ -179,9 +179,9 @@ def inprocess(variant: str, data: Path, work: Path) -> dict[str, float]:
     import resource
 
     if variant == "ratchet":
-        from common.config import Settings
-        from engine.backtest import run_backtest
-        from engine.datasets import load_datasets
+        from ratchet.common.config import Settings
+        from ratchet.engine.backtest import run_backtest
+        from ratchet.engine.datasets import load_datasets
     else:
         from benchmarks import stock_backtrader
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -38,10 +38,10 @@ sys.path.insert(0, str(REPO))
 from brokers.alpaca.client import AlpacaClient  # noqa: E402
 from brokers.alpaca.credentials import Credentials  # noqa: E402
 from brokers.alpaca_sim.testing import SimServer  # noqa: E402
-from common.alpaca_config import AlpacaConfig  # noqa: E402
-from common.config import Settings  # noqa: E402
-from engine.paper import run_paper  # noqa: E402
-from engine.paper_run import PaperRun, SessionHooks  # noqa: E402
+from ratchet.common.alpaca_config import AlpacaConfig  # noqa: E402
+from ratchet.common.config import Settings  # noqa: E402
+from ratchet.engine.paper import run_paper  # noqa: E402
+from ratchet.engine.paper_run import PaperRun, SessionHooks  # noqa: E402
 
 TARGET_P99_MS = 50.0
 

@@ -46,12 +46,12 @@ import pandas as pd  # noqa: E402
 from analyzers import load_run  # noqa: E402
 from brokers.alpaca.client import AlpacaClient  # noqa: E402
 from brokers.alpaca.credentials import Credentials  # noqa: E402
-from common.alpaca_config import AlpacaConfig  # noqa: E402
-from common.config import Settings  # noqa: E402
-from engine.backtest import run_backtest  # noqa: E402
-from engine.datasets import load_datasets  # noqa: E402
-from engine.paper import run_paper  # noqa: E402
-from engine.paper_run import PaperRun, SessionHooks  # noqa: E402
+from ratchet.common.alpaca_config import AlpacaConfig  # noqa: E402
+from ratchet.common.config import Settings  # noqa: E402
+from ratchet.engine.backtest import run_backtest  # noqa: E402
+from ratchet.engine.datasets import load_datasets  # noqa: E402
+from ratchet.engine.paper import run_paper  # noqa: E402
+from ratchet.engine.paper_run import PaperRun, SessionHooks  # noqa: E402
 
 TARGET_P99_MS = 20.0
 KEY, SECRET = "BENCHKEY60", "BENCH-SECRET-60"

@@ -53,7 +53,7 @@ import json, sys
 root, out = sys.argv[1], sys.argv[2]
 sys.path.insert(0, root)
 from brokers.alpaca_sim import testing
-import commands.paper as paper
+import ratchet.commands.paper as paper
 
 dump = {}
 stop = testing.SimServer.stop

@@ -64,9 +64,9 @@ def cells() -> list[tuple[int, int]]:
 
 def child_plain(data: Path, out: Path) -> None:
     """In-process baseline: load once, ``run_backtest`` per cell."""
-    from common.config import Settings
-    from engine.backtest import run_backtest
-    from engine.datasets import load_datasets
+    from ratchet.common.config import Settings
+    from ratchet.engine.backtest import run_backtest
+    from ratchet.engine.datasets import load_datasets
 
     datasets = load_datasets(data, None, "1Min")
     base = Settings(symbols=tuple(datasets))

@@ -47,7 +47,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("RunRecorder.next", "analyzers/recorder.py", "next"),
     ("broker notify + next", "backtrader/cerebro.py", "_brokernotify"),
     ("bt.num2date (bar time conversions)", "backtrader/utils/dateintern.py", "num2date"),
-    ("prepare_lines (signal + ATR, vectorised)", "engine/backtest.py", "prepare_lines"),
+    ("prepare_lines (signal + ATR, vectorised)", "ratchet/engine/backtest.py", "prepare_lines"),
     ("write_run_folder", "analyzers/recorder.py", "write_run_folder"),
     ("read_arrays (Parquet -> numpy)", "feeds/store.py", "read_arrays"),
 )
@@ -71,9 +71,9 @@ Runner = Callable[[Path], Any]
 
 def run_ours(data: Path) -> Any:
     """``cli.py backtest``'s work after the imports: load, run, write the run folder."""
-    from common.config import Settings
-    from engine.backtest import run_backtest
-    from engine.datasets import load_datasets
+    from ratchet.common.config import Settings
+    from ratchet.engine.backtest import run_backtest
+    from ratchet.engine.datasets import load_datasets
 
     datasets = load_datasets(data, None, "1Min")
     with tempfile.TemporaryDirectory(prefix="ratchet-prof-runs-") as out:

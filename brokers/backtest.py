@@ -15,8 +15,8 @@ from typing import Any
 
 import backtrader as bt
 
-from common.config import Settings
 from feeds.sessions import EXTENDED, REGULAR, name_of
+from ratchet.common.config import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 import backtrader as bt
 import numpy as np
 
-from common.nytime import unique_inverse
 from feeds.store import BarArrays
+from ratchet.common.nytime import unique_inverse
 
 # Backtrader stores datetimes as days since 0001-01-01 (proleptic ordinal, 1 = 0001-01-01).
 _EPOCH_ORDINAL = 719163.0  # date(1970, 1, 1).toordinal()

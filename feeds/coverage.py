@@ -30,8 +30,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.errors import DataError
 from feeds.store import discover, read_columns
+from ratchet.common.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The pieces: ``feeds/download_plan.py`` decides what to fetch (pure), ``feeds/parts.py`` names,
 inspects, compacts and locks the part files, ``brokers/alpaca/transport.py`` is the HTTP
 transport shared with the live path (keys, throttle, alpaca-py client, failure classes), and
-``commands/data.py`` parses the flags and prints. This module runs a plan: fetch, validate,
+``ratchet/commands/data.py`` parses the flags and prints. This module runs a plan: fetch, validate,
 write each window as it completes.
 
 Everything goes through alpaca-py's ``StockHistoricalDataClient.get_stock_bars`` (which pages
@@ -60,7 +60,6 @@ from brokers.alpaca.transport import (
     data_client,
     is_retryable_status,
 )
-from common.errors import ConfigError, DataError, RetryableError, UserError
 from feeds.coverage import NY
 from feeds.download_plan import (
     Chunk,
@@ -85,6 +84,7 @@ from feeds.parts import (
     store_lock,
 )
 from feeds.store import append_bars, validate_columns
+from ratchet.common.errors import ConfigError, DataError, RetryableError, UserError
 
 if TYPE_CHECKING:
     from alpaca.data.historical import StockHistoricalDataClient
@@ -265,7 +265,7 @@ class Downloader:
 
     def _classify(self, exc: Exception, status: int | None, chunk: Chunk,
                   what: str) -> Exception:
-        """The named failure (``common/errors.py``) of a failed bars request."""
+        """The named failure (``ratchet/common/errors.py``) of a failed bars request."""
         msg = api_message(exc)
         failure = classify_read_error(exc)
         if failure is ReadFailure.AUTH:

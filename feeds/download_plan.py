@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.errors import ConfigError
 from feeds.coverage import NY, ny_midnight, sessions
+from ratchet.common.errors import ConfigError
 
 #: Alpaca's free-plan delay for SIP data; bars younger than this are fetched again next run.
 RECENT_DELAY = pd.Timedelta(minutes=15)

@@ -42,7 +42,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
-from common.errors import ConfigError, DataError
 from feeds.coverage import NY
 from feeds.store import (
     append_bars,
@@ -51,6 +50,7 @@ from feeds.store import (
     validate_columns,
     write_bars,
 )
+from ratchet.common.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 

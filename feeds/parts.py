@@ -22,7 +22,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.errors import ConfigError, DataError
 from feeds.download_plan import (
     Range,
     StoredDataset,
@@ -33,6 +32,7 @@ from feeds.download_plan import (
     to_ns,
 )
 from feeds.store import append_bars, read_bars
+from ratchet.common.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 

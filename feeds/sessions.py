@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.nytime import ny_dates
+from ratchet.common.nytime import ny_dates
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.atomic import atomic_path
-from common.errors import DataError
+from ratchet.common.atomic import atomic_path
+from ratchet.common.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -348,7 +348,7 @@ def _to_ns(when: datetime | str | pd.Timestamp | None) -> int | None:
     if when is None:
         return None
     if isinstance(when, datetime) and not hasattr(when, "value"):  # not a pd.Timestamp
-        from common.arrow import micros
+        from ratchet.common.arrow import micros
 
         return micros(when) * 1000  # naive = UTC
     import pandas as pd

@@ -24,8 +24,8 @@ from typing import Any
 import backtrader as bt
 
 from analyzers.audit import Audit
-from common.config import Settings
 from feeds import sessions
+from ratchet.common.config import Settings
 from strategies import rules
 from strategies.rules import Purpose, Reason, StopState
 

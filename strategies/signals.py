@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from common.config import Settings
+from ratchet.common.config import Settings
 from strategies.signal_types import BUY, HOLD, SELL, Signal
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """One sweep cell: the settings, the span, and the backtest that produces its stats.
 
 Cells run the very code path of ``cli.py backtest``
-(``engine.backtest.run_backtest`` over ``load_datasets``), so a cell's stats equal a
+(``ratchet.engine.backtest.run_backtest`` over ``load_datasets``), so a cell's stats equal a
 backtest with those settings. ``run_backtest`` is called only through ``backtest_cell``
 below: if its signature changes, this is the one place to fix.
 
@@ -33,9 +33,9 @@ import pandas as pd
 from distributed import WorkerPlugin
 
 from analyzers.stats import daily_last
-from common.config import Settings
-from common.errors import DataError
 from feeds.store import BarArrays
+from ratchet.common.config import Settings
+from ratchet.common.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ DELAY_ENV = "SWEEPS_TEST_CELL_DELAY"
 #: Sources whose change changes a cell's result (part of every cell's key).
 CODE_GLOBS: tuple[str, ...] = (
     "strategies/*.py", "feeds/*.py", "brokers/backtest.py", "analyzers/recorder.py",
-    "analyzers/stats.py", "analyzers/audit.py", "common/*.py",
-    "engine/backtest.py", "engine/datasets.py", "sweeps/cell.py",
+    "analyzers/stats.py", "analyzers/audit.py", "ratchet/common/*.py",
+    "ratchet/engine/backtest.py", "ratchet/engine/datasets.py", "sweeps/cell.py",
 )
 
 
@@ -78,7 +78,7 @@ def fingerprint(datasets: Mapping[str, BarArrays]) -> str:
 def load_bars(data: str, symbols: tuple[str, ...] | None, interval: str, end_ns: int | None,
               drop_bad: bool) -> dict[str, BarArrays]:
     """The backtest's loader (same files, same resampling, same validation)."""
-    from engine.datasets import load_datasets
+    from ratchet.engine.datasets import load_datasets
 
     end = None if end_ns is None else pd.Timestamp(end_ns, tz="UTC")
     return load_datasets(Path(data), symbols, interval, end, drop_bad)
@@ -98,7 +98,7 @@ def backtest_cell(settings: Settings, datasets: dict[str, BarArrays], start: pd.
                   keep_frames: bool = False) -> CellOutcome:
     """``run_backtest`` without a run folder: the one call into the backtest (adapter)."""
     from analyzers.recorder import orders_table
-    from engine.backtest import run_backtest
+    from ratchet.engine.backtest import run_backtest
 
     t0 = time.perf_counter()
     result = run_backtest(settings, datasets, out=None, start=start)
@@ -187,7 +187,7 @@ class DataCachePlugin(WorkerPlugin):
         """Called by Dask on each worker."""
         self.cache = DataCache()
         # Import the backtest stack now, not inside the first cell (keeps ETAs honest).
-        import engine.backtest  # noqa: F401 - imported for its side effect (see above)
+        import ratchet.engine.backtest  # noqa: F401 - imported for its side effect (see above)
 
 
 # -------------------------------------------------------------------------------- the task

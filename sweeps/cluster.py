@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from common.errors import ConfigError
+from ratchet.common.errors import ConfigError
 from sweeps.cell import DataCachePlugin
 
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.config import Settings
-from common.errors import ConfigError
-from common.version import __version__
+from ratchet.common.config import Settings
+from ratchet.common.errors import ConfigError
+from ratchet.common.version import __version__
 from sweeps.cell import DataSpec, code_version, fingerprint, load_bars
 from sweeps.objective import OBJECTIVES
 from sweeps.space import Space, build_space, explain_empty
@@ -73,7 +73,7 @@ def base_settings(config_file: Path | None, flags: dict[str, Any],
                   data: Path | None) -> tuple[Settings, Path, bool]:
     """(settings, data folder, symbols given explicitly), exactly as ``cli.py backtest``
     resolves them (``plan_backtest``: native interval, store root, symbols)."""
-    from engine.datasets import plan_backtest
+    from ratchet.engine.datasets import plan_backtest
 
     settings, _, data_dir, wanted = plan_backtest(data, config_file, flags)
     return settings, data_dir, wanted is not None
@@ -99,14 +99,14 @@ def _check_request(req: SweepRequest) -> None:
 def build_plan(req: SweepRequest, config_file: Path | None,
                flags: dict[str, Any]) -> tuple[SweepPlan, dict[str, Any], dict[str, int]]:
     """Validate everything and load the bars once here; returns (plan, config, skipped)."""
-    from common.dates import UTC_DAYS, parse_when
+    from ratchet.common.dates import UTC_DAYS, parse_when
 
     _check_request(req)
     space = build_space(req.grids, req.ranges, req.constraints)
     windows_spec = parse_walk_forward(req.walk_forward) if req.walk_forward else None
     base, data_dir, explicit = base_settings(config_file, flags, req.data)
     # run_backtest takes datetimes; the sweep's window arithmetic uses pandas Timestamps
-    # the backtest's dates (common.dates.UTC_DAYS): a sweep is many backtests
+    # the backtest's dates (ratchet.common.dates.UTC_DAYS): a sweep is many backtests
     start_ts = None if req.start is None else pd.Timestamp(parse_when(req.start, UTC_DAYS))
     end_ts = None if req.end is None else pd.Timestamp(parse_when(req.end, UTC_DAYS, end=True))
     if start_ts is not None and end_ts is not None and start_ts > end_ts:

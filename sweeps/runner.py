@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from common.config import Settings
-from common.errors import RatchetError, UserError
+from ratchet.common.config import Settings
+from ratchet.common.errors import RatchetError, UserError
 from sweeps.cell import CellTask, cell_key, run_cell_task
 from sweeps.objective import dsr_of, score
 from sweeps.plan import SweepPlan
@@ -328,7 +328,7 @@ class Sweeper:
         wf = {"windows": summary, "oos_stats": oos_stats, "oos_objective": value,
               "is_objective_mean": sum(is_values) / len(is_values) if is_values else None,
               "objective": plan.objective}
-        from common.atomic import write_json_atomic
+        from ratchet.common.atomic import write_json_atomic
 
         write_json_atomic(plan.folder / "walk_forward.json", wf)
         return wf, oos_dir

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.config import FIELD_NAMES, PUBLIC, Settings, coerce
-from common.errors import ConfigError
+from ratchet.common.config import FIELD_NAMES, PUBLIC, Settings, coerce
+from ratchet.common.errors import ConfigError
 
 #: Short names users type -> Settings field (the backtest's flags, without the dashes).
 ALIASES: dict[str, str] = {
@@ -46,7 +46,7 @@ PERCENT: frozenset[str] = frozenset({"risk"})
 
 
 def _public(name: str) -> Any:
-    """The public setting (``common.config.PUBLIC``: ``risk_pct``, ``trail_pct``...) a name
+    """The public setting (``ratchet.common.config.PUBLIC``: ``risk_pct``, ``trail_pct``...) a name
     spells, or None."""
     return PUBLIC.get(name.strip().lower().replace("-", "_"))
 
@@ -162,7 +162,7 @@ def _split(spec: str, flag: str) -> tuple[str, str]:
 
 def _shown(field_name: str) -> str:
     """A Settings field as users know it (``fast_period`` -> ``fast``)."""
-    from common.config import BY_FIELD
+    from ratchet.common.config import BY_FIELD
 
     return BY_FIELD[field_name].name if field_name in BY_FIELD else field_name
 

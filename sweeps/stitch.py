@@ -18,9 +18,9 @@ import pandas as pd
 from analyzers.audit import AUDIT_COLUMNS
 from analyzers.recorder import write_parquet
 from analyzers.stats import compute_stats
-from common.atomic import atomic_path, write_json_atomic
-from common.config import public_settings
-from common.version import __version__
+from ratchet.common.atomic import atomic_path, write_json_atomic
+from ratchet.common.config import public_settings
+from ratchet.common.version import __version__
 
 if TYPE_CHECKING:
     from sweeps.plan import SweepPlan

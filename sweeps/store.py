@@ -17,8 +17,8 @@ import pandas as pd
 from analyzers.audit import AUDIT_COLUMNS
 from analyzers.recorder import write_parquet
 from analyzers.sweepfolder import read_cells
-from common.atomic import atomic_path, write_json_atomic
-from common.errors import ConfigError
+from ratchet.common.atomic import atomic_path, write_json_atomic
+from ratchet.common.errors import ConfigError
 
 
 class ResultStore:

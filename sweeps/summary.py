@@ -53,7 +53,7 @@ def top_table(results: pd.DataFrame, objective: str, n: int, phase: str = "cell"
               width: int | None = None) -> list[str]:
     """The best qualified rows as text lines: a title, then an aligned table, or one block
     per row when the table is wider than ``width`` (values are never cut)."""
-    from common.terminal import table_lines
+    from ratchet.common.terminal import table_lines
 
     rows = results[(results["phase"] == phase) & results["qualified"].astype(bool)]
     rows = rows.sort_values("objective", ascending=False).head(n)
@@ -72,7 +72,7 @@ def top_table(results: pd.DataFrame, objective: str, n: int, phase: str = "cell"
 def walk_forward_table(wf: dict[str, Any], names: dict[str, str] | None = None,
                        width: int | None = None, percent: set[str] | None = None) -> list[str]:
     """Per window: the chosen cell, its in-sample and out-of-sample objective (text lines)."""
-    from common.terminal import table_lines
+    from ratchet.common.terminal import table_lines
 
     head = ["window", "train", "test", "chosen", "IS", "OOS", "OOS return", "DSR"]
     body = []
@@ -89,8 +89,8 @@ def walk_forward_table(wf: dict[str, Any], names: dict[str, str] | None = None,
 
 
 def print_outcome(outcome: Any, plan: Any, console: Any, top: int) -> None:
-    """The end-of-sweep summary: plain text that fits the terminal (``common.terminal``)."""
-    from common.terminal import out_width
+    """The end-of-sweep summary: plain text that fits the terminal (``ratchet.common.terminal``)."""
+    from ratchet.common.terminal import out_width
 
     width = out_width()
 

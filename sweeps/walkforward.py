@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from common.errors import ConfigError
+from ratchet.common.errors import ConfigError
 
 _SPAN = re.compile(r"^\s*(\d+)\s*([DWMY])\s*$", re.IGNORECASE)
 

@@ -71,7 +71,7 @@ class CheckReport:
 def _internal_settings(saved: dict[str, Any]) -> dict[str, Any]:
     """config.json's settings under ``Settings`` attribute names and units (fractions),
     which the checks below use."""
-    from common.config import settings_from_saved
+    from ratchet.common.config import settings_from_saved
 
     return dataclasses.asdict(settings_from_saved(saved))
 

@@ -158,7 +158,7 @@ def graph() -> Graph:
 def test_graph_sees_the_project(graph: Graph) -> None:
     """The walk finds the packages and their edges (an empty graph would pass vacuously)."""
     for module in ("cli", "strategies.signals", "strategies.ml", "brokers.alpaca_sim.server",
-                   "commands.train"):
+                   "ratchet.commands.train"):
         assert module in graph
     assert "strategies.signal_types" in graph["strategies.signals"]
     assert "brokers.alpaca_sim.httputil" in graph["brokers.alpaca_sim.server"]

@@ -5,7 +5,7 @@ This module is the thin Backtrader side; the work is done by its parts, mixins o
 ``cancels`` (cancels, parked exits), ``fills`` (trade updates, fills, the fill fence),
 ``protection`` (stop protection, the helper thread's results) and ``reconciler`` (startup,
 reconciliation, adoption). The trading rules it applies are in ``strategies.rules``; what it
-asks of the Strategy goes through ``ports.PositionOwner``; its clock is ``common.clock``.
+asks of the Strategy goes through ``ports.PositionOwner``; its clock is ``ratchet.common.clock``.
 
 Implements Backtrader's order life cycle (Submitted, Accepted, Partial, Completed, Canceled,
 Expired, Margin, Rejected) on top of Alpaca's orders and ``trade_updates``
@@ -71,14 +71,14 @@ from brokers.alpaca.reconcile import ReconcileReport
 from brokers.alpaca.reconciler import Reconciling
 from brokers.alpaca.sending import Sending
 from brokers.alpaca.tracking import BrokerCore, BrokerView, ProtectDue, Tracked, is_stop_order
-from common.clock import SYSTEM_CLOCK, Clock
-from common.errors import RetryableError, UnknownStateError
+from ratchet.common.clock import SYSTEM_CLOCK, Clock
+from ratchet.common.errors import RetryableError, UnknownStateError
 from strategies import rules
 
 if TYPE_CHECKING:
     from analyzers.audit import Audit
     from brokers.alpaca.store import AlpacaStore
-    from common.config import Settings
+    from ratchet.common.config import Settings
 
 __all__ = ["AlpacaBroker", "BrokerView", "Tracked", "is_stop_order"]
 
@@ -93,7 +93,7 @@ class AlpacaBroker(Reconciling, Protection, Fills, Cancels, Sending, BrokerCore)
     (Settings), ``audit`` (Audit or None), ``owner`` (callable returning the running
     Strategy as a ``ports.PositionOwner``, None if it does not implement it),
     ``cancel_confirm_s``, ``fence_s``, ``stop_grace_s`` (None: one bar + 15 s) and
-    ``stop_audit_s`` (seconds), ``clock`` (``common.clock.Clock``).
+    ``stop_audit_s`` (seconds), ``clock`` (``ratchet.common.clock.Clock``).
     """
 
     params = ()

@@ -14,7 +14,7 @@ import logging
 
 from brokers.alpaca.client import CancelResult
 from brokers.alpaca.tracking import BrokerCore, Tracked, is_stop_order
-from common.errors import BrokerError, RetryableError
+from ratchet.common.errors import BrokerError, RetryableError
 
 logger = logging.getLogger(__name__)
 

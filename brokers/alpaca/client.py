@@ -73,7 +73,7 @@ from brokers.alpaca.transport import (
     trading_client,
 )
 from brokers.alpaca.transport import describe as _describe
-from common.errors import (
+from ratchet.common.errors import (
     AmbiguousOrderError,
     BrokerError,
     ConfigError,

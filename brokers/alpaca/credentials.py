@@ -5,7 +5,7 @@ docs.alpaca.markets/docs/authentication) and of the old SDK: ``APCA_API_KEY_ID``
 ``APCA_API_SECRET_KEY``. alpaca-py itself reads no environment variable.
 
 ``Credentials`` masks both values in ``repr``/``str`` and registers them with the process-wide
-log filter ``common.logs.REDACTOR`` as soon as they are loaded, so a key that reaches a log
+log filter ``ratchet.common.logs.REDACTOR`` as soon as they are loaded, so a key that reaches a log
 record, an exception text or the audit detail is replaced by ``***``.
 """
 
@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import ConfigError
-from common.logs import REDACTOR, RedactSecrets
-from common.perms import warn_if_readable_by_others
+from ratchet.common.errors import ConfigError
+from ratchet.common.logs import REDACTOR, RedactSecrets
+from ratchet.common.perms import warn_if_readable_by_others
 
 ENV_KEY_ID = "APCA_API_KEY_ID"
 ENV_SECRET = "APCA_API_SECRET_KEY"  # noqa: S105 - the variable's name, not a secret

@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from brokers.alpaca.clock import MarketClock
-from common.clock import Clock
-from common.config import Settings
-from common.errors import BrokerError, RetryableError
+from ratchet.common.clock import Clock
+from ratchet.common.config import Settings
+from ratchet.common.errors import BrokerError, RetryableError
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from brokers.alpaca.client import AlpacaClient
 from brokers.alpaca.clock import MarketClock
 from brokers.alpaca.parsing import BarRecord
 from brokers.alpaca.streams import StreamHub
-from common.clock import Clock
-from common.config import Settings
-from common.errors import BrokerError, DataError, RetryableError
+from ratchet.common.clock import Clock
+from ratchet.common.config import Settings
+from ratchet.common.errors import BrokerError, DataError, RetryableError
 
 logger = logging.getLogger(__name__)
 

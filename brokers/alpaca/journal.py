@@ -44,7 +44,7 @@ from brokers.alpaca.journal_rows import (
     as_decimal,
     journal_row,
 )
-from common.perms import private_file
+from ratchet.common.perms import private_file
 
 __all__ = ["SCHEMA_VERSION", "DuplicateIntentError", "Fill", "Journal", "JournalCorruptError",
            "JournalOrder", "JournalState"]

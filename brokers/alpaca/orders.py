@@ -33,7 +33,7 @@ from brokers.alpaca.client import AlpacaClient, CancelResult, OrderSpec, SubmitO
 from brokers.alpaca.journal import DuplicateIntentError, Journal, JournalOrder, JournalState
 from brokers.alpaca.parsing import OrderSnapshot
 from brokers.alpaca.throttle import Backoff
-from common.errors import AmbiguousOrderError, BrokerError, RejectedError, RetryableError
+from ratchet.common.errors import AmbiguousOrderError, BrokerError, RejectedError, RetryableError
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from brokers.alpaca.orders import Outcome, SubmitResult
 from brokers.alpaca.parsing import TradeUpdateRecord
 from brokers.alpaca.protector import Armed, Job
 from brokers.alpaca.tracking import ZERO, BrokerCore, ProtectDue, Tracked, is_stop_order
-from common.errors import BrokerError, RetryableError, UnknownStateError
+from ratchet.common.errors import BrokerError, RetryableError, UnknownStateError
 from strategies import rules
 
 logger = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ from brokers.alpaca.reconcile import (
     reconcile,
 )
 from brokers.alpaca.tracking import ZERO, BrokerCore, Tracked, order_price, same_positions
-from common.errors import BrokerError, UnknownStateError
+from ratchet.common.errors import BrokerError, UnknownStateError
 from strategies import rules
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from brokers.alpaca.client import OrderSpec
 from brokers.alpaca.orders import Outcome, SubmitResult
 from brokers.alpaca.parsing import OrderSnapshot
 from brokers.alpaca.tracking import BrokerCore, Tracked, is_stop_order, order_price
-from common.errors import BrokerError
+from ratchet.common.errors import BrokerError
 from strategies import rules
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Implements no Alpaca API itself; it persists what the broker knows about Alpaca's account
 (docs.alpaca.markets/reference/getallopenpositions, .../getallorders) between runs:
 
-* ``data/realtime/portfolio_state.json``: written atomically (``common.atomic``) after every
+* ``data/realtime/portfolio_state.json``: written atomically (``ratchet.common.atomic``) after every
   step and at shutdown: positions, resting stops, working orders, cash/value, the last bar
   per symbol, the Strategy's ``export_state()``, stream status. Tagged with the mode; a live
   run never restores a dry-run file (nor the reverse). Tagged with the endpoint and account
@@ -32,10 +32,10 @@ import backtrader as bt
 from analyzers.audit import Audit
 from brokers.alpaca.journal import Journal, JournalCorruptError
 from brokers.backtest import SimBroker
-from common.atomic import write_text_atomic
-from common.errors import UserError
-from common.logs import REDACTOR
-from common.perms import private_dir
+from ratchet.common.atomic import write_text_atomic
+from ratchet.common.errors import UserError
+from ratchet.common.logs import REDACTOR
+from ratchet.common.perms import private_dir
 
 if TYPE_CHECKING:
     from brokers.alpaca.broker import BrokerView

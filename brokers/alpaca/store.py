@@ -33,7 +33,7 @@ after a restart or backfilled after an outage still update the indicators and th
 
 Parts: ``history.StoreHistory`` (warm-up, backfill, gaps from REST) and ``gate.BrokerTime``
 (the broker's time and the order gate) are mixins of ``AlpacaStore``; the local clock is
-injected (``common.clock``).
+injected (``ratchet.common.clock``).
 
 The store is not a Backtrader ``Store`` subclass on purpose: ``bt.Store`` is a metaclass
 singleton. Cerebro only needs ``start``, ``stop`` and ``get_notifications``.
@@ -67,9 +67,9 @@ from brokers.alpaca.streams import (
     StreamSupervisor,
     TradeUpdatesProtocol,
 )
-from common.clock import SYSTEM_CLOCK, Clock
-from common.config import Settings
-from common.errors import BrokerError, RetryableError
+from ratchet.common.clock import SYSTEM_CLOCK, Clock
+from ratchet.common.config import Settings
+from ratchet.common.errors import BrokerError, RetryableError
 from strategies.signals import Signal
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class AlpacaStore(StoreHistory, BrokerTime):
         fresh_grace_s: a bar may be traded on until one bar interval plus this many seconds
             after its close (broker time).
         audit: where refused new orders (stale bar, market closed) are recorded.
-        clock: the local clock (``common.clock``; the streams get it too).
+        clock: the local clock (``ratchet.common.clock``; the streams get it too).
     """
 
     def __init__(
@@ -163,7 +163,7 @@ class AlpacaStore(StoreHistory, BrokerTime):
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.client = client
-        #: the local clock (``common.clock``): ages the market clock's answer, timeouts
+        #: the local clock (``ratchet.common.clock``): ages the market clock's answer, timeouts
         self.local_clock = clock
         self.settings = settings
         self.signal = signal

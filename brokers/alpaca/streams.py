@@ -44,7 +44,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from brokers.alpaca.parsing import BarRecord, bar_from_stream, trade_update_from_model
 from brokers.alpaca.throttle import Backoff
-from common.clock import SYSTEM_CLOCK, Clock
+from ratchet.common.clock import SYSTEM_CLOCK, Clock
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class StreamSupervisor:
         silence_timeout: seconds without data (while ``watch()`` is true) before a forced
             reconnect; None disables the watchdog (the trading stream is legitimately quiet).
         watch: whether silence matters now (market open).
-        clock: measures the silence and the stable connection (``common.clock``).
+        clock: measures the silence and the stable connection (``ratchet.common.clock``).
     """
 
     def __init__(

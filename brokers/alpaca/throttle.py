@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from common.errors import ConfigError
+from ratchet.common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

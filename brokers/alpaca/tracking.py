@@ -28,8 +28,8 @@ from brokers.alpaca.parsing import OrderSnapshot, TradeUpdateRecord
 from brokers.alpaca.ports import PositionOwner
 from brokers.alpaca.protector import StopProtector
 from brokers.alpaca.reconcile import ReconcileReport
-from common.clock import Clock
 from feeds.btfeed import ns_to_bt
+from ratchet.common.clock import Clock
 from strategies import rules
 
 logger = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """The one Alpaca transport: alpaca-py's REST clients on a paced, timed session, and the
-classification of their failures into the named errors of ``common/errors.py``.
+classification of their failures into the named errors of ``ratchet/common/errors.py``.
 
 Used by the live path (``brokers/alpaca/client.py``: trading and market data) and by
 ``data download`` (``feeds/download.py``: market data), so both read the same keys files
@@ -32,9 +32,9 @@ from pydantic import ValidationError
 from brokers.alpaca.credentials import Credentials
 
 # the endpoints are defined once, beside the live run's settings that default to them
-from common.alpaca_config import DATA_URL as DATA_URL
-from common.alpaca_config import LIVE_URL as LIVE_URL
-from common.alpaca_config import PAPER_URL as PAPER_URL
+from ratchet.common.alpaca_config import DATA_URL as DATA_URL
+from ratchet.common.alpaca_config import LIVE_URL as LIVE_URL
+from ratchet.common.alpaca_config import PAPER_URL as PAPER_URL
 
 if TYPE_CHECKING:
     from alpaca.data.historical import StockHistoricalDataClient

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from brokers.alpaca_sim.calendar import NY, MarketCalendar
-from common.errors import DataError
 from feeds.store import discover, read_columns
+from ratchet.common.errors import DataError
 
 logger = logging.getLogger(__name__)
 

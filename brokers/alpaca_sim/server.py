@@ -43,7 +43,7 @@ from brokers.alpaca_sim.httputil import (
 from brokers.alpaca_sim.market import Market, MarketOptions
 from brokers.alpaca_sim.serialization import ts
 from brokers.alpaca_sim.streams import DATA_PATHS, TRADING_PATH, StreamHub
-from common.atomic import write_text_atomic
+from ratchet.common.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

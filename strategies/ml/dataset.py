@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.config import INTERVAL_SECONDS
-from common.errors import DataError
+from ratchet.common.config import INTERVAL_SECONDS
+from ratchet.common.errors import DataError
 from strategies.features import compute_features
 
 logger = logging.getLogger(__name__)

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.atomic import atomic_path
-from common.config import INTERVAL_SECONDS
-from common.errors import UserError
+from ratchet.common.atomic import atomic_path
+from ratchet.common.config import INTERVAL_SECONDS
+from ratchet.common.errors import UserError
 from strategies.features import (
     FEATURE_NAMES,
     FEATURE_VERSION,

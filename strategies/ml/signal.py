@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.config import Settings
-from common.errors import UserError
+from ratchet.common.config import Settings
+from ratchet.common.errors import UserError
 from strategies.features import LOOKBACK, feature_matrix
 from strategies.ml.model_file import ModelError, TrainedModel, load_model
 from strategies.signal_types import BUY, HOLD, SELL

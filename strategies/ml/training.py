@@ -2,7 +2,7 @@
 every fold's model on its own test span.
 
 The backtest itself is passed in (``BacktestFn``, in practice
-``engine.backtest.run_backtest``) so this library never imports the command layer.
+``ratchet.engine.backtest.run_backtest``) so this library never imports the command layer.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.config import Settings
+from ratchet.common.config import Settings
 from strategies.ml.dataset import Dataset, build_dataset
 from strategies.ml.model_file import TrainedModel
 from strategies.ml.signal import MLSignal
@@ -28,7 +28,7 @@ from strategies.ml.validation import (
 )
 
 #: ``run_backtest(settings, datasets, out=None, start=..., signal=...)`` -> a result with
-#: ``.stats`` (``engine.backtest.run_backtest``'s signature).
+#: ``.stats`` (``ratchet.engine.backtest.run_backtest``'s signature).
 BacktestFn = Callable[..., Any]
 
 

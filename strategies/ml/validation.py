@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.errors import UserError
+from ratchet.common.errors import UserError
 from strategies.features import LOOKBACK
 from strategies.ml.dataset import Dataset
 from strategies.ml.model_file import (

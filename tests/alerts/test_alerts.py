@@ -20,9 +20,9 @@ from alerts.dispatch import AlertDispatcher, DispatchConfig
 from alerts.events import AlertEvent, Category, ListSink
 from alerts.sources import AuditAlerts, SessionMonitor
 from analyzers.audit import Audit
-from common.config import load_settings
-from common.errors import ConfigError
-from common.logs import REDACTOR
+from ratchet.common.config import load_settings
+from ratchet.common.errors import ConfigError
+from ratchet.common.logs import REDACTOR
 from tests.alerts.conftest import ALERT_TOKEN, SMTP_PASSWORD, SmtpReceiver, WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,11 +19,11 @@ import pytest
 
 from benchmarks.bench_backtest import trade_rows_from_dicts
 from benchmarks.stock_backtrader import SpecCross, run
-from common.config import Settings
-from engine.backtest import run_backtest
-from engine.datasets import load_datasets
 from feeds.store import write_bars
 from feeds.synthetic import random_walk_bars, trading_minutes
+from ratchet.common.config import Settings
+from ratchet.engine.backtest import run_backtest
+from ratchet.engine.datasets import load_datasets
 from strategies.signals import MASignal
 
 SYMBOLS = ("ACME", "BOLT", "CRUX")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from common.alpaca_config import PAPER_URL, AlpacaConfig, load_alpaca_config
-from common.config import load_settings
-from common.errors import ConfigError
+from ratchet.common.alpaca_config import PAPER_URL, AlpacaConfig, load_alpaca_config
+from ratchet.common.config import load_settings
+from ratchet.common.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,8 @@ import pytest
 
 from brokers.alpaca.bars import LiveIndicators
 from brokers.alpaca.parsing import BarRecord
-from common.paths import BUNDLED_BARS
 from feeds.store import read_arrays
+from ratchet.common.paths import BUNDLED_BARS
 from strategies import rules
 from strategies.signals import MASignal
 

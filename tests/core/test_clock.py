@@ -1,11 +1,11 @@
-"""``common.clock``: the injectable local clock (issue 14, point 4)."""
+"""``ratchet.common.clock``: the injectable local clock (issue 14, point 4)."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
 
-from common.clock import SYSTEM_CLOCK, FastForwardClock, ManualClock
+from ratchet.common.clock import SYSTEM_CLOCK, FastForwardClock, ManualClock
 
 
 def test_system_clock_is_the_real_one() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import Settings, load_settings
-from common.errors import ConfigError
+from ratchet.common.config import Settings, load_settings
+from ratchet.common.errors import ConfigError
 
 
 def test_spec_defaults() -> None:
@@ -81,7 +81,7 @@ def test_settings_from_saved_reads_both_config_json_layouts() -> None:
     """Regression (merge of issues 15 and 16): `cli.py parity` built Settings from
     config.json's public names as if they were attribute names, so max_position_pct = 10
     (percent) became 1000% and the run was refused."""
-    from common.config import public_settings, settings_from_saved
+    from ratchet.common.config import public_settings, settings_from_saved
 
     s = Settings(symbols=("ACME",), risk_per_trade_pct=0.01, max_position_pct=0.2,
                  trail_stop_pct=0.05, fast_period=7)

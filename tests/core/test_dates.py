@@ -1,4 +1,4 @@
-"""``common.dates.parse_when``: the one ``--start``/``--end`` parser, one row per case and
+"""``ratchet.common.dates.parse_when``: the one ``--start``/``--end`` parser, one row per case and
 convention (``UTC_DAYS`` for backtest/train, ``NY_DAYS`` for data download)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from common.dates import NY_DAYS, UTC_DAYS, parse_when
-from common.errors import ConfigError
+from ratchet.common.dates import NY_DAYS, UTC_DAYS, parse_when
+from ratchet.common.errors import ConfigError
 
 NOW = pd.Timestamp("2025-10-01 22:30", tz="UTC")  # 18:30 New York, 2 October is not yet here
 UTC = "UTC"
@@ -64,9 +64,9 @@ def test_bad_values_name_the_value_and_the_fix(text: str) -> None:
 
 def test_each_command_keeps_its_convention() -> None:
     """backtest and train read UTC days (inclusive --end), data download New York days."""
-    from commands.backtest import _parse_when
-    from commands.data import parse_range
-    from commands.train import _when
+    from ratchet.commands.backtest import _parse_when
+    from ratchet.commands.data import parse_range
+    from ratchet.commands.train import _when
 
     assert _parse_when("2025-10-01") == pd.Timestamp("2025-10-01", tz=UTC).to_pydatetime()
     assert _parse_when("2025-10-01", end=True) == pd.Timestamp(

@@ -22,13 +22,13 @@ import pytest
 
 from analyzers.recorder import benchmark_values, bt_nums_to_us, prices_table
 from brokers.backtest import SimBroker
-from common.config import Settings
-from engine.backtest import run_backtest
-from engine.datasets import load_datasets
 from feeds import sessions
 from feeds.btfeed import ArrayCerebro
 from feeds.store import write_bars
 from feeds.synthetic import random_walk_bars, trading_minutes
+from ratchet.common.config import Settings
+from ratchet.engine.backtest import run_backtest
+from ratchet.engine.datasets import load_datasets
 from strategies.ratchet import RatchetStrategy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,13 +148,13 @@ def test_backtest_command_imports_no_heavy_library(tmp_path: Path) -> None:
 
 def test_deferred_backtrader_extras_load_on_first_use() -> None:
     """Code that uses Backtrader's indicators, studies, analyzers and observers still gets
-    them when ``common.lazyimport`` deferred them (the stock script's way of writing rules,
+    them when ``ratchet.common.lazyimport`` deferred them (the stock script's way of writing rules,
     stdstats observers, an analyzer): the same results as without the hook."""
     probe = (
         "import sys, json\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "if sys.argv[1] == 'defer':\n"
-        "    from common.lazyimport import defer_backtrader_extras\n"
+        "    from ratchet.common.lazyimport import defer_backtrader_extras\n"
         "    assert defer_backtrader_extras()\n"
         "import backtrader as bt\n"
         "from backtrader.indicators import ExponentialMovingAverage\n"

@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 
 from analyzers import load_run
-from common.config import Settings
-from engine.backtest import run_backtest
-from engine.datasets import load_datasets
 from feeds.store import read_bars, resolve_datasets, write_bars
 from feeds.synthetic import random_walk_bars, trading_days, trading_minutes
+from ratchet.common.config import Settings
+from ratchet.engine.backtest import run_backtest
+from ratchet.engine.datasets import load_datasets
 from tests.invariants import check_run
 
 NY = "America/New_York"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import PARAMS, Settings, load_settings, load_settings_with_sources
-from common.errors import ConfigError
+from ratchet.common.config import PARAMS, Settings, load_settings, load_settings_with_sources
+from ratchet.common.errors import ConfigError
 from tests.conftest import REPO, run_cli
 
 COLUMNS_80 = {"COLUMNS": "80"}
@@ -57,7 +57,7 @@ def test_old_names_work_with_a_deprecation_warning(tmp_path: Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     cfg = tmp_path / "old.toml"
     cfg.write_text("risk_per_trade_pct = 0.01\nfast_period = 7\n")
-    with caplog.at_level(logging.WARNING, logger="common.config"):
+    with caplog.at_level(logging.WARNING, logger="ratchet.common.config"):
         s = load_settings(cfg, environ={"RATCHET_RISK": "1.5", "RATCHET_TRAIL_STOP_PCT": "0.04"})
     assert (s.risk_per_trade_pct, s.fast_period, s.trail_stop_pct) == (0.015, 7, 0.04)
     text = caplog.text
@@ -160,7 +160,7 @@ def test_csv_given_to_backtest_data_says_import_it_first(tmp_path: Path) -> None
 
 def test_every_exit_code_is_documented() -> None:
     """Regression: exit code 4 (connection refused) was missing from the README."""
-    from common import errors
+    from ratchet.common import errors
 
     codes = {getattr(c, "exit_code", None) for c in vars(errors).values()
              if isinstance(c, type) and issubclass(c, Exception)} - {None}
@@ -179,7 +179,7 @@ def test_deliberate_exit_1_is_documented() -> None:
     section = readme[readme.index("## Exit codes"):]
     row = next(ln for ln in section.splitlines() if ln.startswith("| `1` |"))
     for command in ("parity", "alert-test"):
-        source = (REPO / "commands" / f"{command.replace('-', '_')}.py").read_text()
+        source = (REPO / "ratchet" / "commands" / f"{command.replace('-', '_')}.py").read_text()
         assert "sys.exit(" in source and command in row, command
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from common.errors import ConfigError, DataError
+from ratchet.common.errors import ConfigError, DataError
 from tests.conftest import REPO, flat_bars, run_cli
 from tests.core.test_scenarios import actions, at, run
 
@@ -141,7 +141,7 @@ def test_a_mixed_exit_records_the_reason_of_each_fill(tmp_path: Path) -> None:
 def test_store_root_picks_the_interval(tmp_path: Path) -> None:
     """Regression (issue 10.8): ``backtest --data data/bars`` read the interval folders
     ``1Day`` and ``1Min`` as symbols, printed nonsense and exited 0."""
-    from engine.datasets import pick_store_interval
+    from ratchet.engine.datasets import pick_store_interval
 
     root = REPO / "data" / "bars"
     assert pick_store_interval(root, "1Day") == root / "1Day"

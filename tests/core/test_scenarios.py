@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from analyzers import load_run
-from common.config import Settings
-from engine.backtest import run_backtest
-from engine.datasets import load_datasets
 from feeds.store import write_bars
+from ratchet.common.config import Settings
+from ratchet.engine.backtest import run_backtest
+from ratchet.engine.datasets import load_datasets
 from strategies.signals import MASignal
 from tests.conftest import flat_bars
 
@@ -348,8 +348,8 @@ def test_a_stop_cancelled_by_someone_else_is_placed_again(tmp_path: Path) -> Non
 def test_no_market_fallback_while_the_market_is_closed(tmp_path: Path) -> None:
     """Review finding: a timed-out entry sent a DAY market order while the market was closed,
     to fill on the next open's gap."""
-    from engine.backtest import run_backtest
-    from engine.datasets import load_datasets
+    from ratchet.engine.backtest import run_backtest
+    from ratchet.engine.datasets import load_datasets
 
     f = flat_bars(60)
     f.loc[41:, ["open", "high", "low", "close"]] = [101.0, 101.5, 100.5, 101.0]

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from common.errors import DataError
 from feeds import store
+from ratchet.common.errors import DataError
 from tests.conftest import flat_bars
 
 

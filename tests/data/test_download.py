@@ -87,9 +87,9 @@ def test_server_failure_midway_keeps_finished_windows_and_rerun_resumes(
     on disk; the same command afterwards fetches only the rest, with no duplicates."""
     from brokers.alpaca.credentials import Credentials
     from brokers.alpaca.throttle import RateLimiter
-    from commands.data import parse_range
     from feeds import download as dl
     from feeds.download_plan import TIMEFRAMES
+    from ratchet.commands.data import parse_range
 
     sim = sim_clean
     limiter = RateLimiter(backoff=0.0, max_wait=0.0)
@@ -293,8 +293,8 @@ def test_coverage_survives_in_part_metadata(sim_clean: object, tmp_path: Path) -
 def test_dates_and_the_recent_bar_cutoff() -> None:
     """Dates are New York days (end inclusive); bars younger than 15 minutes, and a daily bar
     before its session's extended hours end, are not recorded as covered."""
-    from commands.data import parse_range
     from feeds.download_plan import TIMEFRAMES, complete_before
+    from ratchet.commands.data import parse_range
 
     now = pd.Timestamp("2025-10-01 14:00", tz="America/New_York").tz_convert("UTC")
     t0, t1 = parse_range("2025-09-29", "2025-09-30", now)

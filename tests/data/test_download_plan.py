@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from common.errors import ConfigError
 from feeds.download_plan import (
     MAX_SYMBOLS_PER_REQUEST,
     TIMEFRAMES,
@@ -19,6 +18,7 @@ from feeds.download_plan import (
     subtract_ranges,
     to_ns,
 )
+from ratchet.common.errors import ConfigError
 
 NY = "America/New_York"
 MIN = TIMEFRAMES["1Min"]

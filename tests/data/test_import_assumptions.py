@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from common.errors import DataError
 from feeds.importers import ImportOptions, parse_csv, symbol_from_filename
 from feeds.store import read_bars
+from ratchet.common.errors import DataError
 from tests.data.conftest import one_line_error, run_data, write_csv
 
 # NinjaTrader-style minute export: no header, times label the END of each bar (09:31..16:00 NY

@@ -71,8 +71,8 @@ def test_keys_file_errors_name_the_file_not_its_content(tmp_path: Path) -> None:
     """A keys file with one value is refused in one line naming the file and both formats,
     never echoing the value (same message for both commands: one loader)."""
     from brokers.alpaca.credentials import load_credentials
-    from common.errors import ConfigError
-    from common.logs import RedactSecrets
+    from ratchet.common.errors import ConfigError
+    from ratchet.common.logs import RedactSecrets
 
     path = tmp_path / "half.keys"
     path.write_text("ONLY-THE-KEY-ID-123\n")

@@ -106,7 +106,7 @@ def test_train_tables_fit_80_columns_without_folding_a_value() -> None:
     import pandas as pd
     from rich.console import Console
 
-    from commands.train import FoldBacktest, backtest_table, validation_table
+    from ratchet.commands.train import FoldBacktest, backtest_table, validation_table
     from strategies.ml import Fold, FoldResult, Validation
 
     t0, t1 = pd.Timestamp("2025-10-06 18:55", tz="UTC"), pd.Timestamp("2025-10-10 17:49",

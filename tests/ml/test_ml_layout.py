@@ -35,7 +35,7 @@ def test_signals_module_keeps_its_names() -> None:
 
 
 def test_train_command_keeps_its_table_helpers() -> None:
-    from commands.train import FoldBacktest, backtest_table, validation_table
+    from ratchet.commands.train import FoldBacktest, backtest_table, validation_table
     from strategies.ml.training import FoldBacktest as Moved
 
     assert FoldBacktest is Moved

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import skops.io as sio
 
-from common.config import Settings
-from common.errors import UserError
+from ratchet.common.config import Settings
+from ratchet.common.errors import UserError
 from strategies.features import FEATURE_NAMES, feature_set_hash
 from strategies.ml import (
     ESTIMATOR_ENTRY,

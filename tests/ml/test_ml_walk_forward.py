@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.errors import DataError, UserError
 from feeds.store import write_bars
+from ratchet.common.errors import DataError, UserError
 from strategies.features import LOOKBACK
 from strategies.ml import (
     build_dataset,

@@ -22,11 +22,11 @@ import pytest
 from brokers.alpaca.credentials import Credentials
 from brokers.alpaca_sim.bars import BarBook
 from brokers.alpaca_sim.testing import SimServer
-from common.alpaca_config import AlpacaConfig
-from common.config import Settings
-from common.logs import REDACTOR
-from engine.paper import run_paper
-from engine.paper_run import PaperResult, PaperRun, SessionHooks
+from ratchet.common.alpaca_config import AlpacaConfig
+from ratchet.common.config import Settings
+from ratchet.common.logs import REDACTOR
+from ratchet.engine.paper import run_paper
+from ratchet.engine.paper_run import PaperResult, PaperRun, SessionHooks
 from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]

@@ -28,10 +28,10 @@ from brokers.alpaca.credentials import Credentials
 from brokers.alpaca.journal import Journal, JournalState
 from brokers.alpaca.orders import OrderGateway, Outcome
 from brokers.alpaca_sim.testing import SimServer
-from common.clock import FastForwardClock
-from common.config import Settings
-from common.errors import ConfigError
 from feeds.store import read_bars
+from ratchet.common.clock import FastForwardClock
+from ratchet.common.config import Settings
+from ratchet.common.errors import ConfigError
 from tests.paper.conftest import BARS, REPLAY_START, session
 
 

@@ -16,8 +16,8 @@ from brokers.alpaca.broker import BrokerView
 from brokers.alpaca.client import ClockInfo
 from brokers.alpaca.store import StoreStatus
 from brokers.alpaca_sim.testing import SimServer
-from commands.paper_view import Dashboard
-from engine.paper import Snapshot
+from ratchet.commands.paper_view import Dashboard
+from ratchet.engine.paper import Snapshot
 from tests.paper.conftest import REPO, SENTINEL_KEY, SENTINEL_SECRET, wait_until
 
 

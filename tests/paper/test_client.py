@@ -18,7 +18,7 @@ from brokers.alpaca.credentials import Credentials
 from brokers.alpaca.journal import Journal, JournalState
 from brokers.alpaca.orders import OrderGateway, Outcome
 from brokers.alpaca_sim.testing import SimServer
-from common.errors import AmbiguousOrderError, UnknownStateError
+from ratchet.common.errors import AmbiguousOrderError, UnknownStateError
 
 CID = "ratchet-ACME-20251003T133000-entry"
 

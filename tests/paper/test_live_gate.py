@@ -21,8 +21,8 @@ from brokers.alpaca.client import ClockInfo, SessionDay
 from brokers.alpaca.credentials import Credentials
 from brokers.alpaca.store import AlpacaStore
 from brokers.alpaca_sim.testing import SimServer
-from common.clock import ManualClock
-from common.config import Settings
+from ratchet.common.clock import ManualClock
+from ratchet.common.config import Settings
 from strategies.signals import make_signal
 from tests.paper.conftest import REPLAY_START, SYMBOLS, decisions, session
 from tests.paper.test_broker import Scripted

@@ -35,11 +35,11 @@ from brokers.alpaca.journal import Journal, JournalState
 from brokers.alpaca.orders import OrderGateway, Outcome
 from brokers.alpaca_sim.calendar import ns_to_utc
 from brokers.alpaca_sim.testing import SimServer
-from common.clock import FastForwardClock
-from common.config import Settings
-from engine.paper import run_paper
-from engine.paper_run import PaperResult
 from feeds.store import read_bars
+from ratchet.common.clock import FastForwardClock
+from ratchet.common.config import Settings
+from ratchet.engine.paper import run_paper
+from ratchet.engine.paper_run import PaperResult
 from strategies import rules
 from tests.paper.conftest import (
     BARS,

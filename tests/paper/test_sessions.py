@@ -16,10 +16,10 @@ import pytest
 from analyzers import load_run
 from brokers.alpaca.credentials import Credentials
 from brokers.alpaca_sim.testing import SimServer
-from common.config import Settings
-from engine.backtest import run_backtest
-from engine.datasets import load_datasets
-from engine.paper_run import PaperResult
+from ratchet.common.config import Settings
+from ratchet.engine.backtest import run_backtest
+from ratchet.engine.datasets import load_datasets
+from ratchet.engine.paper_run import PaperResult
 from tests.paper.conftest import BARS, REPLAY_START, SYMBOLS, decisions, session
 
 

@@ -14,9 +14,9 @@ import pandas as pd
 
 from brokers.alpaca.credentials import Credentials
 from brokers.alpaca_sim.testing import SimServer
-from common.config import Settings
-from engine.paper import run_paper
-from engine.paper_run import PaperResult
+from ratchet.common.config import Settings
+from ratchet.engine.paper import run_paper
+from ratchet.engine.paper_run import PaperResult
 from tests.paper.conftest import REPLAY_START, paper_run, session
 
 ENTRY = "ratchet-CRUX-20251003T134200-entry"  # the CRUX crossover of the 13:42 bar

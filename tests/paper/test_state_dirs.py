@@ -22,7 +22,7 @@ from brokers.alpaca.state import StateOwnerError
 from brokers.alpaca_sim.bars import BarBook
 from brokers.alpaca_sim.models import account_id
 from brokers.alpaca_sim.testing import SimServer
-from common.logs import REDACTOR
+from ratchet.common.logs import REDACTOR
 from tests.paper.conftest import REPLAY_START, REPO, SENTINEL_KEY, session
 
 

@@ -13,9 +13,9 @@ import pytest
 from brokers.alpaca.credentials import Credentials
 from brokers.alpaca_sim.bars import BarBook
 from brokers.alpaca_sim.testing import SimServer
-from common.config import Settings
-from common.errors import DataError
 from feeds.store import read_bars, write_bars
+from ratchet.common.config import Settings
+from ratchet.common.errors import DataError
 from tests.paper.conftest import (
     BARS,
     REPLAY_START,
@@ -93,8 +93,8 @@ def test_paper_and_backtest_drop_the_same_out_of_session_bars(
     20% above its regular prices right before the replayed session; both paths drop them
     (they would move the SMAs and the ATR), so the paper session decides exactly as the
     backtest of the same bar file, the 13:42 crossover included."""
-    from engine.backtest import run_backtest
-    from engine.datasets import load_datasets
+    from ratchet.engine.backtest import run_backtest
+    from ratchet.engine.datasets import load_datasets
 
     folder = tmp_path / "bars" / "1Min"
     crux = read_bars(BARS / "1Min" / "CRUX.parquet")

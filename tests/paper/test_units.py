@@ -21,8 +21,8 @@ from brokers.alpaca.credentials import Credentials, from_env, from_file
 from brokers.alpaca.journal import DuplicateIntentError, Journal, JournalState
 from brokers.alpaca.parsing import BarRecord, OrderSnapshot, PositionRecord
 from brokers.alpaca.throttle import Backoff, TokenBucket
-from common.errors import ConfigError
-from common.logs import RedactSecrets
+from ratchet.common.errors import ConfigError
+from ratchet.common.logs import RedactSecrets
 from strategies.rules import atr_wilder
 from strategies.signals import MASignal
 

@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.config import Settings
-from engine.backtest import run_backtest
 from feeds.store import arrays_from_frame
+from ratchet.common.config import Settings
+from ratchet.engine.backtest import run_backtest
 from tests.conftest import REPO
 from tests.conftest import run_cli as shared_run_cli
 

@@ -23,7 +23,7 @@ from analyzers.report import (
     write_report,
 )
 from analyzers.report_assets.charts import TimeAxis, drawdown, shared_time_axis
-from common.errors import DataError
+from ratchet.common.errors import DataError
 from tests.report.conftest import images, text_of
 
 UTC = "UTC"

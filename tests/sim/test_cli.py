@@ -71,7 +71,7 @@ def test_cli_secret_never_on_argv(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     It is refused; ``--secret-file`` (warned when others can read it) or the env work."""
     from click.testing import CliRunner
 
-    from commands.sim import _secret, alpaca_sim
+    from ratchet.commands.sim import _secret, alpaca_sim
 
     secret_file = tmp_path / "secret"
     secret_file.write_text("from-a-file\n")
@@ -129,7 +129,7 @@ def test_cli_state_survives_sigkill(tmp_path: Path) -> None:
         proc.communicate(timeout=30)
     from click.testing import CliRunner
 
-    from commands.sim import alpaca_sim
+    from ratchet.commands.sim import alpaca_sim
 
     state.write_text("{not json")
     result = CliRunner().invoke(alpaca_sim, ["--state", str(state), "--speed", "0"])

@@ -13,7 +13,7 @@ from alpaca.trading.client import TradingClient
 from brokers.alpaca_sim.bars import BarBook, resolve_layout
 from brokers.alpaca_sim.clock import ReplayClock
 from brokers.alpaca_sim.testing import SimServer
-from common.errors import DataError
+from ratchet.common.errors import DataError
 from tests.sim.conftest import BARS, DEFAULT_START, wait_for
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import psutil
 
 from analyzers import latest_run, load_run, load_sweep
-from common.config import Settings
+from ratchet.common.config import Settings
 from sweeps.cell import CellTask, execute, load_bars
 from tests.conftest import BUNDLED_1MIN, REPO, run_cli
 from tests.sweep.conftest import SMALL, wait_for

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import Settings
-from common.errors import ConfigError
+from ratchet.common.config import Settings
+from ratchet.common.errors import ConfigError
 from sweeps.objective import deflated_sharpe, objective_value, score
 from sweeps.space import Constraint, build_space, parse_grid, parse_range
 from tests.conftest import run_cli
@@ -102,7 +102,7 @@ def test_worker_cache_loads_once_and_refuses_other_bars_or_code(tmp_path: Path) 
     one line naming the worker (the client's fingerprint and code version travel along)."""
     from dataclasses import replace
 
-    from common.errors import DataError
+    from ratchet.common.errors import DataError
     from sweeps.cell import DataCache, DataSpec, code_version, fingerprint, load_bars
     from tests.sweep.conftest import write_tiny_bars
 

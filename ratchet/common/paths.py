@@ -5,6 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 #: The repository root (the folder holding cli.py).
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The bundled SYNTHETIC sample bars: <interval>/<SYMBOL>.parquet.
 BUNDLED_BARS = REPO_ROOT / "data" / "bars"

@@ -1,8 +1,8 @@
 """``python cli.py backtest``: the Strategy over Parquet bars, leaving a run folder.
 
-The command parses flags into ``Settings`` (``engine.datasets.plan_backtest``), runs
-``engine.backtest.run_backtest`` with a progress bar and prints the summary. The strategy flags
-(``strategy_options``) are shared with ``paper`` and ``show-config``.
+The command parses flags into ``Settings`` (``ratchet.engine.datasets.plan_backtest``), runs
+``ratchet.engine.backtest.run_backtest`` with a progress bar and prints the summary. The
+strategy flags (``strategy_options``) are shared with ``paper`` and ``show-config``.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from zoneinfo import ZoneInfo
 import click
 import numpy as np
 
-from common.config import INTERVAL_SECONDS, Settings, load_settings_with_sources
-from common.dates import UTC_DAYS, parse_when
-from common.errors import ConfigError
-from common.logs import setup_logging
-from common.nytime import unique_inverse
-from engine.backtest import BacktestResult, run_backtest
-from engine.datasets import load_datasets, plan_backtest
+from ratchet.common.config import INTERVAL_SECONDS, Settings, load_settings_with_sources
+from ratchet.common.dates import UTC_DAYS, parse_when
+from ratchet.common.errors import ConfigError
+from ratchet.common.logs import setup_logging
+from ratchet.common.nytime import unique_inverse
+from ratchet.engine.backtest import BacktestResult, run_backtest
+from ratchet.engine.datasets import load_datasets, plan_backtest
 
 
 def _parse_when(text: str | None, end: bool = False) -> datetime | None:
-    """A ``--start``/``--end`` value as an aware UTC datetime (``common.dates.UTC_DAYS``:
+    """A ``--start``/``--end`` value as an aware UTC datetime (``ratchet.common.dates.UTC_DAYS``:
     naive = UTC; a bare date as ``--end`` means the whole day)."""
     if text is None:
         return None
@@ -64,7 +64,7 @@ def _ny(text: object) -> str:
 
 def summary_lines(result: BacktestResult, width: int | None) -> list[str]:
     """The end-of-run summary as plain lines that fit ``width`` (None: no limit)."""
-    from commands.output import fit, kv_lines, table_lines
+    from ratchet.commands.output import fit, kv_lines, table_lines
 
     s = result.stats
     bh_all, bh_traded = s.get("buy_hold_return"), s.get("buy_hold_traded_return")
@@ -118,13 +118,13 @@ def summary_lines(result: BacktestResult, width: int | None) -> list[str]:
 
 def print_summary(result: BacktestResult, console: object = None) -> None:
     """Print the end-of-run summary to stdout (fits the terminal; complete when piped)."""
-    from commands.output import echo_lines, out_width
+    from ratchet.commands.output import echo_lines, out_width
 
     echo_lines(summary_lines(result, out_width()))
 
 
 STRATEGY_OPTIONS: list[tuple[str, click.ParamType | type, str]] = [
-    # flag (= setting name, see common.config.PARAMS), click type, help
+    # flag (= setting name, see ratchet.common.config.PARAMS), click type, help
     ("--signal", click.Choice(["ma", "ml"]), "Signal: MA crossover or ML model [ma]."),
     ("--model", click.Path(dir_okay=False), "Model file for --signal ml."),
     ("--fast", int, "Fast SMA period, bars [10]."),
@@ -226,7 +226,7 @@ def backtest(data: Path | None, start: str | None, end: str | None, cash: float 
     datasets = load_datasets(data_dir, wanted, settings.bar_interval, end_ts, drop_bad_rows)
     settings = settings.replace(symbols=tuple(datasets))
     steps = len(unique_inverse(np.concatenate([a.ts for a in datasets.values()]))[0])
-    from commands.output import echo_lines, fit, out_width
+    from ratchet.commands.output import echo_lines, fit, out_width
 
     hours = ", extended hours" if settings.extended_hours else ""
     echo_lines(fit(f"Backtesting {', '.join(datasets)} ({settings.bar_interval} bars{hours}) from "

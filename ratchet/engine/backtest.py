@@ -20,12 +20,12 @@ from analyzers.audit import Audit
 from analyzers.recorder import RunRecorder, run_stats, trades_frame, write_run_folder
 from analyzers.runfolder import make_run_dir
 from brokers.backtest import make_backtest_broker
-from common.arrow import micros
-from common.config import Settings
-from common.errors import DataError
 from feeds.btfeed import ArrayCerebro, make_feed
 from feeds.sessions import codes_from_callable, session_codes, tradeable
 from feeds.store import BarArrays
+from ratchet.common.arrow import micros
+from ratchet.common.config import Settings
+from ratchet.common.errors import DataError
 from strategies.ratchet import RatchetStrategy
 from strategies.rules import atr_wilder
 from strategies.signals import Signal, make_signal

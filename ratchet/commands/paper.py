@@ -9,8 +9,8 @@ loopback Alpaca (``brokers.alpaca_sim``) started in this process.
 
 This module is the command only: it parses flags into a ``PaperRun`` (``Settings`` +
 ``AlpacaConfig``, each defaults < ``--config`` < environment < flags), asks for the
-confirmation, prints the banner, then calls ``engine.paper.run_paper`` with the view
-(``commands.paper_view``) and prints the summary.
+confirmation, prints the banner, then calls ``ratchet.engine.paper.run_paper`` with the view
+(``ratchet.commands.paper_view``) and prints the summary.
 
 ``--sim`` rehearsals use their own directories (``data/realtime-sim/<run>``,
 ``logs/realtime-sim/<run>``): each rehearsal is a new simulated account.
@@ -29,23 +29,23 @@ import click
 
 from brokers.alpaca.clock import NEW_YORK
 from brokers.alpaca.credentials import load_credentials, mask
-from commands.backtest import settings_from_flags, strategy_options
-from commands.paper_view import Dashboard, StepPrinter
-from common.alpaca_config import FEEDS, PAPER_URL, load_alpaca_config
-from common.config import DEFAULT_SYMBOLS, INTERVAL_SECONDS
-from common.errors import ConfigError, UnknownStateError, UserError
-from common.logs import setup_logging
-from common.paths import BUNDLED_BARS
-from engine.endpoints import check_endpoint, is_real_money
-from engine.paper import run_paper
-from engine.paper_run import (
+from ratchet.commands.backtest import settings_from_flags, strategy_options
+from ratchet.commands.paper_view import Dashboard, StepPrinter
+from ratchet.common.alpaca_config import FEEDS, PAPER_URL, load_alpaca_config
+from ratchet.common.config import DEFAULT_SYMBOLS, INTERVAL_SECONDS
+from ratchet.common.errors import ConfigError, UnknownStateError, UserError
+from ratchet.common.logs import setup_logging
+from ratchet.common.paths import BUNDLED_BARS
+from ratchet.engine.endpoints import check_endpoint, is_real_money
+from ratchet.engine.paper import run_paper
+from ratchet.engine.paper_run import (
     DEFAULT_LOG_DIR,
     DEFAULT_STATE_DIR,
     PaperResult,
     PaperRun,
     check_paper_settings,
 )
-from engine.rehearsal import start_rehearsal
+from ratchet.engine.rehearsal import start_rehearsal
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -149,9 +149,9 @@ def paper(live: bool, confirm_live: bool, once: bool, dashboard: bool, verbose: 
           alert_stream_down: float | None, **flags: Any) -> None:
     """Run the strategy on Alpaca: a DRY RUN unless --live."""
     from alerts.config import alert_settings
-    from commands.output import console as make_console
-    from commands.output import echo_lines as echo
-    from commands.output import fit, out_width
+    from ratchet.commands.output import console as make_console
+    from ratchet.commands.output import echo_lines as echo
+    from ratchet.commands.output import fit, out_width
 
     os.umask(0o077)  # state, journal, logs, audit, bars and run folders: this user only
 
@@ -261,7 +261,7 @@ for _param in paper.params:  # the shared strategy flags, worded for paper
 
 
 def _print_summary(console: Console, result: PaperResult, live: bool) -> None:
-    from commands.output import echo_lines, kv_lines, out_width
+    from ratchet.commands.output import echo_lines, kv_lines, out_width
 
     pnl = result.end_value - result.start_value
     rows = [

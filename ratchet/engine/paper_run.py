@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 import backtrader as bt
 
 from brokers.alpaca.credentials import Credentials
-from common.alpaca_config import AlpacaConfig
-from common.clock import SYSTEM_CLOCK, Clock
-from common.config import Settings
-from common.errors import ConfigError
+from ratchet.common.alpaca_config import AlpacaConfig
+from ratchet.common.clock import SYSTEM_CLOCK, Clock
+from ratchet.common.config import Settings
+from ratchet.common.errors import ConfigError
 from strategies.ratchet import RatchetStrategy
 
 if TYPE_CHECKING:
@@ -72,7 +72,8 @@ class SessionHooks:
     #: broker clock speed vs the local monotonic clock; None: 1 for Alpaca hosts, 0 for a
     #: loopback simulator (its replayed time may run at any speed: bar closes + clock reads)
     clock_rate: float | None = None
-    #: the local clock of the store, streams and broker (``common.clock``; tests fast-forward)
+    #: the local clock of the store, streams and broker (``ratchet.common.clock``; tests
+    #: fast-forward it)
     clock: Clock = SYSTEM_CLOCK
 
 

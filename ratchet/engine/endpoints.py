@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from common.alpaca_config import LIVE_URL, PAPER_URL
-from common.errors import UserError
+from ratchet.common.alpaca_config import LIVE_URL, PAPER_URL
+from ratchet.common.errors import UserError
 
 REAL_MONEY_HOSTS = ("api.alpaca.markets",)
 

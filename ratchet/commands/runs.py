@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from analyzers.runfolder import list_runs
-from common.errors import DataError
+from ratchet.common.errors import DataError
 
 
 def _when(created: str | None) -> str:
@@ -27,7 +27,7 @@ def _when(created: str | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (all runs).")
 def runs(out: Path, limit: int, as_json: bool) -> None:
     """List past runs, newest first: name, date (New York time), symbols, return, trades."""
-    from commands.output import echo_lines, fit, out_width, table_lines
+    from ratchet.commands.output import echo_lines, fit, out_width, table_lines
 
     rows = list_runs(out)
     if as_json:

@@ -1,6 +1,6 @@
 """``AlpacaConfig``: the typed, frozen settings of a live (paper) session against Alpaca.
 
-``Settings`` (``common.config``) is the strategy and its runs, the same for a backtest and a
+``Settings`` (``ratchet.common.config``) is the strategy and its runs, the same for a backtest and a
 paper session; ``AlpacaConfig`` is what only the live run needs: endpoints, the market-data
 feed, timeouts, grace periods and rate limits. It is loaded the same layered way, lowest to
 highest: defaults, the ``[alpaca]`` table of the config file (``--config``), environment
@@ -9,7 +9,7 @@ flags that exist for a field (``--feed``, ``--base-url`` ...). Each field has ON
 same as its file key and (upper-cased, prefixed) environment variable; times are seconds.
 
 API keys are not here (``brokers.alpaca.credentials``), nor are test hooks (the Strategy class,
-the broker's fill fence, callbacks: ``engine.paper_run.SessionHooks``).
+the broker's fill fence, callbacks: ``ratchet.engine.paper_run.SessionHooks``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from common.config import ENV_PREFIX, read_config_table
-from common.errors import ConfigError
+from ratchet.common.config import ENV_PREFIX, read_config_table
+from ratchet.common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from common.config import INTERVAL_SECONDS, Settings, load_settings_with_sources
-from common.errors import ConfigError, DataError
-from common.paths import BUNDLED_BARS
 from feeds.store import (
     BarArrays,
     arrays_from_frame,
@@ -25,6 +22,9 @@ from feeds.store import (
     resolve_datasets,
     typical_spacing,
 )
+from ratchet.common.config import INTERVAL_SECONDS, Settings, load_settings_with_sources
+from ratchet.common.errors import ConfigError, DataError
+from ratchet.common.paths import BUNDLED_BARS
 
 DEFAULT_BARS = BUNDLED_BARS
 

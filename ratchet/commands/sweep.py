@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from commands.backtest import strategy_options
-from common.logs import setup_logging
+from ratchet.commands.backtest import strategy_options
+from ratchet.common.logs import setup_logging
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -79,7 +79,7 @@ def sweep(grids: tuple[str, ...], ranges: tuple[str, ...], constraints: tuple[st
 
     Example: cli.py sweep --grid fast=5,10,20 --grid slow=30,50,100 --objective sharpe
     """
-    from commands.output import console as make_console
+    from ratchet.commands.output import console as make_console
     from sweeps.cluster import open_client
     from sweeps.plan import SweepRequest, build_plan
     from sweeps.runner import Sweeper

@@ -53,10 +53,10 @@ from brokers.alpaca.state import (
     save_state,
 )
 from brokers.alpaca.store import AlpacaStore, LatencyProbe
-from common.errors import BrokerError, ConfigError, RetryableError, UnknownStateError
-from common.perms import private_dir
-from engine.endpoints import check_endpoint, is_alpaca_host, stream_urls
-from engine.paper_run import PaperResult, PaperRun, SessionHooks, check_paper_settings
+from ratchet.common.errors import BrokerError, ConfigError, RetryableError, UnknownStateError
+from ratchet.common.perms import private_dir
+from ratchet.engine.endpoints import check_endpoint, is_alpaca_host, stream_urls
+from ratchet.engine.paper_run import PaperResult, PaperRun, SessionHooks, check_paper_settings
 from strategies.signals import make_signal
 
 logger = logging.getLogger(__name__)

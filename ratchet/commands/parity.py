@@ -16,10 +16,10 @@ import click
 
 from analyzers.parity import Decision, compare, console_lines, ny_text, write_parity
 from analyzers.runfolder import latest_run
-from commands.output import echo_lines, fit, out_width
-from common.config import load_settings
-from common.errors import DataError
-from common.logs import setup_logging
+from ratchet.commands.output import echo_lines, fit, out_width
+from ratchet.common.config import load_settings
+from ratchet.common.errors import DataError
+from ratchet.common.logs import setup_logging
 
 #: exit code when the decisions differ beyond the tolerance
 DIFFERS = 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from common.errors import ConfigError
+from ratchet.common.errors import ConfigError
 
 
 @dataclass(frozen=True)

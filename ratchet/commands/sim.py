@@ -19,10 +19,10 @@ import click
 from brokers.alpaca_sim.bars import BarBook
 from brokers.alpaca_sim.market import MarketOptions
 from brokers.alpaca_sim.server import ServerOptions, SimApp, SimStateError, parse_start
-from common.errors import ConfigError
-from common.logs import REDACTOR, setup_logging
-from common.paths import BUNDLED_BARS
-from common.perms import warn_if_readable_by_others
+from ratchet.common.errors import ConfigError
+from ratchet.common.logs import REDACTOR, setup_logging
+from ratchet.common.paths import BUNDLED_BARS
+from ratchet.common.perms import warn_if_readable_by_others
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _banner(app: SimApp, port: int, data_dir: Path) -> None:
     mode = "stepped by POST /_sim/advance" if app.clock.stepped else f"at {app.clock.speed:g}x"
     secret = app.options.secret
     shown = secret if secret == TEST_SECRET else "<your secret>"
-    from commands.output import echo_lines, fit, out_width
+    from ratchet.commands.output import echo_lines, fit, out_width
 
     width = out_width()
     # short lines: an 80-column terminal shows each fact (and each URL) whole

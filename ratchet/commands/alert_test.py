@@ -11,7 +11,7 @@ import click
 from alerts.config import alert_settings
 from alerts.dispatch import AlertDispatcher, DispatchConfig
 from alerts.events import AlertEvent, Category
-from common.logs import setup_logging
+from ratchet.common.logs import setup_logging
 
 
 @click.command("alert-test")

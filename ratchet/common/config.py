@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigError
+from ratchet.common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ ENV_PREFIX = "RATCHET_"
 #: are secrets and must never reach ``Settings`` (it is written to every run folder)
 NOT_SETTINGS: frozenset[str] = frozenset({"alerts", "alert_level", "alpaca"})
 
-#: the ``[alpaca]`` table and ``RATCHET_ALPACA_*``: ``common.alpaca_config.AlpacaConfig``
+#: the ``[alpaca]`` table and ``RATCHET_ALPACA_*``: ``ratchet.common.alpaca_config.AlpacaConfig``
 ALPACA_ENV_NAMES = "alpaca_"
 
 #: Names that once were settings and no longer do anything: accepted with a warning so an

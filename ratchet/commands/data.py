@@ -28,10 +28,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from common.dates import NY_DAYS, parse_when
-from common.errors import ConfigError, DataError
-from common.logs import setup_logging
-from common.paths import BUNDLED_BARS
+from ratchet.common.dates import NY_DAYS, parse_when
+from ratchet.common.errors import ConfigError, DataError
+from ratchet.common.logs import setup_logging
+from ratchet.common.paths import BUNDLED_BARS
 
 if TYPE_CHECKING:
     from feeds.download_plan import Timeframe
@@ -83,7 +83,7 @@ def parse_symbols(values: Sequence[str]) -> list[str]:
 
 def parse_range(start: str, end: str | None, now: pd.Timestamp) -> tuple[pd.Timestamp,
                                                                           pd.Timestamp]:
-    """Validated download range [start, end) in UTC (``common.dates.NY_DAYS``: New York
+    """Validated download range [start, end) in UTC (``ratchet.common.dates.NY_DAYS``: New York
     dates, ``--end`` inclusive of its day); ``end`` defaults to (and is clipped at) ``now``."""
     t0 = pd.Timestamp(parse_when(start, NY_DAYS, option="--start", now=now))
     t1 = pd.Timestamp(parse_when(end, NY_DAYS, end=True, option="--end", now=now)) if end \
@@ -244,7 +244,7 @@ def download_cmd(symbols: Sequence[str], start: str, end: str | None, timeframe:
                 f"{exc} [{done['chunks']} of {done['total']} windows saved]"
             ) from None
 
-    from commands.output import echo_lines, fit, out_width
+    from ratchet.commands.output import echo_lines, fit, out_width
 
     width = out_width()
     daily = tf.name == "1Day"
@@ -332,8 +332,8 @@ def import_cmd(files: Sequence[Path], symbol: str | None, timeframe: str | None,
                mapping: Sequence[str], sep: str | None, stamp: str | None, adjusted: bool,
                drop_bad_rows: bool, out: Path, replace: bool, merge: bool, verbose: int) -> None:
     """Import CSV bar files (Yahoo, Backtrader generic CSV, Alpaca dumps) into the store."""
-    from commands.output import echo_lines, fit, out_width
     from feeds.importers import ImportOptions, check_tz, import_file
+    from ratchet.commands.output import echo_lines, fit, out_width
 
     setup_logging(verbose)
     out = _check_root(out)
@@ -415,7 +415,7 @@ def info_cmd(directory: Path | None, symbols: Sequence[str], timeframe: Sequence
     if as_json:
         click.echo(to_json(infos))
     else:
-        from commands.output import echo_lines, fit, out_width, table_lines
+        from ratchet.commands.output import echo_lines, fit, out_width, table_lines
 
         headers = ["symbol", "interval", "first", "last", "bars", "expected", "missing",
                    "empty sessions", "gaps", "largest gap", "outside RTH", "feed", "parts"]

@@ -3,7 +3,7 @@
 Steps: read bars (resampled to ``--interval`` if asked), compute the shared features, label
 each bar "close rises over the next H bars", validate on expanding time-ordered folds with a
 purged gap, backtest every fold's model on its own test span with the real Strategy
-(``engine.backtest.run_backtest``), then fit on all bars and save the model with its
+(``ratchet.engine.backtest.run_backtest``), then fit on all bars and save the model with its
 metadata.
 """
 
@@ -18,11 +18,11 @@ from typing import Any
 import click
 import pandas as pd
 
-from common.config import INTERVAL_SECONDS, load_settings
-from common.dates import UTC_DAYS, parse_when
-from common.errors import ConfigError
-from common.logs import setup_logging
-from common.paths import BUNDLED_BARS
+from ratchet.common.config import INTERVAL_SECONDS, load_settings
+from ratchet.common.dates import UTC_DAYS, parse_when
+from ratchet.common.errors import ConfigError
+from ratchet.common.logs import setup_logging
+from ratchet.common.paths import BUNDLED_BARS
 from strategies.ml import (
     DEFAULT_HORIZONS,
     DEFAULT_PARAMS,
@@ -36,7 +36,7 @@ DEFAULT_OUT = Path("models") / "model.rmodel"
 
 
 def _when(text: str | None, end: bool = False) -> pd.Timestamp | None:
-    """A UTC timestamp from ``YYYY-MM-DD`` or ISO text (``common.dates.UTC_DAYS``: naive =
+    """A UTC timestamp from ``YYYY-MM-DD`` or ISO text (``ratchet.common.dates.UTC_DAYS``: naive =
     UTC; a bare end date means the whole day)."""
     return None if text is None else pd.Timestamp(parse_when(text, UTC_DAYS, end=end))
 
@@ -184,7 +184,7 @@ def train(data: Path | None, symbols: str | None, start: str | None, end: str | 
     With no options it trains on the bundled synthetic 1-minute bars and writes
     models/model.rmodel. Use it with: backtest --signal ml --model models/model.rmodel
     """
-    from commands.output import console as make_console
+    from ratchet.commands.output import console as make_console
 
     setup_logging(verbose)
     # the terminal's width (or COLUMNS); piped or logged: complete lines, never squeezed
@@ -216,7 +216,7 @@ def train(data: Path | None, symbols: str | None, start: str | None, end: str | 
     show = not no_progress and console.is_terminal
     backtest_fn: BacktestFn | None = None
     if not no_backtest:
-        from engine.backtest import run_backtest
+        from ratchet.engine.backtest import run_backtest
 
         backtest_fn = run_backtest
     with _progress(show, console) as progress:

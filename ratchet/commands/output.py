@@ -1,7 +1,7 @@
 """The CLI's output: a rich console that never wraps or cuts piped text, and plain lines.
 
 The layout rules and helpers (``fit``, ``kv_lines``, ``table_lines``, ``out_width``) live in
-``common.terminal`` (library code that returns printable text uses them too); the command
+``ratchet.common.terminal`` (library code that returns printable text uses them too); the command
 modules import them from here with the rest of their output.
 """
 
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from common.terminal import GAP, fit, is_terminal, kv_lines, out_width, table_lines
+from ratchet.common.terminal import GAP, fit, is_terminal, kv_lines, out_width, table_lines
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from brokers.alpaca.clock import NEW_YORK
 from brokers.alpaca.state import LIVE
 from brokers.alpaca.store import AlpacaStore
-from engine.paper import Snapshot
+from ratchet.engine.paper import Snapshot
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType

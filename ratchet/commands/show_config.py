@@ -15,13 +15,13 @@ from typing import Any
 
 import click
 
-from commands.backtest import strategy_options
-from commands.output import fit
-from common.alpaca_config import load_alpaca_config
-from common.config import PARAMS, public_settings
-from common.errors import DataError
-from common.logs import setup_logging
-from engine.datasets import plan_backtest
+from ratchet.commands.backtest import strategy_options
+from ratchet.commands.output import fit
+from ratchet.common.alpaca_config import load_alpaca_config
+from ratchet.common.config import PARAMS, public_settings
+from ratchet.common.errors import DataError
+from ratchet.common.logs import setup_logging
+from ratchet.engine.datasets import plan_backtest
 
 
 def _toml(value: Any) -> str:
@@ -74,9 +74,9 @@ def show_config(data: Path | None, cash: float | None, commission: float | None,
     Accepts the flags of `backtest`. Symbols are the ones that would be traded: --symbols,
     the config file, or every symbol in the data folder (--paper: the 20 default stocks).
     """
-    from commands.backtest import settings_and_sources
-    from commands.output import echo_lines, out_width
     from feeds.store import resolve_datasets
+    from ratchet.commands.backtest import settings_and_sources
+    from ratchet.commands.output import echo_lines, out_width
 
     setup_logging(verbose)
     flags.update(cash=cash, commission=commission, volume_participation=volume_participation)

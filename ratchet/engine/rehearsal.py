@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from brokers.alpaca.credentials import Credentials
-from common.alpaca_config import AlpacaConfig
-from common.config import Settings
-from common.logs import REDACTOR
+from ratchet.common.alpaca_config import AlpacaConfig
+from ratchet.common.config import Settings
+from ratchet.common.logs import REDACTOR
 
 if TYPE_CHECKING:
     from brokers.alpaca.store import AlpacaStore
