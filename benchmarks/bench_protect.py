@@ -49,11 +49,16 @@ TARGET_NAKED_MIN = 1.0
 _OPEN = ("new", "accepted", "partially_filled", "held", "pending_new", "pending_replace")
 
 RUNNER = r"""
-import json, sys
+import json, os, sys
 root, out = sys.argv[1], sys.argv[2]
 sys.path.insert(0, root)
 from brokers.alpaca_sim import testing
-import ratchet.commands.paper as paper
+# a checkout from before the move into ratchet/ has commands/ at its top (and an editable
+# install of this checkout would otherwise lend it ratchet.commands)
+if os.path.isdir(os.path.join(root, "ratchet", "commands")):
+    import ratchet.commands.paper as paper
+else:
+    import commands.paper as paper
 
 dump = {}
 stop = testing.SimServer.stop
