@@ -25,23 +25,9 @@ class Cancels(BrokerCore):
     def _cancel_sent(self, tr: Tracked) -> None:
         tr.cancel_pending = True
         tr.cancel_backoff = 0.25
-        outcomes = tr.outcomes
         if not self._send_cancel(tr):
             return
-        self._await_outcome(tr, outcomes)
         self._confirm_cancel(tr, self.cancel_confirm_s)
-
-    def _await_outcome(self, tr: Tracked, outcomes: int, polls: int = 5) -> None:
-        # The stream's "canceled" (or a fill that won the race) usually comes with or before
-        # the DELETE's answer: route it instead of reading the order. That read cost an
-        # exit 7-25 ms at 60x, between the stop's cancel and the exit's POST (issue 11).
-        # Bounded by a count (<= 10 ms of real time), not by ``self.clock``: a fast-forward
-        # clock must not make it spin.
-        self.store.pump_events(0.0)
-        for _ in range(polls):
-            if tr.outcomes != outcomes:
-                return
-            self.store.pump_events(0.002)
 
     def _send_cancel(self, tr: Tracked) -> bool:
         # DELETE is idempotent: re-sent until Alpaca answers it (then confirmed by status)

@@ -360,33 +360,3 @@ def test_fill_fence_waits_for_a_late_fill_of_an_order_already_acknowledged(
 
     _run(sim, creds, tmp_path, 4, script, {})
     assert seen.get(3) is True  # the step of the 13:32 bar, as a backtest would
-
-
-def test_cancel_confirmed_by_the_stream_event_needs_no_order_read(
-        sim: SimServer, creds: Credentials, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Regression (issue 11 latency): every confirmed cancel read the order back (GET) after
-    the DELETE although the stream's "canceled" event had already arrived; at 60x that read
-    cost an exit 7-25 ms between the stop's cancel and the exit's POST. Now the event is
-    routed first and the order is Canceled in the same step without a read."""
-    reads: list[str] = []
-    get_order = AlpacaClient.get_order
-
-    def counted(self: AlpacaClient, order_id: str) -> Any:
-        reads.append(order_id)
-        return get_order(self, order_id)
-
-    monkeypatch.setattr(AlpacaClient, "get_order", counted)
-    seen: dict[str, Any] = {}
-
-    def script(s: Scripted, step: int) -> None:
-        if step == 1:
-            _far_limit(s, "ratchet-ACME-20251003T133000-entry")
-        elif step == 3:
-            before = len(reads)
-            s.cancel(s.orders["entry"])
-            seen["reads"] = len(reads) - before
-            seen["status"] = s.orders["entry"].getstatusname()
-
-    _run(sim, creds, tmp_path, 4, script, {})
-    assert seen == {"reads": 0, "status": "Canceled"}
