@@ -62,6 +62,10 @@ class Journal:
         #: called with (cid of the quarantined row, the Alpaca id, cid now holding it) after a
         #: row lost its Alpaca id to another order (the broker audits it)
         self.on_quarantine: Callable[[str, str, str], None] | None = None
+        #: every client order id in ``orders`` (rows are never deleted): ``has`` reads it
+        #: without the lock; added inside the inserting transaction, dropped on its rollback
+        self._cids: set[str] = set()
+        self._added: list[str] = []
         if not self.path.exists():  # private from the first byte: -wal/-shm inherit it
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._db = sqlite3.connect(str(self.path), isolation_level=None,
@@ -90,6 +94,7 @@ class Journal:
                 raise RuntimeError(
                     f"journal {self.path} has schema {row['value']}, newer than this code "
                     f"({SCHEMA_VERSION}): upgrade ratchet")
+            self._cids = {str(r[0]) for r in db.execute("SELECT cid FROM orders")}
 
     def close(self) -> None:
         """Close the database (WAL checkpoint)."""
@@ -102,10 +107,30 @@ class Journal:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._cids.difference_update(self._added)
                 raise
-            self._db.execute("COMMIT")
+            finally:
+                self._added.clear()
+
+    def _inserted(self, cid: str) -> None:
+        """``cid``'s row was just inserted in the open transaction (see ``has``)."""
+        if cid not in self._cids:
+            self._cids.add(cid)
+            self._added.append(cid)
+
+    def has(self, cid: str) -> bool:
+        """``cid`` is journaled, in any state (the never-resend check of an order sent
+        before its row is written: ``OrderGateway.send_then_journal``).
+
+        Lock-free: an entry fill's stop is sent from the helper thread while the main thread
+        may be inside an fsynced write holding the lock. A row being inserted counts from
+        its INSERT (before its COMMIT), so the answer errs towards "journaled" (not sent;
+        resolved by client order id), never towards a second order."""
+        return cid in self._cids
 
     def _event(self, db: sqlite3.Connection, cid: str, kind: str, **payload: Any) -> None:
         db.execute("INSERT INTO events (wall, cid, kind, payload) VALUES (?, ?, ?, ?)",
@@ -148,6 +173,7 @@ class Journal:
                     (cid, spec["symbol"], spec["side"], spec["type"], spec["qty"], purpose,
                      json.dumps(spec, sort_keys=True), JournalState.INTENT.value, replaces,
                      decision_time.isoformat() if decision_time else None, now, now))
+                self._inserted(cid)
                 self._event(db, cid, "intent", spec=spec, purpose=purpose)
         except sqlite3.IntegrityError:
             raise DuplicateIntentError(cid) from None
@@ -175,6 +201,7 @@ class Journal:
                      json.dumps(spec, sort_keys=True), JournalState.ACCEPTED.value, alpaca_id,
                      alpaca_status, replaces,
                      decision_time.isoformat() if decision_time else None, now, now))
+                self._inserted(cid)
                 self._event(db, cid, "intent", spec=spec, purpose=purpose, sent_first=True)
                 self._event(db, cid, "accepted", state=JournalState.ACCEPTED.value,
                             alpaca_id=alpaca_id, alpaca_status=alpaca_status)
@@ -201,6 +228,7 @@ class Journal:
                 (cid, symbol, side, type_, str(qty), purpose, json.dumps(spec),
                  JournalState.ACCEPTED.value, alpaca_id, alpaca_status, str(filled_qty),
                  str(filled_value), now, now))
+            self._inserted(cid)
             self._event(db, cid, "adopted", alpaca_id=alpaca_id, status=alpaca_status,
                         filled_qty=str(filled_qty))
         self._report_quarantine(quarantined, alpaca_id, cid)

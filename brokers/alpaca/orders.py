@@ -120,7 +120,7 @@ class OrderGateway:
         orders and adopts by client order id; it is never sent again. A client order id
         already journaled is still never sent (rule 5)."""
         cid = spec.client_order_id
-        if self.journal.get(cid) is not None:
+        if self.journal.has(cid):  # lock-free: never waits for the main thread's fsync
             logger.warning("order %s is already in the journal: not sending it again", cid)
             return self._known(cid)
         try:
@@ -229,7 +229,7 @@ class OrderGateway:
         by client order id (the old row is found "replaced"); never sent again."""
         cid = new_spec.client_order_id
         replaces = old.cid if old else None
-        if self.journal.get(cid) is not None:
+        if self.journal.has(cid):
             return self._known(cid)
         try:
             snap = self.client.replace_order(old_alpaca_id, cid, stop_price=stop_price, qty=qty)

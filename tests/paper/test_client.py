@@ -6,6 +6,7 @@ lost response, 429, 5xx, a duplicate client order id, a failed positions read.
 
 from __future__ import annotations
 
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +20,7 @@ from brokers.alpaca.journal import Journal, JournalState
 from brokers.alpaca.orders import OrderGateway, Outcome
 from brokers.alpaca_sim.testing import SimServer
 from ratchet.common.errors import AmbiguousOrderError, UnknownStateError
+from tests.conftest import wait_for
 
 CID = "ratchet-ACME-20251003T133000-entry"
 
@@ -61,10 +63,15 @@ def test_fill_stop_is_sent_first_and_journaled_after(sim: SimServer, creds: Cred
     (7-15 ms of naked time per fill) before its POST. ``send_then_journal`` POSTs first:
     when the server takes the order the journal has no row yet; after the answer, intent
     and acceptance are one row. A lost answer is resolved by lookup, and a client order id
-    already journaled is never sent again."""
+    already journaled is never sent again.
+
+    Regression (issue 17, naked time): that never-resend check read the journal under its
+    lock, so a fill's stop waited for any fsynced write the main thread was in. It now
+    reads an in-memory set of the journal's client order ids (rebuilt at every open): the
+    POST reaches the server while another thread holds the lock."""
     gw, journal = _gateway(sim, creds, tmp_path)
-    assert gw.submit(_market(qty=10), "entry").outcome is Outcome.ACCEPTED
-    sim.advance(minutes=1)  # filled: 10 shares to protect
+    assert gw.submit(_market(qty=15), "entry").outcome is Outcome.ACCEPTED
+    sim.advance(minutes=1)  # filled: 15 shares to protect
     stop = OrderSpec("ratchet-ACME-20251003T133100-stop1", "ACME", OrderSide.SELL,
                      OrderType.STOP, Decimal(5), TimeInForce.GTC, stop_price=Decimal("90"))
     seen: list[object] = []
@@ -76,6 +83,7 @@ def test_fill_stop_is_sent_first_and_journaled_after(sim: SimServer, creds: Cred
 
     sim.market.submit = spying  # type: ignore[method-assign]
     result = gw.submit(stop, "stop", journal_first=False)
+    sim.market.submit = submit  # type: ignore[method-assign]
     assert seen == [None]  # nothing journaled when the server took it
     assert result.outcome is Outcome.ACCEPTED and result.snapshot is not None
     row = journal.get(stop.client_order_id)
@@ -91,6 +99,22 @@ def test_fill_stop_is_sent_first_and_journaled_after(sim: SimServer, creds: Cred
     assert journal.get(lost.client_order_id).state is JournalState.ACCEPTED  # type: ignore[union-attr]
     posts = sim.posts.posts  # type: ignore[attr-defined]
     assert posts[stop.client_order_id] == 1 and posts[lost.client_order_id] == 1
+    third = OrderSpec("ratchet-ACME-20251003T133100-stop3", "ACME", OrderSide.SELL,
+                      OrderType.STOP, Decimal(5), TimeInForce.GTC, stop_price=Decimal("90"))
+    results: list[object] = []
+    with journal._lock:  # the main thread inside an fsynced journal write
+        worker = threading.Thread(target=lambda: results.append(
+            gw.submit(third, "stop", journal_first=False)))
+        worker.start()
+        wait_for(lambda: posts[third.client_order_id] == 1, 5.0,
+                 "the stop's POST while the journal's lock is held")
+    worker.join(5.0)
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED]  # type: ignore[attr-defined]
+    reopened = Journal(journal.path)  # a restart: the ids come back from the file
+    assert reopened.has(third.client_order_id) and reopened.has(lost.client_order_id)
+    assert not reopened.has("ratchet-ACME-20251003T133100-stop4")
+    assert OrderGateway(gw.client, reopened).submit(third, "stop", journal_first=False).repeated
+    assert posts[third.client_order_id] == 1
 
 
 def test_504_after_accept_creates_no_duplicate(sim: SimServer, creds: Credentials,
