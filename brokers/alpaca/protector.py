@@ -137,6 +137,11 @@ class StopProtector:
         with self._lock:
             return symbol in self._jobs
 
+    def in_flight(self) -> bool:
+        """A job's request has not been answered yet."""
+        with self._lock:
+            return any(not job.done.is_set() for job in self._jobs.values())
+
     def symbols(self) -> list[str]:
         """Symbols with a job not taken yet."""
         with self._lock:

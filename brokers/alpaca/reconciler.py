@@ -49,6 +49,11 @@ from strategies import rules
 
 logger = logging.getLogger(__name__)
 
+#: ``sys.setswitchinterval`` once the helper thread runs (issue 17: 1 ms left a fill's stop
+#: ~20 ms behind it at the server, most of it threads waiting for the GIL; see
+#: benchmarks/README.md "Naked positions")
+GIL_SWITCH_S = 0.0001
+
 
 class Reconciling(BrokerCore):
     """Startup, reconciliation and adoption (see the module docstring)."""
@@ -241,10 +246,12 @@ class Reconciling(BrokerCore):
         if self.protector is None and hasattr(self.store, "trade_update_hook"):
             self.protector = StopProtector(self.gateway, self._thread_bar_time)
             self.protector.start()
-            # the bar step holds the GIL; the stream and helper threads need it back after
-            # every read, fsync and socket call: 5 ms each by default, 1 ms from here on
-            sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
+            # the bar step holds the GIL; the stream, helper (and --sim server) threads need
+            # it back after every read, fsync and socket call, each waiting one switch
+            # interval: 5 ms by default; ~10 such hand-offs lie between a fill and its stop
+            sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
             self.store.trade_update_hook = self.protector.on_event
+            self.store.fills_in_flight = self._fills_in_flight
         if self._saved_strategy and owner is not None:
             owner.restore_state(self._saved_strategy)
         stops: dict[str, bt.Order] = {}
@@ -268,6 +275,19 @@ class Reconciling(BrokerCore):
                                  atr=self.store.atr(symbol))
             logger.info("%s: Strategy takes over %s shares @ %s (stop %s)", symbol, qty, avg,
                         stops[symbol].info.get("cid") if symbol in stops else "none")
+
+    def _fills_in_flight(self) -> bool:
+        """An entry of the last step has no fill (nor end) yet, or the helper thread's stop
+        has no answer yet: the store's writes after the step wait (``store.py``)."""
+        if self.protector is not None and self.protector.in_flight():
+            return True
+        last = self.store.status.last_bar
+        if last is None:
+            return False
+        return any(tr.purpose in ("entry", "fallback") and tr.state == "sent"
+                   and tr.outcomes == 0 and tr.decision_time is not None
+                   and abs((tr.decision_time - last).total_seconds()) < 1.0
+                   and tr.order.alive() for tr in self._by_cid.values())
 
     def _adopt_order(self, owner: PositionOwner | None, snap: OrderSnapshot) -> bt.Order:
         data = self.store.feed(snap.symbol)

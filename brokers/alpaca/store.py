@@ -77,6 +77,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: the longest the writes after a step wait for that step's fills (``_step_fills_settled``)
+POST_STEP_HOLD_S = 0.1
+
 
 @dataclass
 class LatencyProbe:
@@ -196,6 +199,8 @@ class AlpacaStore(StoreHistory, BrokerTime):
         self.inbound: queue.Queue[tuple[str, Any]] = queue.Queue()
         #: called on the stream thread with each trade update before it is queued
         self.trade_update_hook: Callable[[Any], Any] | None = None
+        #: set by the broker: an order of the last step may be filling right now
+        self.fills_in_flight: Callable[[], bool] | None = None
         self.notifs: deque[tuple[str, tuple[Any, ...], dict[str, Any]]] = deque()
         self.status = StoreStatus()
         self.broker: Any = None
@@ -302,7 +307,9 @@ class AlpacaStore(StoreHistory, BrokerTime):
     def _cycle(self) -> None:
         if self.finished:
             return
-        if self._delivered_since_save:
+        if self._delivered_since_save and not self._step_fills_settled():
+            self.pump_events(0.0)  # the writes below wait (bounded) for the step's fills
+        elif self._delivered_since_save:
             self._delivered_since_save = False
             self.pump_events(0.0)  # a fill that came during the step: its stop first
             if self._save_state is not None:
@@ -449,6 +456,18 @@ class AlpacaStore(StoreHistory, BrokerTime):
         self.status.state = "delayed" if step.source == "backfill" else "live"
         self._delivered_since_save = True
         self._last_delivered = self.local_clock.monotonic()
+
+    def _step_fills_settled(self) -> bool:
+        """The writes after a step (state file, bar recording: long GIL-holding JSON,
+        pandas and Parquet calls) wait while an order the step sent may be filling, at most
+        ``POST_STEP_HOLD_S`` from the step's delivery: at 60x such a fill arrived during
+        them and its stop (server, stream and helper threads) waited for the GIL (issue 17).
+        ``fills_in_flight``: the broker's predicate (None: nothing waits)."""
+        busy = self.fills_in_flight
+        if busy is None or self.local_clock.monotonic() - self._last_delivered \
+                >= POST_STEP_HOLD_S:
+            return True
+        return not busy()
 
     def _housekeeping(self, force: bool = False) -> None:
         now = self.local_clock.monotonic()
