@@ -178,3 +178,33 @@ def test_broker_refuses_an_entry_while_the_clock_says_closed(
     rows = audit[(audit["client_order_id"] == "ratchet-ACME-20251003T133300-entry")
                  & (audit["action"] == "rejected")]
     assert len(rows) == 1 and "market closed" in rows.iloc[0]["reason"]
+
+
+def test_writes_after_a_step_wait_for_its_fills() -> None:
+    """Regression (issue 17, naked time at 60x): the writes after a step (state file, bar
+    recording: long GIL-holding JSON, pandas and Parquet calls) ran while the entry the
+    step had just sent was filling, so its fill event and the helper thread's stop waited
+    for the GIL. They now wait while the broker says a fill of the step may be in flight,
+    at most ``POST_STEP_HOLD_S`` after the step, then run as before."""
+    from brokers.alpaca.store import POST_STEP_HOLD_S
+
+    local = ManualClock()
+    store = _store(FakeClient(datetime(2025, 10, 3, 14, 0, tzinfo=UTC)), clock_rate=1.0,
+                   clock=local)
+    store.poll_s = 0.001
+    writes: list[float] = []
+    store.on_step_done = lambda: writes.append(local.monotonic())
+    busy = [True]
+    store.fills_in_flight = lambda: busy[0]
+    store._delivered_since_save, store._last_delivered = True, local.monotonic()
+    store._cycle()
+    assert writes == []  # the step's entry may be filling: its stop first
+    busy[0] = False
+    store._cycle()
+    assert len(writes) == 1  # filled and protected: written at once
+    store._delivered_since_save, store._last_delivered = True, local.monotonic()
+    busy[0] = True
+    store._cycle()
+    local.advance(POST_STEP_HOLD_S)
+    store._cycle()
+    assert len(writes) == 2  # never more than POST_STEP_HOLD_S late

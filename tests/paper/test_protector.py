@@ -97,7 +97,9 @@ def test_unarmed_claimed_paused_or_second_fill_starts_nothing() -> None:
         job = p.claim("ACME")
         assert job is not None and p.busy("ACME")
         assert p.take("ACME", timeout=0.05) is None  # still in flight: still the thread's
+        assert p.in_flight()  # the store's writes after the step wait for it
         gw.gate.set()
+        assert job.done.wait(5.0) and not p.in_flight()  # answered, not yet taken
         assert p.take("ACME", timeout=5.0) is job
     finally:
         p.close()
