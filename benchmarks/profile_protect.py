@@ -270,7 +270,8 @@ def main() -> int:
     if args.keep is not None:
         (args.keep / "stamps.json").write_text(json.dumps(rec, default=str))
     rows = [(k, r, s) for k, r in rec.items() if (s := stages(r)) is not None]
-    print(f"\n{len(rec)} buy fills seen, {len(rows)} with every stamp "
+    fills = len([k for k in rec if k != "_post_step"])
+    print(f"\n{fills} buy fills seen, {len(rows)} with every stamp "
           f"(helper-thread stops); in-process, wall ms")
     print(f"{'stage':22} {'p50':>7} {'p90':>7} {'max':>7} {'mean':>7} {'sum':>8}")
     for i, name in enumerate([*STAGES, "total (naked)"]):
