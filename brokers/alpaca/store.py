@@ -67,6 +67,7 @@ from brokers.alpaca.streams import (
     StreamSupervisor,
     TradeUpdatesProtocol,
 )
+from brokers.alpaca.watch import OrderWatch
 from ratchet.common.clock import SYSTEM_CLOCK, Clock
 from ratchet.common.config import Settings
 from ratchet.common.errors import BrokerError, RetryableError
@@ -196,6 +197,8 @@ class AlpacaStore(StoreHistory, BrokerTime):
         self.inbound: queue.Queue[tuple[str, Any]] = queue.Queue()
         #: called on the stream thread with each trade update before it is queued
         self.trade_update_hook: Callable[[Any], Any] | None = None
+        #: orders whose end the main thread waits for (a cancel's confirmation)
+        self.order_watch = OrderWatch()
         self.notifs: deque[tuple[str, tuple[Any, ...], dict[str, Any]]] = deque()
         self.status = StoreStatus()
         self.broker: Any = None
@@ -365,6 +368,8 @@ class AlpacaStore(StoreHistory, BrokerTime):
             except Exception:  # the main loop still protects it
                 logger.exception("trade update hook failed")
         self.inbound.put((kind, payload))
+        if kind == "trade_update":
+            self.order_watch.seen(payload)  # after the put: the update is in the queue
 
     def _route(self, kind: str, payload: Any) -> None:
         if kind == "bar":
