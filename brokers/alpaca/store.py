@@ -84,6 +84,8 @@ class LatencyProbe:
     """Bar arrival (stream) -> order request (POST) times, for the benchmark."""
 
     samples: list[float] = field(default_factory=list)
+    #: the client order id of each sample (benchmarks name the slowest orders)
+    cids: list[str] = field(default_factory=list)
     _step_arrived: float | None = None
     _step_source: str = ""
     _thread: threading.Thread | None = None
@@ -100,6 +102,7 @@ class LatencyProbe:
             return
         if self._step_arrived and self._step_source == "stream":
             self.samples.append(time.perf_counter() - self._step_arrived)
+            self.cids.append(cid)
 
 
 @dataclass
