@@ -123,7 +123,9 @@ def run_once(args: argparse.Namespace, fill_bar: str) -> dict[str, Any]:
                 state_dir=root / "state", log_dir=root / "logs", out=root / "runs",
                 max_steps=args.minutes)
             t0 = time.perf_counter()
-            result = run_paper(run, hooks=SessionHooks(install_signals=False))
+            stores: list[Any] = []
+            result = run_paper(run, hooks=SessionHooks(install_signals=False,
+                                                        on_store=stores.append))
             wall = time.perf_counter() - t0
         finally:
             server.send_signal(signal.SIGTERM)
@@ -146,6 +148,7 @@ def run_once(args: argparse.Namespace, fill_bar: str) -> dict[str, Any]:
             "got": got, "want": want,
             "got_orders": got_orders, "want_orders": want_orders,
             "latency": [s * 1000 for s in result.latency],
+            "latency_cids": list(stores[0].latency.cids) if stores else [],
             "baseline_ms": statistics.median(rtts) * 1000}
 
 
@@ -177,6 +180,9 @@ def report(r: dict[str, Any], speed: float) -> bool:
               f"p99 {p99:.2f} ms, max {max(samples):.2f} ms; {late} order(s) later than one "
               f"replayed bar ({bar_ms:.0f} ms); baseline (one bare GET /v2/clock) "
               f"{r['baseline_ms']:.2f} ms; p50/baseline {p50 / r['baseline_ms']:.1f}x")
+        named = sorted(zip(samples, r.get("latency_cids") or [""] * len(samples),
+                           strict=False), reverse=True)[:5]
+        print("  slowest: " + "; ".join(f"{ms:.1f} ms {cid}" for ms, cid in named))
     return same_dec == n_dec and same_ord == n_ord
 
 

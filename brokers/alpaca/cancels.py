@@ -2,10 +2,12 @@
 
 ``cancel`` is confirmed synchronously (bounded), so the Strategy sees the result in the same
 step as in a backtest; a cancel that loses the race to a fill is normal (the fill is applied,
-the order is Completed). Unconfirmed cancels are polled with a per-order backoff (0.25 s ->
-30 s); an order Alpaca knows neither by id (404) nor by client order id is given up as
-Canceled. An exit sell sent while the resting stop's cancel is pending is parked and sent once
-the cancel is confirmed (Alpaca holds the stop's quantity until then).
+the order is Completed). The confirmation is the order's terminal trade update, signaled by
+the stream thread (``watch.py``, ``stream_confirm_s``), else a read of the order.
+Unconfirmed cancels are polled with a per-order backoff (0.25 s -> 30 s); an order Alpaca
+knows neither by id (404) nor by client order id is given up as Canceled. An exit sell sent
+while the resting stop's cancel is pending is parked and sent once the cancel is confirmed
+(Alpaca holds the stop's quantity until then).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 
 from brokers.alpaca.client import CancelResult
 from brokers.alpaca.tracking import BrokerCore, Tracked, is_stop_order
+from brokers.alpaca.watch import OrderWatch, Watched
 from ratchet.common.errors import BrokerError, RetryableError
 
 logger = logging.getLogger(__name__)
@@ -22,14 +25,43 @@ logger = logging.getLogger(__name__)
 class Cancels(BrokerCore):
     """Cancels and parked exits (see the module docstring)."""
 
+    #: real seconds a cancel waits for its terminal trade update before reading the order
+    stream_confirm_s: float = 0.1
+
     def _cancel_sent(self, tr: Tracked) -> None:
         tr.cancel_pending = True
         tr.cancel_backoff = 0.25
-        if not self._send_cancel(tr):
-            return
-        self._confirm_cancel(tr, self.cancel_confirm_s)
+        watch: OrderWatch | None = getattr(self.store, "order_watch", None)
+        alpaca_id = tr.alpaca_id
+        watched = watch.watch(alpaca_id) if watch is not None and alpaca_id else None
+        try:
+            result = self._send_cancel(tr)
+            if result is None:
+                return
+            if watched is not None and result is CancelResult.REQUESTED \
+                    and self._ended_on_stream(tr, watched):
+                return
+            self._confirm_cancel(tr, self.cancel_confirm_s)
+        finally:
+            if watch is not None and alpaca_id:
+                watch.unwatch(alpaca_id)
 
-    def _send_cancel(self, tr: Tracked) -> bool:
+    def _ended_on_stream(self, tr: Tracked, watched: Watched) -> bool:
+        """The DELETE was accepted: the order's terminal trade update (``canceled``, or the
+        fill that won the race) is on its way or already queued. Wait for the stream
+        thread's signal (bounded) and apply that update's snapshot as the GET's answer
+        would be applied (``watch.py``); False: not signaled in time, read the order."""
+        if not watched.ended.wait(self.stream_confirm_s) or watched.snapshot is None:
+            return False
+        self._apply_events()  # the updates routed before it first, as before a read
+        if tr.order.alive():
+            self._apply_snapshot(watched.snapshot, source="cancel")
+        if tr.order.alive():
+            return False
+        tr.cancel_pending = False
+        return True
+
+    def _send_cancel(self, tr: Tracked) -> CancelResult | None:
         # DELETE is idempotent: re-sent until Alpaca answers it (then confirmed by status)
         assert tr.alpaca_id is not None  # noqa: S101 - narrows the type: only tracked orders with an id get here
         try:
@@ -37,13 +69,13 @@ class Cancels(BrokerCore):
         except (RetryableError, BrokerError) as exc:
             logger.warning("%s: cancel of %s failed (%s); retrying", tr.symbol, tr.cid, exc)
             self._cancel_later(tr)
-            return False
+            return None
         tr.cancel_acked = True
         if result is CancelResult.NOT_FOUND:
             logger.error("%s: cancel of %s: Alpaca does not know order id %s; looking it up "
                          "by client order id", tr.symbol, tr.cid, tr.alpaca_id)
             tr.cancel_not_found = True
-        return True
+        return result
 
     def _cancel_later(self, tr: Tracked) -> None:
         # per-order backoff: an unconfirmed cancel must not drain the request budget
@@ -116,7 +148,8 @@ class Cancels(BrokerCore):
                 continue
             if not tr.order.alive():
                 tr.cancel_pending = False
-            elif now >= tr.next_cancel and (tr.cancel_acked or self._send_cancel(tr)):
+            elif now >= tr.next_cancel and (tr.cancel_acked
+                                            or self._send_cancel(tr) is not None):
                 self._confirm_cancel(tr, 0.0)
 
     def _stop_cancel_pending(self, symbol: str) -> Tracked | None:

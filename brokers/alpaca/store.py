@@ -67,6 +67,7 @@ from brokers.alpaca.streams import (
     StreamSupervisor,
     TradeUpdatesProtocol,
 )
+from brokers.alpaca.watch import OrderWatch
 from ratchet.common.clock import SYSTEM_CLOCK, Clock
 from ratchet.common.config import Settings
 from ratchet.common.errors import BrokerError, RetryableError
@@ -86,6 +87,8 @@ class LatencyProbe:
     """Bar arrival (stream) -> order request (POST) times, for the benchmark."""
 
     samples: list[float] = field(default_factory=list)
+    #: the client order id of each sample (benchmarks name the slowest orders)
+    cids: list[str] = field(default_factory=list)
     _step_arrived: float | None = None
     _step_source: str = ""
     _thread: threading.Thread | None = None
@@ -102,6 +105,7 @@ class LatencyProbe:
             return
         if self._step_arrived and self._step_source == "stream":
             self.samples.append(time.perf_counter() - self._step_arrived)
+            self.cids.append(cid)
 
 
 @dataclass
@@ -201,6 +205,8 @@ class AlpacaStore(StoreHistory, BrokerTime):
         self.trade_update_hook: Callable[[Any], Any] | None = None
         #: set by the broker: an order of the last step may be filling right now
         self.fills_in_flight: Callable[[], bool] | None = None
+        #: orders whose end the main thread waits for (a cancel's confirmation)
+        self.order_watch = OrderWatch()
         self.notifs: deque[tuple[str, tuple[Any, ...], dict[str, Any]]] = deque()
         self.status = StoreStatus()
         self.broker: Any = None
@@ -372,6 +378,8 @@ class AlpacaStore(StoreHistory, BrokerTime):
             except Exception:  # the main loop still protects it
                 logger.exception("trade update hook failed")
         self.inbound.put((kind, payload))
+        if kind == "trade_update":
+            self.order_watch.seen(payload)  # after the put: the update is in the queue
 
     def _route(self, kind: str, payload: Any) -> None:
         if kind == "bar":

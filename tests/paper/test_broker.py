@@ -360,3 +360,47 @@ def test_fill_fence_waits_for_a_late_fill_of_an_order_already_acknowledged(
 
     _run(sim, creds, tmp_path, 4, script, {})
     assert seen.get(3) is True  # the step of the 13:32 bar, as a backtest would
+
+
+def test_exit_after_a_stop_cancel_confirmed_by_the_stream_reads_no_order(
+        sim: SimServer, creds: Credentials, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 11 latency): every confirmed cancel read the order back (GET) after
+    the DELETE's answer although the stream's "canceled" event was already on its way; at 60x
+    that read cost each exit 3-27 ms between the stop's cancel and the exit's POST. Now the
+    stream thread signals the order's terminal update and the cancel applies it: the stop is
+    Canceled in the same step with no read, the exit goes in that step, one outcome."""
+    reads: list[str] = []
+    for name in ("get_order", "get_order_by_client_id"):
+        def counted(self: AlpacaClient, key: str, *a: Any,
+                    _read: Any = getattr(AlpacaClient, name), **kw: Any) -> Any:
+            reads.append(key)
+            return _read(self, key, *a, **kw)
+        monkeypatch.setattr(AlpacaClient, name, counted)
+    seen: dict[str, Any] = {}
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if step == 1:
+            s.orders["entry"] = s.buy(data=d, size=10, exectype=bt.Order.Market,
+                                      cid="ratchet-ACME-20251003T133000-entry", purpose="entry")
+        elif step == 2:
+            s.orders["stop"] = s.sell(data=d, size=10, exectype=bt.Order.Stop,
+                                      price=round(d.close[0] * 0.9, 2),
+                                      cid="ratchet-ACME-20251003T133100-stop1", purpose="stop")
+        elif step == 3:
+            before = len(reads)
+            s.cancel(s.orders["stop"])
+            seen["reads"], seen["stop"] = len(reads) - before, s.orders["stop"].getstatusname()
+            s.orders["exit"] = s.sell(data=d, size=10, exectype=bt.Order.Market,
+                                      cid="ratchet-ACME-20251003T133200-exit", purpose="exit")
+            seen["posted"] = "ratchet-ACME-20251003T133200-exit" in sim.posts.posts  # type: ignore[attr-defined]
+
+    strat = _run(sim, creds, tmp_path, 5, script, {})
+    assert seen == {"reads": 0, "stop": "Canceled", "posted": True}
+    assert strat.orders["exit"].status == bt.Order.Completed
+    with sim.market.lock:
+        assert not any(p.qty for p in sim.market.positions.values())
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    row = journal.get("ratchet-ACME-20251003T133100-stop1")
+    assert row is not None and row.alpaca_status == "canceled"
