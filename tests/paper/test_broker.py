@@ -130,19 +130,27 @@ def test_cancel_that_loses_the_race_to_a_fill_is_normal(sim: SimServer, creds: C
         assert not any(p.qty for p in sim.market.positions.values())  # never short
 
 
+def _enter_then_stop(s: Scripted, step: int) -> bool:
+    """Steps 1-2 of the exit tests: 10 ACME at market, then its stop 10% below; False after."""
+    d = s.datas[0]
+    if step == 1:
+        s.orders["entry"] = s.buy(data=d, size=10, exectype=bt.Order.Market,
+                                  cid="ratchet-ACME-20251003T133000-entry", purpose="entry")
+    elif step == 2:
+        s.orders["stop"] = s.sell(data=d, size=10, exectype=bt.Order.Stop,
+                                  price=round(d.close[0] * 0.9, 2),
+                                  cid="ratchet-ACME-20251003T133100-stop1", purpose="stop")
+    return step in (1, 2)
+
+
 def test_exit_waits_for_the_stop_cancel(sim: SimServer, creds: Credentials,
                                         tmp_path: Path) -> None:
     """The cancel fails for a while (5xx): the exit is parked, sent once the stop is gone."""
 
     def script(s: Scripted, step: int) -> None:
         d = s.datas[0]
-        if step == 1:
-            s.orders["entry"] = s.buy(data=d, size=10, exectype=bt.Order.Market,
-                                      cid="ratchet-ACME-20251003T133000-entry", purpose="entry")
-        elif step == 2:
-            s.orders["stop"] = s.sell(data=d, size=10, exectype=bt.Order.Stop,
-                                      price=round(d.close[0] * 0.9, 2),
-                                      cid="ratchet-ACME-20251003T133100-stop1", purpose="stop")
+        if _enter_then_stop(s, step):
+            pass
         elif step == 3:
             sim.faults.server_error(500, method="DELETE", path="/v2/orders/*", times=3)
             s.cancel(s.orders["stop"])
@@ -235,13 +243,7 @@ def test_stop_canceled_by_someone_else_is_noticed_and_replaced(
     client = AlpacaClient(creds, base_url=sim.base_url)
 
     def script(s: Scripted, step: int) -> None:
-        d = s.datas[0]
-        if step == 1:
-            s.orders["entry"] = s.buy(data=d, size=10, exectype=bt.Order.Market,
-                                      cid="ratchet-ACME-20251003T133000-entry", purpose="entry")
-        elif step == 2:
-            s.orders["stop"] = s.sell(data=d, size=10, exectype=bt.Order.Stop,
-                                      price=round(d.close[0] * 0.9, 2), cid=cid, purpose="stop")
+        _enter_then_stop(s, step)
 
     def cancel_by_hand() -> None:
         sim.faults.silence_stream("trading")  # its trade update never arrives
@@ -381,13 +383,8 @@ def test_exit_after_a_stop_cancel_confirmed_by_the_stream_reads_no_order(
 
     def script(s: Scripted, step: int) -> None:
         d = s.datas[0]
-        if step == 1:
-            s.orders["entry"] = s.buy(data=d, size=10, exectype=bt.Order.Market,
-                                      cid="ratchet-ACME-20251003T133000-entry", purpose="entry")
-        elif step == 2:
-            s.orders["stop"] = s.sell(data=d, size=10, exectype=bt.Order.Stop,
-                                      price=round(d.close[0] * 0.9, 2),
-                                      cid="ratchet-ACME-20251003T133100-stop1", purpose="stop")
+        if _enter_then_stop(s, step):
+            pass
         elif step == 3:
             before = len(reads)
             s.cancel(s.orders["stop"])
