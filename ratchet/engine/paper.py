@@ -19,6 +19,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -298,6 +299,9 @@ class PaperSession:
         restore = install_signals(store, note) if self.hooks.install_signals else \
             (lambda: None)
         report = ""
+        # the broker shortens the GIL switch interval for its helper thread; the process
+        # (a notebook, a test worker) gets its own back when the session ends
+        switch_interval = sys.getswitchinterval()
         try:
             self._check_owner()
             store.connect(last_delivered=last_bars(self.saved))
@@ -324,6 +328,7 @@ class PaperSession:
             raise ConfigError(f"not trading: the broker's state is unknown ({exc})") from None
         finally:
             gc.unfreeze()  # collected again from here on (a process may run more sessions)
+            sys.setswitchinterval(switch_interval)
             restore()
             if self.monitor is not None:  # the streams close on purpose now: no outage
                 self.monitor.stop(final_check=False)
