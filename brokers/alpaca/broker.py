@@ -69,6 +69,7 @@ from brokers.alpaca.protection import Protection
 from brokers.alpaca.protector import StopProtector
 from brokers.alpaca.reconcile import ReconcileReport
 from brokers.alpaca.reconciler import Reconciling
+from brokers.alpaca.sender import OrderSender
 from brokers.alpaca.sending import Sending
 from brokers.alpaca.tracking import BrokerCore, BrokerView, ProtectDue, Tracked, is_stop_order
 from ratchet.common.clock import SYSTEM_CLOCK, Clock
@@ -156,6 +157,8 @@ class AlpacaBroker(Reconciling, Protection, Fills, Cancels, Sending, BrokerCore)
         self.stop_latency: list[tuple[str, float]] = []
         #: places an entry fill's stop from its own thread (started when attached)
         self.protector: StopProtector | None = None
+        #: sends entries, fallbacks and exits from worker threads (started when attached)
+        self.sender: OrderSender | None = None
         self._main_thread = threading.current_thread()
         self._quarantined_later: deque[tuple[str, str, str]] = deque()
 
@@ -253,6 +256,7 @@ class AlpacaBroker(Reconciling, Protection, Fills, Cancels, Sending, BrokerCore)
 
     def submit(self, order: bt.Order) -> bt.Order:
         """Submitted at once; then sent to Alpaca (or parked behind a stop's cancel)."""
+        self._collect_sends(symbol=order.data._name)  # one request per symbol at a time
         order.submit(self)
         cid = str(order.info.get("cid") or self._fallback_cid(order))
         order.info["cid"] = cid
@@ -275,6 +279,9 @@ class AlpacaBroker(Reconciling, Protection, Fills, Cancels, Sending, BrokerCore)
         tr = self._by_ref.get(order.ref)
         if tr is None or not order.alive():
             return
+        self._collect_sends(symbol=tr.symbol)  # its POST's answer first
+        if not order.alive():
+            return
         if tr.state in ("new", "parked"):
             tr.state = "done"
             order.cancel()
@@ -290,6 +297,7 @@ class AlpacaBroker(Reconciling, Protection, Fills, Cancels, Sending, BrokerCore)
         """Once per loop: adopt, apply trade updates, reconcile, resolve, release parked."""
         if not self._attached:
             self._attach()
+        self._collect_sends()
         self.store.pump_events(0.0)  # fills that just arrived get their stop before the rest
         self._apply_events()
         self._take_jobs()  # after the fills are applied: a refused stop sells the position
@@ -321,6 +329,9 @@ class AlpacaBroker(Reconciling, Protection, Fills, Cancels, Sending, BrokerCore)
         if self.protector is not None:
             self.protector.close()  # from here on every stop goes out from the main thread
             self._take_jobs(wait=True)
+        if self.sender is not None:
+            self.sender.close()  # from here on orders go out from the main thread
+            self._collect_sends()
         self._apply_events()
         for tr in list(self._by_cid.values()):
             if tr.state == "sent" and tr.order.alive() and not tr.cancel_pending:
@@ -337,6 +348,7 @@ class AlpacaBroker(Reconciling, Protection, Fills, Cancels, Sending, BrokerCore)
         """``--once`` shutdown: give working MARKET entries/fallbacks up to ``timeout`` s to
         fill (read at Alpaca), so the Strategy protects the fill in this run rather than the
         next run's startup reconciliation."""
+        self._collect_sends()
         deadline = self.clock.monotonic() + timeout
         while True:
             waiting = [t for t in self._by_cid.values()

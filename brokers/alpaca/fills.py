@@ -44,6 +44,7 @@ class Fills(BrokerCore):
 
     def on_trade_update(self, update: TradeUpdateRecord) -> None:
         """Queue one ``trade_updates`` event (applied in ``next``, in arrival order)."""
+        self._collect_sends(cid=update.order.client_order_id)  # the older POST answer first
         self._events.append(update)
         tr = self._by_cid.get(update.order.client_order_id)
         if tr is not None:
@@ -53,6 +54,7 @@ class Fills(BrokerCore):
             self._protect_at_arrival(update, tr)
 
     def _apply_events(self) -> None:
+        self._collect_sends()
         while self._events:
             # journaling each event costs an fsync: a fill that arrives meanwhile is routed
             # (and its stop placed, ``_protect_at_arrival``) before the next one
@@ -245,6 +247,7 @@ class Fills(BrokerCore):
         before the bar closes; this only matters when both arrive at once (replays).
         """
         self._step_bars = {sym: bar.ts for sym, bar in bars.items() if hasattr(bar, "ts")}
+        self._collect_sends()
         self.store.pump_events(0.0)  # fills that just arrived get their stop before the rest
         self._apply_events()
         if self.fence_s is None:

@@ -43,6 +43,7 @@ from brokers.alpaca.reconcile import (
     is_stop,
     reconcile,
 )
+from brokers.alpaca.sender import OrderSender
 from brokers.alpaca.tracking import ZERO, BrokerCore, Tracked, order_price, same_positions
 from ratchet.common.errors import BrokerError, UnknownStateError
 from strategies import rules
@@ -91,6 +92,7 @@ class Reconciling(BrokerCore):
         a session a fill may be on its way while we read, so differences are checked again a
         few loops later (``_verify``) before anything is changed.
         """
+        self._collect_sends()  # our orders' answers before open orders are read
         if self.protector is not None:
             with self.protector.paused():
                 # a stop the thread placed is tracked before open orders are read
@@ -246,12 +248,14 @@ class Reconciling(BrokerCore):
         if self.protector is None and hasattr(self.store, "trade_update_hook"):
             self.protector = StopProtector(self.gateway, self._thread_bar_time)
             self.protector.start()
+            self.sender = OrderSender()
             # the bar step holds the GIL; the stream, helper (and --sim server) threads need
             # it back after every read, fsync and socket call, each waiting one switch
             # interval: 5 ms by default; ~10 such hand-offs lie between a fill and its stop
             sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
             self.store.trade_update_hook = self.protector.on_event
             self.store.fills_in_flight = self._fills_in_flight
+            self.store.collect_sends = self._collect_sends
         if self._saved_strategy and owner is not None:
             owner.restore_state(self._saved_strategy)
         stops: dict[str, bt.Order] = {}
@@ -280,6 +284,8 @@ class Reconciling(BrokerCore):
         """An entry of the last step has no fill (nor end) yet, or the helper thread's stop
         has no answer yet: the store's writes after the step wait (``store.py``)."""
         if self.protector is not None and self.protector.in_flight():
+            return True
+        if self.sender is not None and self.sender.in_flight():
             return True
         last = self.store.status.last_bar
         if last is None:

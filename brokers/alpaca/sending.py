@@ -79,8 +79,30 @@ class Sending(BrokerCore):
         spec = self._spec(tr)
         tr.spec = spec
         tr.state = "sent"
+        if self.sender is not None and not is_stop_order(order):
+            # side by side with the step's other symbols (``sender.py``); the answer is
+            # applied by the main thread before anything else of this order or symbol
+            purpose, when = tr.purpose, tr.decision_time
+            self.sender.post(tr.cid, tr.symbol,
+                             lambda: self.gateway.submit(spec, purpose, when))
+            return
         result = self.gateway.submit(spec, tr.purpose, tr.decision_time)
         self._resolved(tr, result)
+
+    def _collect_sends(self, cid: str | None = None, symbol: str | None = None) -> None:
+        """Take the sender's jobs (of ``cid`` / ``symbol``; None, None: all), waiting for
+        the ones in flight, and apply their answers in submission order."""
+        sender = self.sender
+        if sender is None or not sender.pending(cid, symbol):
+            return
+        for job in sender.take(cid, symbol):
+            tr = self._by_cid.get(job.cid)
+            result = job.result or SubmitResult(Outcome.AMBIGUOUS, job.cid, reason="no answer")
+            if tr is None or tr.state != "sent":  # pragma: no cover - a job's order is in flight
+                logger.error("order %s: answer %s for an order not in flight",
+                             job.cid, result.outcome.value)
+                continue
+            self._resolved(tr, result)
 
     def _entry_refusal(self, order: bt.Order) -> str:
         """Why a new entry/fallback must not go out now ('' = it may)."""
@@ -197,6 +219,9 @@ class Sending(BrokerCore):
         to track from now on (the same one when nothing could be replaced)."""
         tr = self._by_ref.get(order.ref)
         if tr is None or not order.alive():
+            return order
+        self._collect_sends(symbol=tr.symbol)
+        if not order.alive():
             return order
         if tr.state != "sent" or tr.alpaca_id is None or tr.cancel_pending or tr.replace_pending:
             logger.info("%s: stop %s not replaceable now (%s)", tr.symbol, tr.cid, tr.state)

@@ -6,9 +6,9 @@ for all symbols (Alpaca allows one per key), one ``trade_updates`` connection, R
 for the warm-up and for every gap.
 
 Threads: the streams run on one asyncio loop in one daemon thread (``streams.StreamHub``);
-they only put messages on ``self.inbound`` (a ``queue.Queue``). Everything else, REST calls,
-the journal, Backtrader, runs on the main thread inside Cerebro's loop: Cerebro calls
-``get_notifications()`` once per iteration, before it polls the data feeds; the store then
+they only put messages on ``self.inbound`` (a ``queue.Queue``). The broker's helper threads
+send orders and fill-time stops (venue I/O and the journal only). Everything else runs on the
+main thread in Cerebro's loop, which calls ``get_notifications()`` once per iteration:
 
 1. drains the inbound queue (bars to the ``StepAssembler``, trade updates to the broker,
    stream transitions to the reconnect logic),
@@ -35,8 +35,7 @@ Parts: ``history.StoreHistory`` (warm-up, backfill, gaps from REST) and ``gate.B
 (the broker's time and the order gate) are mixins of ``AlpacaStore``; the local clock is
 injected (``ratchet.common.clock``).
 
-The store is not a Backtrader ``Store`` subclass on purpose: ``bt.Store`` is a metaclass
-singleton. Cerebro only needs ``start``, ``stop`` and ``get_notifications``.
+Not a Backtrader ``Store`` subclass on purpose (``bt.Store`` is a metaclass singleton).
 """
 
 from __future__ import annotations
@@ -60,6 +59,7 @@ from brokers.alpaca.credentials import Credentials
 from brokers.alpaca.gate import BrokerTime
 from brokers.alpaca.history import StoreHistory
 from brokers.alpaca.parsing import BarRecord
+from brokers.alpaca.sender import SENDER_THREAD_PREFIX
 from brokers.alpaca.streams import (
     MarketDataProtocol,
     StreamHub,
@@ -99,9 +99,12 @@ class LatencyProbe:
         self._thread = threading.current_thread()
 
     def order_sent(self, cid: str) -> None:
-        """An order request is about to be sent (a stop sent by the helper thread on a fill
-        event is not a bar's decision: not counted)."""
-        if threading.current_thread() is not self._thread:
+        """An order request is about to be sent, by the step's thread or by the order
+        sender's workers (``sender.py``: every job of a step is taken before the next step
+        is delivered). A stop sent by the helper thread on a fill event is not a bar's
+        decision: not counted."""
+        thread = threading.current_thread()
+        if thread is not self._thread and not thread.name.startswith(SENDER_THREAD_PREFIX):
             return
         if self._step_arrived and self._step_source == "stream":
             self.samples.append(time.perf_counter() - self._step_arrived)
@@ -205,6 +208,7 @@ class AlpacaStore(StoreHistory, BrokerTime):
         self.trade_update_hook: Callable[[Any], Any] | None = None
         #: set by the broker: an order of the last step may be filling right now
         self.fills_in_flight: Callable[[], bool] | None = None
+        self.collect_sends: Callable[[], None] | None = None  # the broker's (sender.py)
         #: orders whose end the main thread waits for (a cancel's confirmation)
         self.order_watch = OrderWatch()
         self.notifs: deque[tuple[str, tuple[Any, ...], dict[str, Any]]] = deque()
@@ -313,6 +317,8 @@ class AlpacaStore(StoreHistory, BrokerTime):
     def _cycle(self) -> None:
         if self.finished:
             return
+        if self.collect_sends is not None:  # before a lockstep replay may move the clock
+            self.collect_sends()
         if self._delivered_since_save and not self._step_fills_settled():
             self.pump_events(0.0)  # the writes below wait (bounded) for the step's fills
         elif self._delivered_since_save:
@@ -322,10 +328,8 @@ class AlpacaStore(StoreHistory, BrokerTime):
                 self._save_state()
             if self.on_step_done is not None:
                 self.on_step_done()
-            # the bar recording is written right after a step, when the next bar is furthest
-            # away: written from the idle loop every 2 s it ran at any moment, and a bar
-            # arriving during it (a whole-day Parquet rewrite per symbol, longer as the day
-            # goes on) waited for it: ~20% of bar arrival -> order at 60x (issue 11)
+            # bars recorded right after a step, when the next bar is furthest away (from the
+            # idle loop a bar could wait for the Parquet rewrite: issue 11)
             self._housekeeping()
         if self._stop_requested or (self.max_steps is not None
                                     and self.status.steps >= self.max_steps):

@@ -28,6 +28,7 @@ from brokers.alpaca.parsing import OrderSnapshot, TradeUpdateRecord
 from brokers.alpaca.ports import PositionOwner
 from brokers.alpaca.protector import StopProtector
 from brokers.alpaca.reconcile import ReconcileReport
+from brokers.alpaca.sender import OrderSender
 from feeds.btfeed import ns_to_bt
 from ratchet.common.clock import Clock
 from strategies import rules
@@ -126,6 +127,7 @@ class BrokerCore(bt.BrokerBase):
     positions: defaultdict[Any, bt.Position]
     notifs: deque[bt.Order]
     protector: StopProtector | None
+    sender: OrderSender | None
     stop_latency: list[tuple[str, float]]
     _owner: Callable[[], PositionOwner | None]
     _sleep: Callable[[float], None]
@@ -164,6 +166,7 @@ class BrokerCore(bt.BrokerBase):
         def _check_stops(self) -> None: ...
         def _cid_time(self, symbol: str) -> datetime: ...
         def _claim(self, symbol: str) -> bool: ...
+        def _collect_sends(self, cid: str | None = None, symbol: str | None = None) -> None: ...
         def _confirm_pending_cancels(self) -> None: ...
         def _exit_at_once(self, symbol: str, owner: Any, reason: str, handoff: Any) -> None: ...
         def _fallback_cid(self, order: bt.Order) -> str: ...

@@ -391,6 +391,7 @@ def test_exit_after_a_stop_cancel_confirmed_by_the_stream_reads_no_order(
             seen["reads"], seen["stop"] = len(reads) - before, s.orders["stop"].getstatusname()
             s.orders["exit"] = s.sell(data=d, size=10, exectype=bt.Order.Market,
                                       cid="ratchet-ACME-20251003T133200-exit", purpose="exit")
+        elif step == 4:  # sent from a worker (sender.py), answered before the next bar
             seen["posted"] = "ratchet-ACME-20251003T133200-exit" in sim.posts.posts  # type: ignore[attr-defined]
 
     strat = _run(sim, creds, tmp_path, 5, script, {})
