@@ -67,14 +67,14 @@ def _bars(symbol: str) -> list[Any]:
 
 def _run(sim: SimServer, creds: Credentials, root: Path, minutes: int,
          script: Callable[[Scripted, int], None], hooks: dict[int, Callable[[], None]],
-         **kw: Any) -> Scripted:
+         symbols: tuple[str, ...] = ("ACME",), **kw: Any) -> Scripted:
     box: dict[str, Scripted] = {}
 
     def wrapped(strat: Scripted, step: int) -> None:
         box["s"] = strat
         script(strat, step)
 
-    session(sim, creds, root, minutes, symbols=("ACME",), settings=Settings(symbols=("ACME",)),
+    session(sim, creds, root, minutes, symbols=symbols, settings=Settings(symbols=symbols),
             hooks=hooks, strategy_cls=Scripted, strategy_kwargs={"script": wrapped}, **kw)
     return box["s"]
 
@@ -402,3 +402,45 @@ def test_exit_after_a_stop_cancel_confirmed_by_the_stream_reads_no_order(
     journal = Journal(tmp_path / "state" / "journal.sqlite")
     row = journal.get("ratchet-ACME-20251003T133100-stop1")
     assert row is not None and row.alpaca_status == "canceled"
+
+
+def test_second_order_of_a_step_goes_out_before_the_first_is_answered(
+        sim: SimServer, creds: Credentials, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 11, bar arrival -> order at 60x): the second order of a step was sent
+    only after the first order's POST had been answered and applied, 9-27 ms behind it: the
+    slowest entries of a rehearsal. Now a step's orders for different symbols go out side by
+    side (``sender.py``). The first order's answer, held back here 0.3 s after the server
+    created and filled it, is still applied before its fill event (never an older answer
+    over a newer state): Submitted, Accepted, Completed, one fill."""
+    first, second = "ratchet-ACME-20251003T133000-entry", "ratchet-BOLT-20251003T133000-entry"
+    calls: dict[str, tuple[float, float]] = {}
+    real = AlpacaClient.submit_order
+
+    def late_answer(self: AlpacaClient, spec: OrderSpec) -> Any:
+        start = time.perf_counter()
+        try:
+            return real(self, spec)
+        finally:
+            if spec.client_order_id == first:
+                time.sleep(0.3)  # created and filled at the server; the answer comes late
+            calls[spec.client_order_id] = (start, time.perf_counter())
+
+    monkeypatch.setattr(AlpacaClient, "submit_order", late_answer)
+
+    def script(s: Scripted, step: int) -> None:
+        if step == 1:
+            by_name = {d._name: d for d in s.datas}
+            for key, cid in (("ACME", first), ("BOLT", second)):
+                s.orders[key] = s.buy(data=by_name[key], size=10, exectype=bt.Order.Market,
+                                      cid=cid, purpose="entry")
+
+    strat = _run(sim, creds, tmp_path, 3, script, {}, symbols=("ACME", "BOLT"))
+    assert calls[second][0] < calls[first][1]  # sent while the first's answer was out
+    assert [n[1] for n in strat.notes if n[0] == first] == ["Submitted", "Accepted",
+                                                            "Completed"]
+    assert strat.orders["ACME"].executed.size == 10
+    assert strat.orders["BOLT"].status == bt.Order.Completed
+    row = Journal(tmp_path / "state" / "journal.sqlite").get(first)
+    assert row is not None and row.state is JournalState.ACCEPTED
+    assert row.alpaca_status == "filled" and row.filled_qty == Decimal(10)
