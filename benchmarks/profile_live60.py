@@ -35,14 +35,19 @@ import bench_parity60  # noqa: E402
 
 from analyzers import audit as audit_mod  # noqa: E402
 from brokers.alpaca import broker as broker_mod  # noqa: E402
-from brokers.alpaca import cancels, fills, journal, store  # noqa: E402
+from brokers.alpaca import cancels, fills, journal, sender, store  # noqa: E402
 from brokers.alpaca.client import AlpacaClient  # noqa: E402
+from brokers.alpaca.sender import SENDER_THREAD_PREFIX  # noqa: E402
 from strategies.ratchet import RatchetStrategy  # noqa: E402
 
-#: finished intervals on the main thread: (start, end, label, exclusive seconds)
-SPANS: list[tuple[float, float, str, float]] = []
-#: (step arrived, POST time, index of the order in its step, client order id)
-ORDERS: list[tuple[float, float, int, str]] = []
+#: finished intervals by thread name: (start, end, label, exclusive seconds)
+SPANS: dict[str, list[tuple[float, float, str, float]]] = defaultdict(list)
+#: (step arrived, POST time, index of the order in its step, client order id, the time the
+#: main thread handed it to the order sender (= POST time when it sent it itself), the
+#: name of the thread that sent it)
+ORDERS: list[tuple[float, float, int, str, float, str]] = []
+#: client order id -> when the main thread handed it to the order sender
+HANDOFF: dict[str, float] = {}
 _local = threading.local()
 _main: dict[str, Any] = {"thread": None, "arrived": 0.0, "n": 0}
 
@@ -52,7 +57,8 @@ def _wrap(cls: Any, name: str, label: str) -> None:
 
     @functools.wraps(fn)
     def timed(*args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not _main["thread"]:
+        thread = threading.current_thread()
+        if thread is not _main["thread"] and not thread.name.startswith(SENDER_THREAD_PREFIX):
             return fn(*args, **kwargs)
         stack = getattr(_local, "stack", None)
         if stack is None:
@@ -66,7 +72,7 @@ def _wrap(cls: Any, name: str, label: str) -> None:
             children = stack.pop()
             if stack:
                 stack[-1] += t1 - t0
-            SPANS.append((t0, t1, label, t1 - t0 - children))
+            SPANS[thread.name].append((t0, t1, label, t1 - t0 - children))
 
     setattr(cls, name, timed)
 
@@ -80,10 +86,23 @@ def install() -> None:
         step(self, arrived, source)
 
     def on_sent(self: Any, cid: str) -> None:
-        if threading.current_thread() is _main["thread"] and _main["arrived"]:
-            ORDERS.append((_main["arrived"], time.perf_counter(), _main["n"], cid))
+        thread = threading.current_thread()
+        now = time.perf_counter()
+        ours = thread is _main["thread"] or (thread.name.startswith(SENDER_THREAD_PREFIX)
+                                             and cid in HANDOFF)
+        if ours and _main["arrived"]:
+            ORDERS.append((_main["arrived"], now, _main["n"], cid, HANDOFF.pop(cid, now),
+                           thread.name))
             _main["n"] += 1
         sent(self, cid)
+
+    post = sender.OrderSender.post
+
+    def on_post(self: Any, cid: str, symbol: str, send: Any) -> Any:
+        HANDOFF[cid] = time.perf_counter()
+        return post(self, cid, symbol, send)
+
+    sender.OrderSender.post = on_post  # type: ignore[method-assign]
 
     store.LatencyProbe.step = on_step  # type: ignore[method-assign]
     store.LatencyProbe.order_sent = on_sent  # type: ignore[method-assign]
@@ -104,6 +123,7 @@ def install() -> None:
     _wrap(cancels.Cancels, "_confirm_cancel", "confirm cancel")
     _wrap(broker_mod.AlpacaBroker, "_take_jobs", "wait for the helper's stop")
     _wrap(broker_mod.AlpacaBroker, "submit", "broker.submit (own code)")
+    _wrap(broker_mod.AlpacaBroker, "_collect_sends", "wait for sent orders' answers")
     _wrap(broker_mod.AlpacaBroker, "cancel", "broker.cancel (own code)")
     _wrap(broker_mod.AlpacaBroker, "replace_stop_order", "broker.replace_stop_order (own)")
     _wrap(broker_mod.AlpacaBroker, "_publish_armed", "publish armed entries")
@@ -115,9 +135,10 @@ def install() -> None:
 
 
 def split(spans: list[tuple[float, float, str, float]], arrived: float,
-          posted: float) -> dict[str, float]:
-    """The window [arrived, posted] split by the innermost stage on the main thread."""
-    by: dict[str, float] = defaultdict(float)
+          posted: float, by: dict[str, float] | None = None,
+          rest: str = "other (Backtrader loop, own code, GIL)") -> dict[str, float]:
+    """The window [arrived, posted] split by the innermost stage on one thread."""
+    by = defaultdict(float) if by is None else by
     covered = 0.0
     for t0, t1, label, excl in spans:
         if t1 <= arrived or t0 >= posted:
@@ -129,14 +150,21 @@ def split(spans: list[tuple[float, float, str, float]], arrived: float,
             share = excl * (min(t1, posted) - max(t0, arrived)) / max(t1 - t0, 1e-9)
             by[label] += share
             covered += share
-    by["other (Backtrader loop, own code, GIL)"] += max(0.0, posted - arrived - covered)
+    by[rest] += max(0.0, posted - arrived - covered)
     return by
 
 
 def breakdown(top: int) -> None:
-    spans = sorted(SPANS)
-    samples = [(posted - arrived, idx, cid, split(spans, arrived, posted))
-               for arrived, posted, idx, cid in ORDERS]
+    main = sorted(SPANS[_main["thread"].name]) if _main["thread"] is not None else []
+    workers = {name: sorted(spans) for name, spans in SPANS.items()}
+    samples = []
+    for arrived, posted, idx, cid, handoff, thread in ORDERS:
+        # the main thread's stages until the hand-off, then the sending worker's
+        by = split(main, arrived, handoff)
+        if handoff < posted:
+            split(workers.get(thread, []), handoff, posted, by,
+                  rest="order sender: hand-off, GIL (worker)")
+        samples.append((posted - arrived, idx, cid, by))
     if not samples:
         print("no order samples")
         return

@@ -188,7 +188,8 @@ class Reconciling(BrokerCore):
     def _journal_quarantined(self, cid: str, alpaca_id: str, taken_by: str) -> None:
         """A journal row lost its Alpaca id to another order (see ``Journal``): audit it."""
         if threading.current_thread() is not self._main_thread:
-            # the stop helper thread's journal write: broker state is the main thread's
+            # a helper thread's journal write (stop at a fill, order sender): broker state
+            # is the main thread's; audited when the main thread takes the thread's result
             self._quarantined_later.append((cid, alpaca_id, taken_by))
             return
         stale = self._by_alpaca.get(alpaca_id)
