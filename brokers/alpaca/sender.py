@@ -71,13 +71,12 @@ class OrderSender:
         job back with ``take``. After ``close`` it runs at once on the caller's thread."""
         job = SendJob(cid, symbol)
         with self._lock:
-            if self._closed:
-                job.result = self._run(job, send)
-                job.done.set()
-                self._jobs[cid] = job
-                return job
             self._jobs[cid] = job
-        self._pool.submit(self._work, job, send)
+            closed = self._closed
+        if closed:
+            self._work(job, send)
+        else:
+            self._pool.submit(self._work, job, send)
         return job
 
     def _work(self, job: SendJob, send: Callable[[], SubmitResult]) -> None:
