@@ -349,8 +349,7 @@ class Protection(BrokerCore):
         return n
 
     def _adopt_job(self, job: Job) -> None:
-        while self._quarantined_later:
-            self._journal_quarantined(*self._quarantined_later.popleft())
+        self._audit_quarantined_later()
         symbol, cid = job.armed.symbol, job.spec.client_order_id
         result = job.result or SubmitResult(Outcome.AMBIGUOUS, cid, reason="no answer")
         entry = self._by_cid.get(job.armed.entry_cid)

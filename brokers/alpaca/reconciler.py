@@ -200,6 +200,11 @@ class Reconciling(BrokerCore):
                               client_order_id=cid,
                               detail=f"alpaca_id={alpaca_id} now_of={taken_by}")
 
+    def _audit_quarantined_later(self) -> None:
+        """Audit, on the main thread, the rows a helper thread's journal write quarantined."""
+        while self._quarantined_later:
+            self._journal_quarantined(*self._quarantined_later.popleft())
+
     def _verify(self) -> None:
         """Mid-session check: positions equal the broker's and each one has a live stop."""
         self._apply_events()

@@ -96,8 +96,7 @@ class Sending(BrokerCore):
         if sender is None or not sender.pending(cid, symbol):
             return
         for job in sender.take(cid, symbol):
-            while self._quarantined_later:  # a worker's journal write quarantined a row
-                self._journal_quarantined(*self._quarantined_later.popleft())
+            self._audit_quarantined_later()  # a worker's journal write may have quarantined
             tr = self._by_cid.get(job.cid)
             result = job.result or SubmitResult(Outcome.AMBIGUOUS, job.cid, reason="no answer")
             if tr is None or tr.state != "sent":  # pragma: no cover - a job's order is in flight
