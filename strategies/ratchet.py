@@ -439,9 +439,10 @@ class RatchetStrategy(bt.Strategy):
             self._cancel_entry(data, book, now,
                                Reason.SIGNAL if reason == Reason.SIGNAL else Reason.STOP)
         self._adopt_broker_stop(book)  # a live broker may have protected a fill meanwhile
-        if book.stop is not None and book.stop.alive():
-            self.cancel(book.stop)
-        book.stop = None
+        # The sell goes first, then the stop's cancel: Alpaca's broker cancels the resting
+        # stop itself before the exit (it holds the shares) and journals the exit meanwhile;
+        # the backtest cancels the stop in this same step either way.
+        stop, book.stop = book.stop, None
         cid = rules.client_order_id(self.cfg.strategy_id, book.symbol, now, Purpose.EXIT)
         close = float(data.close[0])
         if extended:
@@ -451,6 +452,8 @@ class RatchetStrategy(bt.Strategy):
         else:
             book.exit = self.sell(data=data, size=position, exectype=bt.Order.Market, cid=cid,
                                   purpose=Purpose.EXIT.value)
+        if stop is not None and stop.alive():
+            self.cancel(stop)
         book.exit_reason = reason
         self.audit.record(now, "decision", book.symbol, "sell", reason, qty=position,
                           price=close, client_order_id=cid,

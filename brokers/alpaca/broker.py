@@ -287,7 +287,10 @@ class AlpacaBroker(Reconciling, Protection, Fills, Cancels, Sending, BrokerCore)
             order.cancel()
             self.notify(order)
             self._audit("cancel", tr, "not_sent")
+            self._withdraw_early(tr, "canceled before it was sent")
             return
+        if tr.cancel_pending and tr.cancel_acked:
+            return  # Alpaca has the DELETE: confirmed by the loop's polls, not sent again
         if tr.state == "ambiguous" or tr.alpaca_id is None:
             tr.cancel_requested = True  # done once the submission is resolved
             return

@@ -295,6 +295,33 @@ class Journal:
         """Quarantine events (rows that lost their Alpaca id to another order)."""
         return [e for e in self.events() if e["kind"] == "quarantine"]
 
+    def revise_intent(self, cid: str, spec: dict[str, Any]) -> None:
+        """An intent not POSTed yet now stands for ``spec`` (an exit journaled while the
+        stop's cancel was out, clipped to what that stop's partial fill left): the row says
+        what is sent. Only a row still at INTENT is revised."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE orders SET qty = ?, spec = ?, updated_wall = ? "
+                             "WHERE cid = ? AND state = ?",
+                             (spec["qty"], json.dumps(spec, sort_keys=True), time.time(), cid,
+                              JournalState.INTENT.value))
+            if cur.rowcount != 1:
+                raise KeyError(f"journal has no unsent order {cid}")
+            self._event(db, cid, "revised", spec=spec)
+
+    def withdraw(self, cid: str, reason: str) -> bool:
+        """An intent that will never be POSTed (the exit found no position left once the
+        stop's cancel was settled, or was canceled while parked): the order does not exist
+        at Alpaca, so the row ends LOST with ``reason``. Only a row still at INTENT: one
+        that got further (a POST answered) is left alone. True if withdrawn."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE orders SET state = ?, reason = ?, updated_wall = ? "
+                             "WHERE cid = ? AND state = ?",
+                             (JournalState.LOST.value, reason[:300], time.time(), cid,
+                              JournalState.INTENT.value))
+            if cur.rowcount == 1:
+                self._event(db, cid, "withdrawn", reason=reason[:300])
+        return cur.rowcount == 1
+
     def mark_accepted(self, cid: str, alpaca_id: str, alpaca_status: str) -> None:
         """Alpaca has the order (POST answered, or found by lookup). Not synced: lost only
         with the machine, and then the row is at INTENT, resolved by client order id."""

@@ -24,10 +24,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from brokers.alpaca.client import AlpacaClient, CancelResult, OrderSpec, SubmitOutcome
 from brokers.alpaca.journal import DuplicateIntentError, Journal, JournalOrder, JournalState
@@ -81,21 +83,25 @@ class OrderGateway:
 
     def submit(self, spec: OrderSpec, purpose: str = "",
                decision_time: datetime | None = None, replaces: str | None = None,
-               journal_first: bool = True) -> SubmitResult:
+               journal_first: bool = True,
+               early: Future[dict[str, Any]] | None = None) -> SubmitResult:
         """Journal the intent, POST once, classify; resolve an ambiguous outcome by lookup.
 
         ``journal_first=False`` (the protective stop of a fill only): POST first, journal
-        right after (``send_then_journal``)."""
+        right after (``send_then_journal``). ``early``: the intent is being written already
+        (``journal_intent`` on another thread, an exit while its stop's DELETE is out): wait
+        for it instead of writing it again."""
         if not journal_first:
             return self.send_then_journal(spec, purpose, decision_time)
         cid = spec.client_order_id
-        try:
-            self.journal.record_intent(spec.to_json(), purpose, decision_time, replaces)
-        except DuplicateIntentError:
-            row = self.journal.get(cid)
-            logger.warning("order %s is already in the journal (%s): not sending it again",
-                           cid, row.state.value if row else "?")
-            return self._known(cid)
+        if early is None or not self._journaled_early(spec, early):
+            try:
+                self.journal.record_intent(spec.to_json(), purpose, decision_time, replaces)
+            except DuplicateIntentError:
+                row = self.journal.get(cid)
+                logger.warning("order %s is already in the journal (%s): not sending it again",
+                               cid, row.state.value if row else "?")
+                return self._known(cid)
         try:
             snap = self.client.submit_order(spec)
         except RejectedError as exc:
@@ -108,6 +114,31 @@ class OrderGateway:
             return self.resolve(cid)
         self.journal.mark_accepted(cid, snap.id, snap.status)
         return SubmitResult(Outcome.ACCEPTED, cid, snap)
+
+    def journal_intent(self, spec: OrderSpec, purpose: str = "",
+                       decision_time: datetime | None = None) -> dict[str, Any]:
+        """Write ``spec``'s intent (synced) ahead of its POST; the spec as written. Raises
+        ``DuplicateIntentError`` when the client order id is journaled already."""
+        written = spec.to_json()
+        self.journal.record_intent(written, purpose, decision_time)
+        return written
+
+    def _journaled_early(self, spec: OrderSpec, early: Future[dict[str, Any]]) -> bool:
+        """True: ``early`` wrote this order's intent (revised to ``spec`` if the order
+        changed meanwhile). False: it did not (already journaled, or the write failed):
+        ``submit`` writes it now, and a row already there is never sent again."""
+        try:
+            written = early.result()
+        except DuplicateIntentError:
+            return False
+        except Exception as exc:  # noqa: BLE001 - the normal path writes it (or finds it)
+            logger.warning("order %s: early journal write failed (%s)", spec.client_order_id,
+                           exc)
+            return False
+        now = spec.to_json()
+        if now != written:
+            self.journal.revise_intent(spec.client_order_id, now)
+        return True
 
     def send_then_journal(self, spec: OrderSpec, purpose: str = "",
                           decision_time: datetime | None = None) -> SubmitResult:

@@ -28,12 +28,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from brokers.alpaca.orders import Outcome, SubmitResult
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: worker threads: a step rarely sends more than a few orders; each worker keeps its own
 #: keep-alive connection in the client's pool
@@ -78,6 +81,24 @@ class OrderSender:
         else:
             self._pool.submit(self._work, job, send)
         return job
+
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` on a worker (an exit's intent written while its stop's DELETE is
+        out); not a job: nothing waits for it but its caller. After ``close`` it runs at
+        once on the caller's thread."""
+        with self._lock:
+            closed = self._closed
+        if not closed:
+            try:
+                return self._pool.submit(fn)
+            except RuntimeError:  # closed meanwhile: run it here
+                pass
+        done: Future[T] = Future()
+        try:
+            done.set_result(fn())
+        except Exception as exc:  # noqa: BLE001 - handed to the caller through the future
+            done.set_exception(exc)
+        return done
 
     def _work(self, job: SendJob, send: Callable[[], SubmitResult]) -> None:
         job.result = self._run(job, send)

@@ -51,19 +51,22 @@ class Sending(BrokerCore):
                              refusal)
                 self._reject(tr, refusal, margin=False)
                 return
-        if order.issell() and self._claim(tr.symbol):
-            if is_stop_order(order) and self._has_live_stop(tr.symbol, exclude=tr):
-                # the helper thread placed the stop of a fill meanwhile: a second one would
-                # sell short; the Strategy adopts that one (``StopHandoff.placed``)
-                self._reject(tr, "the stop placed at the fill covers the position",
-                             margin=False)
-                return
-            if not is_stop_order(order):
-                # an exit: the stop placed meanwhile goes first (the exit waits for it)
-                for t in list(self._by_cid.values()):
-                    if t.symbol == tr.symbol and t is not tr and is_stop_order(t.order) \
-                            and t.order.alive() and t.state == "sent":
-                        self.cancel(t.order)
+        if order.issell() and not is_stop_order(order):
+            self._journal_early(tr)  # side by side with the stop's cancel below
+        if order.issell() and self._claim(tr.symbol) and is_stop_order(order) \
+                and self._has_live_stop(tr.symbol, exclude=tr):
+            # the helper thread placed the stop of a fill meanwhile: a second one would
+            # sell short; the Strategy adopts that one (``StopHandoff.placed``)
+            self._reject(tr, "the stop placed at the fill covers the position", margin=False)
+            return
+        if order.issell() and not is_stop_order(order):
+            # an exit: the symbol's resting stop goes first (Alpaca holds its shares until
+            # the cancel is done; the exit waits for it), the one the helper thread placed
+            # meanwhile included
+            for t in list(self._by_cid.values()):
+                if t.symbol == tr.symbol and t is not tr and is_stop_order(t.order) \
+                        and t.order.alive() and t.state == "sent":
+                    self.cancel(t.order)
         if order.isbuy() and tr.purpose in ("entry", "fallback"):
             self._publish_armed()  # its fill may come before the POST's answer
         if order.issell() and not is_stop_order(order):
@@ -82,12 +85,42 @@ class Sending(BrokerCore):
         if self.sender is not None and not is_stop_order(order):
             # side by side with the step's other symbols (``sender.py``); the answer is
             # applied by the main thread before anything else of this order or symbol
-            purpose, when = tr.purpose, tr.decision_time
+            purpose, when, early = tr.purpose, tr.decision_time, tr.early_intent
+            tr.early_intent = None
             self.sender.post(tr.cid, tr.symbol,
-                             lambda: self.gateway.submit(spec, purpose, when))
+                             lambda: self.gateway.submit(spec, purpose, when, early=early))
             return
         result = self.gateway.submit(spec, tr.purpose, tr.decision_time)
         self._resolved(tr, result)
+
+    def _journal_early(self, tr: Tracked) -> None:
+        """Start writing an exit's intent (an fsynced commit) on a worker now, so it runs
+        while the main thread cancels the resting stop (DELETE, then the stream's
+        ``canceled``): the exit's POST no longer waits for both one after the other. If
+        the exit is not sent after all, the row is withdrawn (``_withdraw_early``)."""
+        if self.sender is None or tr.early_intent is not None:
+            return
+        try:
+            spec = self._spec(tr)
+        except BrokerError:
+            return  # refused below, as before
+        purpose, when = tr.purpose, tr.decision_time
+        tr.early_intent = self.sender.call(
+            lambda: self.gateway.journal_intent(spec, purpose, when))
+
+    def _withdraw_early(self, tr: Tracked, reason: str) -> None:
+        """The exit journaled early is not sent: its row ends LOST (it never existed at
+        Alpaca), so neither a restart nor reconciliation looks for it."""
+        early, tr.early_intent = tr.early_intent, None
+        if early is None:
+            return
+        try:
+            early.result()
+        except Exception:  # noqa: BLE001 - not written by us (duplicate) or not at all
+            return
+        if self.journal.withdraw(tr.cid, f"not sent: {reason}"):
+            logger.info("%s: exit %s withdrawn from the journal (%s)", tr.symbol, tr.cid,
+                        reason)
 
     def _collect_sends(self, cid: str | None = None, symbol: str | None = None) -> None:
         """Take the sender's jobs (of ``cid`` / ``symbol``; None, None: all), waiting for
@@ -189,6 +222,7 @@ class Sending(BrokerCore):
             order.cancel()
             self.notify(order)
             self._audit("cancel", tr, "no position left to sell (the stop filled first)")
+            self._withdraw_early(tr, "no position left to sell (the stop filled first)")
             logger.info("%s: exit %s not sent: no position left", tr.symbol, tr.cid)
             return False
         if available < want:

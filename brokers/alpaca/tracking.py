@@ -14,6 +14,7 @@ import math
 import threading
 from collections import defaultdict, deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -69,6 +70,8 @@ class Tracked:
     next_cancel: float = 0.0
     cancel_requested: bool = False
     waiting_on: str | None = None  # parked exit: cid of the stop being canceled
+    # an exit's intent being journaled on a worker while its stop is canceled (sending.py)
+    early_intent: Future[dict[str, Any]] | None = None
     replace_pending: str | None = None  # cid of an unresolved replacement
     events: int = 0
     # events that end or fill it (not new/accepted): the fill fence waits for one of them

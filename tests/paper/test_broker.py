@@ -89,9 +89,12 @@ def _stop_price_touched_soon(bars: list[Any]) -> tuple[float, int]:
     raise AssertionError("no bar touches the stop")
 
 
+@pytest.mark.parametrize("sell_first", [False, True], ids=["cancel-then-sell", "sell-first"])
 def test_cancel_that_loses_the_race_to_a_fill_is_normal(sim: SimServer, creds: Credentials,
-                                                        tmp_path: Path) -> None:
-    """Regression (exit sent after the stop filled = a short): the stop fill wins the race."""
+                                                        tmp_path: Path, sell_first: bool) -> None:
+    """Regression (exit sent after the stop filled = a short): the stop fill wins the race,
+    whether the Strategy cancels the stop before the exit or sells first (the broker then
+    cancels the stop itself: what ``RatchetStrategy`` does since issue 11)."""
     bars = _bars("ACME")
     stop_price, touched = _stop_price_touched_soon(bars)
     flags = {"filled_at_sim": False}
@@ -108,9 +111,12 @@ def test_cancel_that_loses_the_race_to_a_fill_is_normal(sim: SimServer, creds: C
                                       purpose="stop")
         elif flags["filled_at_sim"] and "exit" not in s.orders:
             assert s.orders["stop"].alive()  # the broker has not heard of the fill yet
-            s.cancel(s.orders["stop"])
+            if not sell_first:
+                s.cancel(s.orders["stop"])
             s.orders["exit"] = s.sell(data=d, size=10, exectype=bt.Order.Market,
                                       cid="ratchet-ACME-20251003T140000-exit", purpose="exit")
+            if sell_first:
+                s.cancel(s.orders["stop"])
 
     def stop_filled() -> None:
         with sim.market.lock:
@@ -126,6 +132,10 @@ def test_cancel_that_loses_the_race_to_a_fill_is_normal(sim: SimServer, creds: C
     assert strat.orders["exit"].status == bt.Order.Canceled
     assert "ratchet-ACME-20251003T140000-exit" not in sim.posts.posts  # type: ignore[attr-defined]
     assert strat.getposition(strat.datas[0]).size == 0
+    # its intent, written while the stop was canceled, is withdrawn: never looked for
+    row = Journal(tmp_path / "state" / "journal.sqlite").get("ratchet-ACME-20251003T140000-exit")
+    assert row is not None and row.state is JournalState.LOST
+    assert row.reason.startswith("not sent: no position left")
     with sim.market.lock:
         assert not any(p.qty for p in sim.market.positions.values())  # never short
 
@@ -402,6 +412,54 @@ def test_exit_after_a_stop_cancel_confirmed_by_the_stream_reads_no_order(
     journal = Journal(tmp_path / "state" / "journal.sqlite")
     row = journal.get("ratchet-ACME-20251003T133100-stop1")
     assert row is not None and row.alpaca_status == "canceled"
+
+
+def test_exit_sold_before_its_stop_cancel_is_journaled_while_the_delete_is_out(
+        sim: SimServer, creds: Credentials, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 11, exits were the slowest orders at 60x: the stop's DELETE and its
+    confirmation, THEN the exit's fsynced intent, THEN its POST). The Strategy now sells
+    first and the broker cancels the resting stop itself before the exit: on 7a484ac a sell
+    with a live stop went straight to Alpaca, which refuses it (the stop holds the shares).
+    The exit's intent is written by a worker while the DELETE is out (held 0.3 s here); the
+    POST still follows the stop's ``canceled``, once."""
+    exit_cid, stop_cid = "ratchet-ACME-20251003T133200-exit", "ratchet-ACME-20251003T133100-stop1"
+    delete: dict[str, float] = {}
+    real = AlpacaClient.cancel_order
+
+    def slow_delete(self: AlpacaClient, order_id: str, *a: Any, **kw: Any) -> Any:
+        delete["start"] = time.time()
+        try:
+            return real(self, order_id, *a, **kw)
+        finally:
+            time.sleep(0.3)  # the DELETE's answer is slow
+            delete["end"] = time.time()
+
+    monkeypatch.setattr(AlpacaClient, "cancel_order", slow_delete)
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if _enter_then_stop(s, step):
+            pass
+        elif step == 3:
+            s.orders["exit"] = s.sell(data=d, size=10, exectype=bt.Order.Market,
+                                      cid=exit_cid, purpose="exit")
+            assert not s.orders["stop"].alive()  # canceled by the broker before the exit
+
+    strat = _run(sim, creds, tmp_path, 5, script, {})
+    assert strat.orders["stop"].status == bt.Order.Canceled
+    assert strat.orders["exit"].status == bt.Order.Completed
+    assert sim.posts.posts[exit_cid] == 1  # type: ignore[attr-defined]
+    with sim.market.lock:
+        events = [(e.order["client_order_id"], e.event) for e in sim.market.event_log]
+        assert not any(p.qty for p in sim.market.positions.values())
+    assert events.index((stop_cid, "canceled")) < events.index((exit_cid, "new"))
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    intent = [e["wall"] for e in journal.events(exit_cid) if e["kind"] == "intent"]
+    assert len(intent) == 1 and delete["start"] <= intent[0] < delete["end"]
+    row = journal.get(exit_cid)
+    assert row is not None and row.state is JournalState.ACCEPTED
+    assert row.alpaca_status == "filled"
 
 
 def test_second_order_of_a_step_goes_out_before_the_first_is_answered(

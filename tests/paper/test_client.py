@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alpaca.trading.enums import OrderSide, OrderType, TimeInForce
 
 from brokers.alpaca.client import AlpacaClient, CancelResult, OrderSpec
 from brokers.alpaca.credentials import Credentials
-from brokers.alpaca.journal import Journal, JournalState
+from brokers.alpaca.journal import DuplicateIntentError, Journal, JournalState
 from brokers.alpaca.orders import OrderGateway, Outcome
 from brokers.alpaca_sim.testing import SimServer
 from ratchet.common.errors import AmbiguousOrderError, UnknownStateError
@@ -115,6 +117,54 @@ def test_fill_stop_is_sent_first_and_journaled_after(sim: SimServer, creds: Cred
     assert not reopened.has("ratchet-ACME-20251003T133100-stop4")
     assert OrderGateway(gw.client, reopened).submit(third, "stop", journal_first=False).repeated
     assert posts[third.client_order_id] == 1
+
+
+def test_exit_journaled_early_is_posted_once_with_its_final_qty(
+        sim: SimServer, creds: Credentials, tmp_path: Path) -> None:
+    """An exit's intent written while its stop's cancel was out (``journal_intent`` on a
+    worker), then clipped to 3 by the stop's partial fill: the row is revised to what is
+    POSTed, the intent is not written twice, one POST."""
+    gw, journal = _gateway(sim, creds, tmp_path)
+    early: Future[dict[str, Any]] = Future()
+    early.set_result(gw.journal_intent(_market(qty=5), "exit"))
+    result = gw.submit(_market(qty=3), "exit", early=early)
+    assert result.outcome is Outcome.ACCEPTED and sim.posts.posts[CID] == 1  # type: ignore[attr-defined]
+    row = journal.get(CID)
+    assert row is not None and row.qty == Decimal(3) and row.state is JournalState.ACCEPTED
+    assert [e["kind"] for e in journal.events(CID)][:3] == ["intent", "revised", "accepted"]
+
+
+def test_exit_journaled_before_is_never_sent_again(sim: SimServer, creds: Credentials,
+                                                   tmp_path: Path) -> None:
+    """The early write found the client order id journaled already (a restart repeating the
+    decision): nothing is sent; the row decides (``_known``)."""
+    gw, journal = _gateway(sim, creds, tmp_path)
+    journal.record_intent(_market().to_json(), "exit")
+    journal.mark_rejected(CID, "refused before the restart")
+    early: Future[dict[str, Any]] = Future()
+    try:
+        early.set_result(gw.journal_intent(_market(), "exit"))
+    except DuplicateIntentError as exc:
+        early.set_exception(exc)
+    result = gw.submit(_market(), "exit", early=early)
+    assert result.outcome is Outcome.REJECTED and result.repeated
+    assert CID not in sim.posts.posts  # type: ignore[attr-defined]
+
+
+def test_withdrawn_intent_ends_lost_and_a_sent_row_is_left_alone(tmp_path: Path) -> None:
+    """An exit journaled early but never sent (the stop filled first) ends LOST; a row
+    already past INTENT (POSTed) is never withdrawn."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.record_intent(_market().to_json(), "exit")
+    assert journal.withdraw(CID, "not sent: no position left")
+    row = journal.get(CID)
+    assert row is not None and row.state is JournalState.LOST
+    assert row.reason == "not sent: no position left"
+    other = "ratchet-ACME-20251003T133000-exit"
+    journal.record_intent(_market(other).to_json(), "exit")
+    journal.mark_accepted(other, "alpaca-1", "new")
+    assert not journal.withdraw(other, "not sent")
+    assert journal.get(other).state is JournalState.ACCEPTED  # type: ignore[union-attr]
 
 
 def test_504_after_accept_creates_no_duplicate(sim: SimServer, creds: Credentials,
