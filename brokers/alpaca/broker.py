@@ -21,9 +21,10 @@ Expired, Margin, Rejected) on top of Alpaca's orders and ``trade_updates``
 * ``cancel`` is confirmed synchronously (bounded), so the Strategy sees the result in the
   same step as in a backtest; a cancel that loses the race to a fill is normal: the fill is
   applied and the order is Completed.
-* An exit sell sent while the resting stop's cancel is still pending is parked and sent
-  once the cancel is confirmed (Alpaca holds the stop's quantity until then); if the stop
-  filled instead, the exit is not sent and is reported Canceled.
+* An exit sell cancels the symbol's resting stop first (Alpaca holds the stop's quantity
+  until the cancel is done) while a worker journals the exit; sent while that cancel is
+  still pending, it is parked and sent once the cancel is confirmed; if the stop filled
+  instead, the exit is not sent, is reported Canceled and its journal row is withdrawn.
 * ``replace_stop_order`` moves the resting stop with one PATCH /v2/orders/{id}.
 * Before a step is handed to the Strategy, orders the step's bar should have filled are
   settled (``settle``): the broker waits briefly for their trade update, then reads them.
@@ -71,7 +72,14 @@ from brokers.alpaca.reconcile import ReconcileReport
 from brokers.alpaca.reconciler import Reconciling
 from brokers.alpaca.sender import OrderSender
 from brokers.alpaca.sending import Sending
-from brokers.alpaca.tracking import BrokerCore, BrokerView, ProtectDue, Tracked, is_stop_order
+from brokers.alpaca.tracking import (
+    UNSENT,
+    BrokerCore,
+    BrokerView,
+    ProtectDue,
+    Tracked,
+    is_stop_order,
+)
 from ratchet.common.clock import SYSTEM_CLOCK, Clock
 from ratchet.common.errors import RetryableError, UnknownStateError
 from strategies import rules
@@ -282,7 +290,7 @@ class AlpacaBroker(Reconciling, Protection, Fills, Cancels, Sending, BrokerCore)
         self._collect_sends(symbol=tr.symbol)  # its POST's answer first
         if not order.alive():
             return
-        if tr.state in ("new", "parked"):
+        if tr.state in UNSENT:
             tr.state = "done"
             order.cancel()
             self.notify(order)
@@ -346,6 +354,14 @@ class AlpacaBroker(Reconciling, Protection, Fills, Cancels, Sending, BrokerCore)
             if when is not None:
                 self._step_bars[symbol] = when
         self._protect_pending()
+
+    def withdraw_unsent(self) -> None:
+        """Shutdown, after the final reconciliation: an exit still parked behind its stop's
+        cancel is not sent by this run; its early journal row is withdrawn (LOST, never
+        sent), so the next run does not look for it at Alpaca."""
+        for tr in list(self._by_cid.values()):
+            if tr.state in UNSENT and tr.early_intent is not None:
+                self._withdraw_early(tr, "still parked at the shutdown")
 
     def wait_for_market_entries(self, timeout: float) -> None:
         """``--once`` shutdown: give working MARKET entries/fallbacks up to ``timeout`` s to

@@ -44,7 +44,14 @@ from brokers.alpaca.reconcile import (
     reconcile,
 )
 from brokers.alpaca.sender import OrderSender
-from brokers.alpaca.tracking import ZERO, BrokerCore, Tracked, order_price, same_positions
+from brokers.alpaca.tracking import (
+    UNSENT,
+    ZERO,
+    BrokerCore,
+    Tracked,
+    order_price,
+    same_positions,
+)
 from ratchet.common.errors import BrokerError, UnknownStateError
 from strategies import rules
 
@@ -110,7 +117,10 @@ class Reconciling(BrokerCore):
             before = client.get_positions()  # UnknownStateError on failure: never "flat"
             open_orders = client.get_open_orders()
             open_cids = {o.client_order_id for o in open_orders}
-            journal_open = self.journal.open_orders()
+            # an exit journaled early and parked behind its stop's cancel is not sent yet:
+            # not looked for at Alpaca (its "not found" would resolve it as never sent)
+            journal_open = [jo for jo in self.journal.open_orders()
+                            if getattr(self._by_cid.get(jo.cid), "state", "") not in UNSENT]
             lookups: dict[str, OrderSnapshot | None] = {}
             for jo in journal_open:
                 if jo.cid in open_cids:

@@ -52,6 +52,11 @@ def order_price(value: float | None) -> Decimal | None:
     return Decimal(str(round(float(value), 4)))
 
 
+#: states of a tracked order not POSTed yet (an exit parked behind its stop's cancel may
+#: already have its journal row: ``sending.Sending._journal_early``)
+UNSENT = frozenset({"new", "parked"})
+
+
 @dataclass
 class Tracked:
     """One Backtrader order and what we know of its Alpaca twin."""

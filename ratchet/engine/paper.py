@@ -405,6 +405,7 @@ class PaperSession:
                 report = (f"NOT reconciled at shutdown: {exc} (positions, orders and stops "
                           "at the broker are unknown; check them before the next run)")
                 reconciled = False
+            self.broker.withdraw_unsent()
             self._notify_strategy(strategy)
             for order in self.broker.undelivered():
                 cid = order.info.get("cid", "")

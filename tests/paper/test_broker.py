@@ -181,6 +181,38 @@ def test_exit_waits_for_the_stop_cancel(sim: SimServer, creds: Credentials,
         events.index(("ratchet-ACME-20251003T133200-exit", "new"))
 
 
+def test_parked_exit_journaled_early_survives_a_reconciliation(
+        sim: SimServer, creds: Credentials, tmp_path: Path) -> None:
+    """Regression (found in review of the early exit journal, issue 11): an exit parked
+    behind its stop's unconfirmed cancel already has its journal row (INTENT). A
+    reconciliation meanwhile (a stream reconnect) looked that row up at Alpaca, did not
+    find it and resolved the parked exit as AMBIGUOUS: it was never sent, the position sat
+    without its stop. Rows of orders not sent yet are not looked for: the exit goes out
+    once, after the stop's cancel."""
+    exit_cid = "ratchet-ACME-20251003T133200-exit"
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if _enter_then_stop(s, step):
+            pass
+        elif step == 3:
+            sim.faults.server_error(500, method="DELETE", path="/v2/orders/*", times=3)
+            s.orders["exit"] = s.sell(data=d, size=10, exectype=bt.Order.Market,
+                                      cid=exit_cid, purpose="exit")
+            assert exit_cid not in sim.posts.posts  # type: ignore[attr-defined]  # parked
+            s.broker.reconcile_now("stream reconnected")
+            assert s.orders["exit"].alive()
+
+    clock = FastForwardClock()
+    slow = {k: (lambda: clock.advance(0.2)) for k in range(4, 9)}
+    strat = _run(sim, creds, tmp_path, 10, script, slow, clock=clock)
+    assert strat.orders["stop"].status == bt.Order.Canceled
+    assert strat.orders["exit"].status == bt.Order.Completed
+    assert sim.posts.posts[exit_cid] == 1  # type: ignore[attr-defined]
+    row = Journal(tmp_path / "state" / "journal.sqlite").get(exit_cid)
+    assert row is not None and row.state is JournalState.ACCEPTED
+
+
 def test_position_without_stop_gets_one_before_trading(sim: SimServer, creds: Credentials,
                                                        tmp_path: Path) -> None:
     """A position at the broker with no resting stop (e.g. the stop was canceled by hand)."""
