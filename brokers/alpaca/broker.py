@@ -22,8 +22,10 @@ Expired, Margin, Rejected) on top of Alpaca's orders and ``trade_updates``
   same step as in a backtest; a cancel that loses the race to a fill is normal: the fill is
   applied and the order is Completed.
 * An exit sell cancels the symbol's resting stop first (Alpaca holds the stop's quantity
-  until the cancel is done) while a worker journals the exit; sent while that cancel is
-  still pending, it is parked and sent once the cancel is confirmed; if the stop filled
+  until the cancel is done): on sender workers, the DELETE, its ``canceled`` and the exit's
+  POST, while another worker journals the exit (``exit_chain.py``); the stop's own
+  ``cancel`` is then a no-op. Sent while that cancel is still pending (or not confirmed on
+  the worker), the exit is parked and sent once the cancel is confirmed; if the stop filled
   instead, the exit is not sent, is reported Canceled and its journal row is withdrawn.
 * ``replace_stop_order`` moves the resting stop with one PATCH /v2/orders/{id}.
 * Before a step is handed to the Strategy, orders the step's bar should have filled are
@@ -287,6 +289,8 @@ class AlpacaBroker(Reconciling, Protection, Fills, Cancels, Sending, BrokerCore)
         tr = self._by_ref.get(order.ref)
         if tr is None or not order.alive():
             return
+        if tr.cancel_on_worker:
+            return  # its DELETE is out with the exit's chain (exit_chain.py)
         self._collect_sends(symbol=tr.symbol)  # its POST's answer first
         if not order.alive():
             return

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from brokers.alpaca.client import CancelResult
+from brokers.alpaca.exit_chain import ExitChain, cancel_then_submit
 from brokers.alpaca.tracking import BrokerCore, Tracked, is_stop_order
 from brokers.alpaca.watch import OrderWatch, Watched
 from ratchet.common.errors import BrokerError, RetryableError
@@ -141,10 +142,80 @@ class Cancels(BrokerCore):
             self.store.pump_events(delay)
             delay = min(0.2, delay * 2)
 
+    def _chain_exit(self, tr: Tracked, stops: list[Tracked]) -> bool:
+        """Hand the exit ``tr`` and the cancel of its one resting stop to a sender worker
+        (``exit_chain.py``): the main thread goes on with the step. False: this exit takes
+        the main thread's path (no worker or stream signal, several stops, a stop whose
+        cancel or replace is under way, nothing left to sell)."""
+        watch: OrderWatch | None = getattr(self.store, "order_watch", None)
+        if self.sender is None or watch is None or len(stops) != 1:
+            return False
+        stop = stops[0]
+        if stop.alpaca_id is None or stop.cancel_pending or stop.cancel_requested \
+                or stop.replace_pending or self._stop_cancel_pending(tr.symbol) is not None:
+            return False
+        available, _ = self._sellable(tr)
+        if available <= 0:
+            return False  # the main thread cancels the stop and withdraws the exit
+        self._clip_to_position(tr)
+        try:
+            spec = self._spec(tr)
+        except BrokerError:
+            return False  # refused on the main thread's path, as before
+        # the stop counts as being canceled from now on: not "lost" when its ``canceled``
+        # arrives, never canceled twice, nothing else of the symbol goes out meanwhile
+        stop.cancel_pending, stop.cancel_acked, stop.cancel_backoff = True, False, 0.25
+        stop.cancel_on_worker = True
+        chain = ExitChain(stop.cid, stop.alpaca_id, watch.watch(stop.alpaca_id),
+                          tr.early_intent)
+        tr.early_intent, tr.chain, tr.spec, tr.state = None, chain, spec, "sent"
+        gateway, purpose, when = self.gateway, tr.purpose, tr.decision_time
+        confirm_s = self.stream_confirm_s
+        assert self.sender is not None  # noqa: S101 - narrowed above
+        self.sender.post(tr.cid, tr.symbol, lambda: cancel_then_submit(
+            gateway, chain, spec, purpose, when, confirm_s))
+        return True
+
+    def _chain_taken(self, tr: Tracked) -> bool:
+        """The main thread takes an exit chain back: the stop's cancel is applied first (as
+        ``_cancel_sent`` would have), then True if the exit was POSTed (its answer is applied
+        next). False: it was not, and it is parked behind the stop's cancel as before."""
+        chain, tr.chain = tr.chain, None
+        assert chain is not None  # noqa: S101 - only called for a chained exit
+        watch: OrderWatch | None = getattr(self.store, "order_watch", None)
+        if watch is not None:
+            watch.unwatch(chain.stop_alpaca_id)
+        stop = self._by_cid.get(chain.stop_cid)
+        if stop is not None:
+            stop.cancel_on_worker = False
+            if chain.cancel is None:
+                logger.warning("%s: cancel of %s failed (%s); retrying", stop.symbol, stop.cid,
+                               chain.error)
+                self._cancel_later(stop)
+            else:
+                stop.cancel_acked = True
+                stop.next_cancel = self.clock.monotonic()  # confirmed by the loop's next poll
+                if chain.cancel is CancelResult.NOT_FOUND:
+                    logger.error("%s: cancel of %s: Alpaca does not know order id %s; looking "
+                                 "it up by client order id", stop.symbol, stop.cid,
+                                 chain.stop_alpaca_id)
+                    stop.cancel_not_found = True
+            if chain.stop_ended is not None and stop.order.alive():
+                self._apply_snapshot(chain.stop_ended, source="cancel")
+            if not stop.order.alive():
+                stop.cancel_pending = False
+        if chain.posted:
+            return True
+        tr.state, tr.waiting_on, tr.early_intent = "parked", chain.stop_cid, chain.early
+        self._audit("park", tr, f"waiting for the cancel of {chain.stop_cid}")
+        logger.info("%s: exit %s waits for the cancel of stop %s", tr.symbol, tr.cid,
+                    chain.stop_cid)
+        return False
+
     def _confirm_pending_cancels(self) -> None:
         now = self.clock.monotonic()
         for tr in list(self._by_cid.values()):
-            if not tr.cancel_pending:
+            if not tr.cancel_pending or tr.cancel_on_worker:
                 continue
             if not tr.order.alive():
                 tr.cancel_pending = False

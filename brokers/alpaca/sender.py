@@ -19,8 +19,9 @@ What stays as it was:
   before the (older) answer, so no answer ever overwrites a newer state.
 * **One request per symbol at a time**: a symbol's next order waits for its job, so the
   per-symbol order of requests is the decision order. Different symbols go side by side.
-* Only entries, fallbacks and exits go this way; protective stops keep their own paths
-  (``protector.py`` at a fill, the main thread otherwise).
+* Only entries, fallbacks and exits go this way (an exit with its stop's DELETE before it:
+  ``exit_chain.py``); protective stops keep their own paths (``protector.py`` at a fill, the
+  main thread otherwise).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ SENDER_THREAD_PREFIX = "order-send"
 
 @dataclass
 class SendJob:
-    """One order request in flight; ``result`` is set before ``done``."""
+    """One order request in flight; ``result`` is set before ``done`` (None: nothing was
+    POSTed, an exit chain that left its exit to the main thread)."""
 
     cid: str
     symbol: str
@@ -69,7 +71,8 @@ class OrderSender:
         self._jobs: dict[str, SendJob] = {}  # by client order id, in submission order
         self._closed = False
 
-    def post(self, cid: str, symbol: str, send: Callable[[], SubmitResult]) -> SendJob:
+    def post(self, cid: str, symbol: str,
+             send: Callable[[], SubmitResult | None]) -> SendJob:
         """Run ``send`` (one ``OrderGateway.submit``) on a worker; the main thread takes the
         job back with ``take``. After ``close`` it runs at once on the caller's thread."""
         job = SendJob(cid, symbol)
@@ -100,12 +103,12 @@ class OrderSender:
             done.set_exception(exc)
         return done
 
-    def _work(self, job: SendJob, send: Callable[[], SubmitResult]) -> None:
+    def _work(self, job: SendJob, send: Callable[[], SubmitResult | None]) -> None:
         job.result = self._run(job, send)
         job.done.set()
 
     @staticmethod
-    def _run(job: SendJob, send: Callable[[], SubmitResult]) -> SubmitResult:
+    def _run(job: SendJob, send: Callable[[], SubmitResult | None]) -> SubmitResult | None:
         try:
             return send()
         except Exception as exc:  # noqa: BLE001 - the order may exist: resolved by client order id

@@ -62,11 +62,14 @@ class Sending(BrokerCore):
         if order.issell() and not is_stop_order(order):
             # an exit: the symbol's resting stop goes first (Alpaca holds its shares until
             # the cancel is done; the exit waits for it), the one the helper thread placed
-            # meanwhile included
-            for t in list(self._by_cid.values()):
-                if t.symbol == tr.symbol and t is not tr and is_stop_order(t.order) \
-                        and t.order.alive() and t.state == "sent":
-                    self.cancel(t.order)
+            # meanwhile included; on a worker with the exit's POST when it can (exit_chain.py)
+            stops = [t for t in self._by_cid.values()
+                     if t.symbol == tr.symbol and t is not tr and is_stop_order(t.order)
+                     and t.order.alive() and t.state == "sent"]
+            if self._chain_exit(tr, stops):
+                return
+            for t in stops:
+                self.cancel(t.order)
         if order.isbuy() and tr.purpose in ("entry", "fallback"):
             self._publish_armed()  # its fill may come before the POST's answer
         if order.issell() and not is_stop_order(order):
@@ -136,6 +139,8 @@ class Sending(BrokerCore):
                 logger.error("order %s: answer %s for an order not in flight",
                              job.cid, result.outcome.value)
                 continue
+            if tr.chain is not None and not self._chain_taken(tr):
+                continue  # the exit was not POSTed: parked behind its stop's cancel
             self._resolved(tr, result)
 
     def _entry_refusal(self, order: bt.Order) -> str:
@@ -207,8 +212,9 @@ class Sending(BrokerCore):
         logger.warning("%s: order %s %s: %s", tr.symbol, tr.cid,
                        "margin" if margin else "rejected", reason)
 
-    def _clip_to_position(self, tr: Tracked) -> bool:
-        # Long-only: a sell never exceeds what is held (a stop that filled first made it 0).
+    def _sellable(self, tr: Tracked) -> tuple[float, float]:
+        """(what the exit ``tr`` may sell, what it asks for): long-only, a sell never
+        exceeds what is held less the other sells in flight."""
         order = tr.order
         pos = self.positions[order.data].size
         others = sum(abs(t.order.executed.remsize) for t in self._by_cid.values()
@@ -216,7 +222,12 @@ class Sending(BrokerCore):
                      and t.order.issell() and not is_stop_order(t.order)
                      and t.state in ("sent", "ambiguous"))
         want = abs(order.executed.remsize or order.size)
-        available = rules.sellable_qty(pos, others, want)
+        return rules.sellable_qty(pos, others, want), want
+
+    def _clip_to_position(self, tr: Tracked) -> bool:
+        # Long-only: a sell never exceeds what is held (a stop that filled first made it 0).
+        order = tr.order
+        available, want = self._sellable(tr)
         if available <= 0:
             tr.state = "done"
             order.cancel()

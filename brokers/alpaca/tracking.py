@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import backtrader as bt
 
 from brokers.alpaca.client import OrderSpec
+from brokers.alpaca.exit_chain import ExitChain
 from brokers.alpaca.journal import Journal
 from brokers.alpaca.orders import OrderGateway, SubmitResult
 from brokers.alpaca.parsing import OrderSnapshot, TradeUpdateRecord
@@ -77,6 +78,9 @@ class Tracked:
     waiting_on: str | None = None  # parked exit: cid of the stop being canceled
     # an exit's intent being journaled on a worker while its stop is canceled (sending.py)
     early_intent: Future[dict[str, Any]] | None = None
+    # an exit whose stop's cancel and POST run on a sender worker (``exit_chain.py``)
+    chain: ExitChain | None = None
+    cancel_on_worker: bool = False  # a stop whose DELETE is out with its exit's chain
     replace_pending: str | None = None  # cid of an unresolved replacement
     events: int = 0
     # events that end or fill it (not new/accepted): the fill fence waits for one of them
@@ -172,6 +176,8 @@ class BrokerCore(bt.BrokerBase):
         def _audit_stops(self) -> None: ...
         def _cancel_by_cid(self, cid: str, why: str) -> None: ...
         def _cancel_sent(self, tr: Tracked) -> None: ...
+        def _chain_exit(self, tr: Tracked, stops: list[Tracked]) -> bool: ...
+        def _chain_taken(self, tr: Tracked) -> bool: ...
         def _check_stops(self) -> None: ...
         def _cid_time(self, symbol: str) -> datetime: ...
         def _claim(self, symbol: str) -> bool: ...

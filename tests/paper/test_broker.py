@@ -454,9 +454,12 @@ def test_exit_sold_before_its_stop_cancel_is_journaled_while_the_delete_is_out(
     first and the broker cancels the resting stop itself before the exit: on 7a484ac a sell
     with a live stop went straight to Alpaca, which refuses it (the stop holds the shares).
     The exit's intent is written by a worker while the DELETE is out (held 0.3 s here); the
-    POST still follows the stop's ``canceled``, once."""
+    POST still follows the stop's ``canceled``, once. Since the exit chain
+    (``exit_chain.py``) the DELETE itself is out on a worker: ``sell`` returns before its
+    answer (on b03f34b the main thread waited for the DELETE and its confirmation)."""
     exit_cid, stop_cid = "ratchet-ACME-20251003T133200-exit", "ratchet-ACME-20251003T133100-stop1"
     delete: dict[str, float] = {}
+    returned: dict[str, bool] = {}
     real = AlpacaClient.cancel_order
 
     def slow_delete(self: AlpacaClient, order_id: str, *a: Any, **kw: Any) -> Any:
@@ -476,9 +479,12 @@ def test_exit_sold_before_its_stop_cancel_is_journaled_while_the_delete_is_out(
         elif step == 3:
             s.orders["exit"] = s.sell(data=d, size=10, exectype=bt.Order.Market,
                                       cid=exit_cid, purpose="exit")
-            assert not s.orders["stop"].alive()  # canceled by the broker before the exit
+            returned["before_delete_answer"] = "end" not in delete
+            # the broker cancels it on a worker, before the exit's POST
+            assert s.orders["stop"].alive() and exit_cid not in sim.posts.posts
 
     strat = _run(sim, creds, tmp_path, 5, script, {})
+    assert returned == {"before_delete_answer": True}  # the step did not wait for the DELETE
     assert strat.orders["stop"].status == bt.Order.Canceled
     assert strat.orders["exit"].status == bt.Order.Completed
     assert sim.posts.posts[exit_cid] == 1  # type: ignore[attr-defined]
@@ -488,10 +494,102 @@ def test_exit_sold_before_its_stop_cancel_is_journaled_while_the_delete_is_out(
     assert events.index((stop_cid, "canceled")) < events.index((exit_cid, "new"))
     journal = Journal(tmp_path / "state" / "journal.sqlite")
     intent = [e["wall"] for e in journal.events(exit_cid) if e["kind"] == "intent"]
-    assert len(intent) == 1 and delete["start"] <= intent[0] < delete["end"]
+    assert len(intent) == 1 and intent[0] < delete["end"]  # not after the DELETE's answer
     row = journal.get(exit_cid)
     assert row is not None and row.state is JournalState.ACCEPTED
     assert row.alpaca_status == "filled"
+
+
+def test_two_exits_of_a_step_cancel_their_stops_side_by_side(
+        sim: SimServer, creds: Credentials, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 11, the second exit of a step at 60x, ECHO 15:43 in the benchmark):
+    the main thread sent each stop's DELETE and waited for its confirmation in turn, so the
+    second exit of a step went out only after the first stop's cancel (b03f34b). Now each
+    exit's chain (DELETE, ``canceled``, POST) runs on its own worker: the two DELETEs (each
+    answered 0.3 s late here) are out at the same time, and each exit is still POSTed once,
+    after its own stop's ``canceled``."""
+    spans: dict[str, tuple[float, float]] = {}
+    real = AlpacaClient.cancel_order
+
+    def slow_delete(self: AlpacaClient, order_id: str, *a: Any, **kw: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return real(self, order_id, *a, **kw)
+        finally:
+            time.sleep(0.3)
+            spans[order_id] = (start, time.perf_counter())
+
+    monkeypatch.setattr(AlpacaClient, "cancel_order", slow_delete)
+    names = ("ACME", "BOLT")
+
+    def script(s: Scripted, step: int) -> None:
+        by_name = {d._name: d for d in s.datas}
+        for name in names:
+            d = by_name[name]
+            if step == 1:
+                s.orders[f"{name}-entry"] = s.buy(
+                    data=d, size=10, exectype=bt.Order.Market,
+                    cid=f"ratchet-{name}-20251003T133000-entry", purpose="entry")
+            elif step == 2:
+                s.orders[f"{name}-stop"] = s.sell(
+                    data=d, size=10, exectype=bt.Order.Stop, price=round(d.close[0] * 0.9, 2),
+                    cid=f"ratchet-{name}-20251003T133100-stop1", purpose="stop")
+            elif step == 3:
+                s.orders[f"{name}-exit"] = s.sell(
+                    data=d, size=10, exectype=bt.Order.Market,
+                    cid=f"ratchet-{name}-20251003T133200-exit", purpose="exit")
+                s.cancel(s.orders[f"{name}-stop"])  # as RatchetStrategy._exit: sell, then cancel
+
+    strat = _run(sim, creds, tmp_path, 5, script, {}, symbols=names)
+    assert len(spans) == 2
+    (a_start, a_end), (b_start, b_end) = sorted(spans.values())
+    assert b_start < a_end  # the second DELETE went out while the first was unanswered
+    with sim.market.lock:
+        events = [(e.order["client_order_id"], e.event) for e in sim.market.event_log]
+        assert not any(p.qty for p in sim.market.positions.values())
+    for name in names:
+        stop_cid, exit_cid = (f"ratchet-{name}-20251003T133100-stop1",
+                              f"ratchet-{name}-20251003T133200-exit")
+        assert strat.orders[f"{name}-stop"].status == bt.Order.Canceled
+        assert strat.orders[f"{name}-exit"].status == bt.Order.Completed
+        assert sim.posts.posts[exit_cid] == 1  # type: ignore[attr-defined]
+        assert events.index((stop_cid, "canceled")) < events.index((exit_cid, "new"))
+        assert [n[1] for n in strat.notes if n[0] == stop_cid][-1] == "Canceled"
+
+
+def test_exit_whose_stop_cancel_is_not_signaled_is_parked_then_sent(
+        sim: SimServer, creds: Credentials, tmp_path: Path) -> None:
+    """The exit chain's other branch: the stop's DELETE is accepted but its ``canceled``
+    never comes on the stream (silenced), so the worker POSTs nothing. The exit is parked,
+    the loop's poll reads the stop canceled, and the exit then goes out once, after it."""
+    exit_cid, stop_cid = "ratchet-ACME-20251003T133200-exit", "ratchet-ACME-20251003T133100-stop1"
+    seen: dict[str, Any] = {}
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if _enter_then_stop(s, step):
+            pass
+        elif step == 3:
+            sim.faults.silence_stream("trading")
+            s.orders["exit"] = s.sell(data=d, size=10, exectype=bt.Order.Market,
+                                      cid=exit_cid, purpose="exit")
+            s.cancel(s.orders["stop"])
+        elif step == 4:
+            seen["posts_at_4"] = sim.posts.posts.get(exit_cid, 0)  # type: ignore[attr-defined]
+
+    strat = _run(sim, creds, tmp_path, 7, script, {}, fence_s=None)
+    assert strat.orders["stop"].status == bt.Order.Canceled
+    assert strat.orders["exit"].status == bt.Order.Completed
+    assert sim.posts.posts[exit_cid] == 1  # type: ignore[attr-defined]
+    with sim.market.lock:
+        events = [(e.order["client_order_id"], e.event) for e in sim.market.event_log]
+        assert not any(p.qty for p in sim.market.positions.values())
+    assert events.index((stop_cid, "canceled")) < events.index((exit_cid, "new"))
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    assert [e["kind"] for e in journal.events(exit_cid)].count("intent") == 1
+    row = journal.get(exit_cid)
+    assert row is not None and row.state is JournalState.ACCEPTED
 
 
 def test_second_order_of_a_step_goes_out_before_the_first_is_answered(
