@@ -348,6 +348,7 @@ class AlpacaBroker(Reconciling, Protection, Fills, Cancels, Sending, BrokerCore)
             self.sender.close()  # from here on orders go out from the main thread
             self._collect_sends()
         self._apply_events()
+        self._release_parked_now()  # an exit of the last step still waiting for its stop
         for tr in list(self._by_cid.values()):
             if tr.state == "sent" and tr.order.alive() and not tr.cancel_pending:
                 self._refresh(tr)

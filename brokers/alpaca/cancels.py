@@ -170,16 +170,18 @@ class Cancels(BrokerCore):
                           tr.early_intent)
         tr.early_intent, tr.chain, tr.spec, tr.state = None, chain, spec, "sent"
         gateway, purpose, when = self.gateway, tr.purpose, tr.decision_time
-        confirm_s = self.stream_confirm_s
+        confirm_s, budget_s = self.stream_confirm_s, self.cancel_confirm_s
         assert self.sender is not None  # noqa: S101 - narrowed above
         self.sender.post(tr.cid, tr.symbol, lambda: cancel_then_submit(
-            gateway, chain, spec, purpose, when, confirm_s))
+            gateway, chain, spec, purpose, when, confirm_s, budget_s))
         return True
 
     def _chain_taken(self, tr: Tracked) -> bool:
-        """The main thread takes an exit chain back: the stop's cancel is applied first (as
-        ``_cancel_sent`` would have), then True if the exit was POSTed (its answer is applied
-        next). False: it was not, and it is parked behind the stop's cancel as before."""
+        """The main thread takes an exit chain back: the stop's cancel state first (as
+        ``_cancel_sent`` would have set it), then True if the exit was POSTed (its answer is
+        applied next). False: it was not, and it is parked behind the stop's cancel as
+        before. The stop's terminal update is not applied here: the stream's queue (routed
+        next, in order) or the loop's poll applies it."""
         chain, tr.chain = tr.chain, None
         assert chain is not None  # noqa: S101 - only called for a chained exit
         watch: OrderWatch | None = getattr(self.store, "order_watch", None)
@@ -200,12 +202,10 @@ class Cancels(BrokerCore):
                                  "it up by client order id", stop.symbol, stop.cid,
                                  chain.stop_alpaca_id)
                     stop.cancel_not_found = True
-            if chain.stop_ended is not None and stop.order.alive():
-                self._apply_snapshot(chain.stop_ended, source="cancel")
             if not stop.order.alive():
                 stop.cancel_pending = False
-        if chain.posted:
-            return True
+        if chain.posted or tr.state != "sent":
+            return chain.posted
         tr.state, tr.waiting_on, tr.early_intent = "parked", chain.stop_cid, chain.early
         self._audit("park", tr, f"waiting for the cancel of {chain.stop_cid}")
         logger.info("%s: exit %s waits for the cancel of stop %s", tr.symbol, tr.cid,
@@ -240,6 +240,20 @@ class Cancels(BrokerCore):
             tr.state, tr.waiting_on = "new", None
             logger.info("%s: stop cancel settled; sending exit %s", tr.symbol, tr.cid)
             self._send(tr)
+
+    def _release_parked_now(self) -> None:
+        """Shutdown: no loop turn is left to send an exit parked behind its stop's cancel.
+        That cancel is confirmed now (bounded, sent again if it failed) and the exit goes out;
+        one still parked after it is withdrawn later (``withdraw_unsent``)."""
+        for tr in list(self._by_cid.values()):
+            stop = self._by_cid.get(tr.waiting_on or "")
+            if tr.state != "parked" or not tr.order.alive() or stop is None \
+                    or not stop.order.alive() or not stop.cancel_pending:
+                continue
+            if stop.cancel_acked or self._send_cancel(stop) is not None:
+                self._confirm_cancel(stop, self.cancel_confirm_s)
+        self._release_parked()
+        self._collect_sends()
 
     def _cancel_by_cid(self, cid: str, why: str) -> None:
         row = self.journal.get(cid)

@@ -135,12 +135,12 @@ class Sending(BrokerCore):
             self._audit_quarantined_later()  # a worker's journal write may have quarantined
             tr = self._by_cid.get(job.cid)
             result = job.result or SubmitResult(Outcome.AMBIGUOUS, job.cid, reason="no answer")
+            if tr is not None and tr.chain is not None and not self._chain_taken(tr):
+                continue  # the exit was not POSTed: parked behind its stop's cancel
             if tr is None or tr.state != "sent":  # pragma: no cover - a job's order is in flight
                 logger.error("order %s: answer %s for an order not in flight",
                              job.cid, result.outcome.value)
                 continue
-            if tr.chain is not None and not self._chain_taken(tr):
-                continue  # the exit was not POSTed: parked behind its stop's cancel
             self._resolved(tr, result)
 
     def _entry_refusal(self, order: bt.Order) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import backtrader as bt
+import pandas as pd
 import pytest
 from alpaca.trading.enums import OrderSide, OrderType, TimeInForce
 
@@ -558,11 +559,13 @@ def test_two_exits_of_a_step_cancel_their_stops_side_by_side(
         assert [n[1] for n in strat.notes if n[0] == stop_cid][-1] == "Canceled"
 
 
-def test_exit_whose_stop_cancel_is_not_signaled_is_parked_then_sent(
+def test_exit_whose_stop_cancel_is_not_signaled_reads_the_stop_then_sends(
         sim: SimServer, creds: Credentials, tmp_path: Path) -> None:
-    """The exit chain's other branch: the stop's DELETE is accepted but its ``canceled``
-    never comes on the stream (silenced), so the worker POSTs nothing. The exit is parked,
-    the loop's poll reads the stop canceled, and the exit then goes out once, after it."""
+    """The exit chain without the stream: the stop's DELETE is accepted but its ``canceled``
+    never comes (trading stream silenced). The worker reads the stop, as the main thread's
+    confirmation did, finds it canceled and POSTs the exit in the same step: not parked until
+    a later loop turn (found in review of the chain's first version, 6cc9b8e, which parked
+    it: fails there)."""
     exit_cid, stop_cid = "ratchet-ACME-20251003T133200-exit", "ratchet-ACME-20251003T133100-stop1"
     seen: dict[str, Any] = {}
 
@@ -576,10 +579,11 @@ def test_exit_whose_stop_cancel_is_not_signaled_is_parked_then_sent(
                                       cid=exit_cid, purpose="exit")
             s.cancel(s.orders["stop"])
         elif step == 4:
-            seen["posts_at_4"] = sim.posts.posts.get(exit_cid, 0)  # type: ignore[attr-defined]
+            seen["posts"] = sim.posts.posts.get(exit_cid, 0)  # type: ignore[attr-defined]
+            seen["stop"] = s.orders["stop"].getstatusname()
 
-    strat = _run(sim, creds, tmp_path, 7, script, {}, fence_s=None)
-    assert strat.orders["stop"].status == bt.Order.Canceled
+    strat = _run(sim, creds, tmp_path, 6, script, {}, fence_s=None)
+    assert seen == {"posts": 1, "stop": "Canceled"}
     assert strat.orders["exit"].status == bt.Order.Completed
     assert sim.posts.posts[exit_cid] == 1  # type: ignore[attr-defined]
     with sim.market.lock:
@@ -589,6 +593,40 @@ def test_exit_whose_stop_cancel_is_not_signaled_is_parked_then_sent(
     journal = Journal(tmp_path / "state" / "journal.sqlite")
     assert [e["kind"] for e in journal.events(exit_cid)].count("intent") == 1
     row = journal.get(exit_cid)
+    assert row is not None and row.state is JournalState.ACCEPTED
+    audit = pd.read_csv(tmp_path / "logs" / "audit_trail.csv")
+    assert len(audit) > 0 and "park" not in set(audit["action"])
+
+
+@pytest.mark.parametrize("cancel_too", [True, False], ids=["sell-then-cancel", "sell-only"])
+def test_exit_parked_on_the_last_step_is_sent_at_shutdown(
+        sim: SimServer, creds: Credentials, tmp_path: Path, cancel_too: bool) -> None:
+    """Regression (found in review, issue 11): an exit decided on the last step whose stop's
+    DELETE failed was parked; no loop turn came to send it, and the shutdown withdrew its
+    journal row: the decision was lost and the position carried into the next run, its stop
+    possibly canceled. Now the shutdown confirms the stop's cancel (sending the DELETE again)
+    and sends the exit, once. sell-then-cancel (``RatchetStrategy._exit``) fails on 6cc9b8e,
+    the chain's first version; sell-only fails on b03f34b too."""
+    exit_cid, stop_cid = "ratchet-ACME-20251003T133200-exit", "ratchet-ACME-20251003T133100-stop1"
+
+    def script(s: Scripted, step: int) -> None:
+        d = s.datas[0]
+        if _enter_then_stop(s, step):
+            pass
+        elif step == 3:
+            sim.faults.server_error(500, method="DELETE", path="/v2/orders/*", times=3)
+            s.orders["exit"] = s.sell(data=d, size=10, exectype=bt.Order.Market,
+                                      cid=exit_cid, purpose="exit")
+            if cancel_too:
+                s.cancel(s.orders["stop"])
+
+    strat = _run(sim, creds, tmp_path, 3, script, {})
+    assert sim.posts.posts.get(exit_cid) == 1  # type: ignore[attr-defined]
+    assert strat.orders["stop"].status == bt.Order.Canceled
+    with sim.market.lock:
+        events = [(e.order["client_order_id"], e.event) for e in sim.market.event_log]
+    assert events.index((stop_cid, "canceled")) < events.index((exit_cid, "new"))
+    row = Journal(tmp_path / "state" / "journal.sqlite").get(exit_cid)
     assert row is not None and row.state is JournalState.ACCEPTED
 
 
