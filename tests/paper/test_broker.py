@@ -154,6 +154,26 @@ def _enter_then_stop(s: Scripted, step: int) -> bool:
     return step in (1, 2)
 
 
+def _sell_behind_failing_deletes(sim: SimServer, s: Scripted, exit_cid: str) -> None:
+    """Step 3 of the parked-exit tests: every DELETE fails 3 times (5xx, the client's retries
+    spent), then the exit sell: its stop's cancel is not confirmed, the exit is parked."""
+    sim.faults.server_error(500, method="DELETE", path="/v2/orders/*", times=3)
+    s.orders["exit"] = s.sell(data=s.datas[0], size=10, exectype=bt.Order.Market,
+                              cid=exit_cid, purpose="exit")
+
+
+def _venue_events(sim: SimServer) -> list[tuple[str, str]]:
+    """(client order id, event) of every trade update the server sent, in order."""
+    with sim.market.lock:
+        return [(e.order["client_order_id"], e.event) for e in sim.market.event_log]
+
+
+def _canceled_before_sent(sim: SimServer, stop_cid: str, exit_cid: str) -> bool:
+    """At the venue, the stop's ``canceled`` came before the exit's ``new`` (SPEC rule 1)."""
+    events = _venue_events(sim)
+    return events.index((stop_cid, "canceled")) < events.index((exit_cid, "new"))
+
+
 def test_exit_waits_for_the_stop_cancel(sim: SimServer, creds: Credentials,
                                         tmp_path: Path) -> None:
     """The cancel fails for a while (5xx): the exit is parked, sent once the stop is gone."""
@@ -176,10 +196,8 @@ def test_exit_waits_for_the_stop_cancel(sim: SimServer, creds: Credentials,
     assert strat.orders["stop"].status == bt.Order.Canceled
     assert strat.orders["exit"].status == bt.Order.Completed
     assert sim.posts.posts["ratchet-ACME-20251003T133200-exit"] == 1  # type: ignore[attr-defined]
-    with sim.market.lock:
-        events = [(e.order["client_order_id"], e.event) for e in sim.market.event_log]
-    assert events.index(("ratchet-ACME-20251003T133100-stop1", "canceled")) < \
-        events.index(("ratchet-ACME-20251003T133200-exit", "new"))
+    assert _canceled_before_sent(sim, "ratchet-ACME-20251003T133100-stop1",
+                                 "ratchet-ACME-20251003T133200-exit")
 
 
 def test_parked_exit_journaled_early_survives_a_reconciliation(
@@ -193,13 +211,10 @@ def test_parked_exit_journaled_early_survives_a_reconciliation(
     exit_cid = "ratchet-ACME-20251003T133200-exit"
 
     def script(s: Scripted, step: int) -> None:
-        d = s.datas[0]
         if _enter_then_stop(s, step):
             pass
         elif step == 3:
-            sim.faults.server_error(500, method="DELETE", path="/v2/orders/*", times=3)
-            s.orders["exit"] = s.sell(data=d, size=10, exectype=bt.Order.Market,
-                                      cid=exit_cid, purpose="exit")
+            _sell_behind_failing_deletes(sim, s, exit_cid)
             assert exit_cid not in sim.posts.posts  # type: ignore[attr-defined]  # parked
             s.broker.reconcile_now("stream reconnected")
             assert s.orders["exit"].alive()
@@ -490,9 +505,8 @@ def test_exit_sold_before_its_stop_cancel_is_journaled_while_the_delete_is_out(
     assert strat.orders["exit"].status == bt.Order.Completed
     assert sim.posts.posts[exit_cid] == 1  # type: ignore[attr-defined]
     with sim.market.lock:
-        events = [(e.order["client_order_id"], e.event) for e in sim.market.event_log]
         assert not any(p.qty for p in sim.market.positions.values())
-    assert events.index((stop_cid, "canceled")) < events.index((exit_cid, "new"))
+    assert _canceled_before_sent(sim, stop_cid, exit_cid)
     journal = Journal(tmp_path / "state" / "journal.sqlite")
     intent = [e["wall"] for e in journal.events(exit_cid) if e["kind"] == "intent"]
     assert len(intent) == 1 and intent[0] < delete["end"]  # not after the DELETE's answer
@@ -547,7 +561,6 @@ def test_two_exits_of_a_step_cancel_their_stops_side_by_side(
     (a_start, a_end), (b_start, b_end) = sorted(spans.values())
     assert b_start < a_end  # the second DELETE went out while the first was unanswered
     with sim.market.lock:
-        events = [(e.order["client_order_id"], e.event) for e in sim.market.event_log]
         assert not any(p.qty for p in sim.market.positions.values())
     for name in names:
         stop_cid, exit_cid = (f"ratchet-{name}-20251003T133100-stop1",
@@ -555,7 +568,7 @@ def test_two_exits_of_a_step_cancel_their_stops_side_by_side(
         assert strat.orders[f"{name}-stop"].status == bt.Order.Canceled
         assert strat.orders[f"{name}-exit"].status == bt.Order.Completed
         assert sim.posts.posts[exit_cid] == 1  # type: ignore[attr-defined]
-        assert events.index((stop_cid, "canceled")) < events.index((exit_cid, "new"))
+        assert _canceled_before_sent(sim, stop_cid, exit_cid)
         assert [n[1] for n in strat.notes if n[0] == stop_cid][-1] == "Canceled"
 
 
@@ -587,9 +600,8 @@ def test_exit_whose_stop_cancel_is_not_signaled_reads_the_stop_then_sends(
     assert strat.orders["exit"].status == bt.Order.Completed
     assert sim.posts.posts[exit_cid] == 1  # type: ignore[attr-defined]
     with sim.market.lock:
-        events = [(e.order["client_order_id"], e.event) for e in sim.market.event_log]
         assert not any(p.qty for p in sim.market.positions.values())
-    assert events.index((stop_cid, "canceled")) < events.index((exit_cid, "new"))
+    assert _canceled_before_sent(sim, stop_cid, exit_cid)
     journal = Journal(tmp_path / "state" / "journal.sqlite")
     assert [e["kind"] for e in journal.events(exit_cid)].count("intent") == 1
     row = journal.get(exit_cid)
@@ -610,22 +622,17 @@ def test_exit_parked_on_the_last_step_is_sent_at_shutdown(
     exit_cid, stop_cid = "ratchet-ACME-20251003T133200-exit", "ratchet-ACME-20251003T133100-stop1"
 
     def script(s: Scripted, step: int) -> None:
-        d = s.datas[0]
         if _enter_then_stop(s, step):
             pass
         elif step == 3:
-            sim.faults.server_error(500, method="DELETE", path="/v2/orders/*", times=3)
-            s.orders["exit"] = s.sell(data=d, size=10, exectype=bt.Order.Market,
-                                      cid=exit_cid, purpose="exit")
+            _sell_behind_failing_deletes(sim, s, exit_cid)
             if cancel_too:
                 s.cancel(s.orders["stop"])
 
     strat = _run(sim, creds, tmp_path, 3, script, {})
     assert sim.posts.posts.get(exit_cid) == 1  # type: ignore[attr-defined]
     assert strat.orders["stop"].status == bt.Order.Canceled
-    with sim.market.lock:
-        events = [(e.order["client_order_id"], e.event) for e in sim.market.event_log]
-    assert events.index((stop_cid, "canceled")) < events.index((exit_cid, "new"))
+    assert _canceled_before_sent(sim, stop_cid, exit_cid)
     row = Journal(tmp_path / "state" / "journal.sqlite").get(exit_cid)
     assert row is not None and row.state is JournalState.ACCEPTED
 
