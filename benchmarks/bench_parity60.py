@@ -4,6 +4,7 @@ bar-arrival -> order latency of the live path at that speed.
 One command::
 
     .venv/bin/python benchmarks/bench_parity60.py [--minutes 390] [--speed 60] [--baseline]
+                                                  [--latency MS]
 
 It starts ``cli.py alpaca-sim --speed 60`` as its own process (the server a user starts), ten
 replayed minutes before the bundled bars' third session opens, and runs ``paper --live``
@@ -66,7 +67,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def start_server(speed: float, start: str, state: Path | None,
-                 fill_bar: str) -> tuple[subprocess.Popen[str], str]:
+                 fill_bar: str, latency_ms: float = 0.0) -> tuple[subprocess.Popen[str], str]:
     """``cli.py alpaca-sim`` on a free port; (process, REST root)."""
     env = {**os.environ, "ALPACA_SIM_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
     # --state rewrites the server's whole state file on its event loop after each change:
@@ -74,7 +75,8 @@ def start_server(speed: float, start: str, state: Path | None,
     keep = ["--state", str(state)] if state is not None else []
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "cli.py"), "alpaca-sim", "--port", "0", "--speed",
-         str(speed), "--start", start, "--key", KEY, *keep, "--fill-bar", fill_bar],
+         str(speed), "--start", start, "--key", KEY, *keep, "--fill-bar", fill_bar,
+         *(["--latency", str(latency_ms)] if latency_ms else [])],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
@@ -108,7 +110,7 @@ def run_once(args: argparse.Namespace, fill_bar: str) -> dict[str, Any]:
         root = Path(tmp)
         server, base = start_server(args.speed, args.start,
                                     root / "sim-state.json" if args.sim_state else None,
-                                    fill_bar)
+                                    fill_bar, args.latency)
         try:
             probe = AlpacaClient(creds, base_url=base, trading_per_minute=1e6)
             rtts = []
@@ -195,6 +197,9 @@ def main() -> int:
     parser.add_argument("--sim-state", action="store_true",
                         help="run the server with --state (its state file rewritten after "
                              "every change: the server's answers slow down, not the bot)")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="the server's simulated network round trip, ms (alpaca-sim "
+                             "--latency): the latency target is for loopback (0) only")
     parser.add_argument("--baseline", action="store_true",
                         help="also run the old rule (--fill-bar next) for comparison")
     args = parser.parse_args()
@@ -207,9 +212,15 @@ def main() -> int:
     samples = runs[0]["latency"]
     if samples:
         p99 = percentile(samples, 99)
-        print(f"target p99 < {TARGET_P99_MS:.0f} ms: {'MET' if p99 < TARGET_P99_MS else 'MISSED'};"
-              f" parity target 100%: {'MET' if ok else 'MISSED'}")
-        ok = ok and p99 < TARGET_P99_MS
+        if args.latency:  # every request carries the simulated trip: no target for it
+            print(f"--latency {args.latency:g} ms: p99 {p99:.1f} ms (the < "
+                  f"{TARGET_P99_MS:.0f} ms target is for loopback, not judged); parity "
+                  f"target 100%: {'MET' if ok else 'MISSED'}")
+        else:
+            print(f"target p99 < {TARGET_P99_MS:.0f} ms: "
+                  f"{'MET' if p99 < TARGET_P99_MS else 'MISSED'}; "
+                  f"parity target 100%: {'MET' if ok else 'MISSED'}")
+            ok = ok and p99 < TARGET_P99_MS
     return 0 if ok else 1
 
 

@@ -40,6 +40,11 @@ class ServerOptions:
     #: after every change), and resume from it at start: a restarted server remembers, as
     #: Alpaca does. None: nothing is kept.
     state_path: Path | None = None
+    #: Simulated network round trip in wall milliseconds: each REST request is handled half
+    #: of it after it arrived and answered the other half later; each stream message is sent
+    #: half of it after it was published (in order). 0: loopback speed. Real Alpaca from a
+    #: home or cloud machine: ~10-80 ms.
+    latency_ms: float = 0.0
 
 
 class SimContext(Protocol):

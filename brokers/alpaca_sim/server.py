@@ -79,7 +79,8 @@ class SimApp:
         self._saved = (-1, -1)  # (market version, processed_until) last written
         self.faults = Faults()
         self.hub = StreamHub(book, self.key, self.options.secret, self.faults,
-                             self.options.max_stream_connections)
+                             self.options.max_stream_connections,
+                             delay_s=self.options.latency_ms / 2000.0)
         self.market.on_trade_event = self.hub.publish_trade_event
         self.market.on_bars_closed = self.hub.publish_bars
         self.faults.listener = self._faults_changed
@@ -242,6 +243,15 @@ class SimApp:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if _is_websocket(request):
             return await handler(request)  # streams authenticate in-band
+        one_way = self.options.latency_ms / 2000.0
+        if one_way > 0:
+            await asyncio.sleep(one_way)  # the request's trip (``--latency``)
+        resp = await self._answer(request, handler)
+        if one_way > 0:
+            await asyncio.sleep(one_way)  # the answer's trip: handled, not yet received
+        return resp
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         limit_headers, over_limit = self._count_request()
         try:
             self._authenticate(request)

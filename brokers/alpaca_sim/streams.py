@@ -21,6 +21,8 @@ import contextlib
 import json
 import logging
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -56,7 +58,7 @@ class Conn:
         self.key: str | None = None
         self.subs: dict[str, set[str]] = {c: set() for c in CHANNELS}
         self.listening = False
-        self.queue: asyncio.Queue[tuple[bytes | str | None, int]] = asyncio.Queue()
+        self.queue: StampedQueue = StampedQueue()
         self.writer: asyncio.Task[None] | None = None
         self.dropped = False
 
@@ -70,12 +72,33 @@ class Conn:
         return msgpack.packb(msgs, datetime=False) if self.binary else json.dumps(msgs)
 
 
+class StampedQueue(asyncio.Queue[tuple[bytes | str | None, int]]):
+    """A connection's outgoing frames and the time each was queued at (``stamp``: that of
+    the frame ``get`` returned last): the writer holds a frame back until the simulated
+    network delay has passed, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamps: deque[float] = deque()
+        self.stamp = 0.0
+
+    def _put(self, item: tuple[bytes | str | None, int]) -> None:
+        self._stamps.append(time.monotonic())
+        super()._put(item)
+
+    def _get(self) -> tuple[bytes | str | None, int]:
+        self.stamp = self._stamps.popleft()
+        return super()._get()
+
+
 class StreamHub:
     """All stream connections of one server; publishes bars and trade updates to them."""
 
     def __init__(self, book: BarBook, key: str, secret: str, faults: Faults,
-                 max_connections: int = 1) -> None:
+                 max_connections: int = 1, delay_s: float = 0.0) -> None:
         self.book = book
+        #: one-way network delay of every message (``ServerOptions.latency_ms`` / 2)
+        self.delay_s = delay_s
         self._key, self._secret = key, secret
         self.faults = faults
         self.max_connections = max_connections
@@ -318,6 +341,9 @@ class StreamHub:
             try:
                 if payload is None:
                     return
+                if self.delay_s > 0:  # on the wire: it arrives delay_s after it was sent
+                    await asyncio.sleep(max(0.0, conn.queue.stamp + self.delay_s
+                                            - time.monotonic()))
                 if conn.dropped or ws.closed:
                     continue
                 if n and (self.faults.stream_silent(conn.kind)

@@ -67,11 +67,16 @@ SECRET_ENV = "ALPACA_SIM_SECRET"  # noqa: S105 - the variable's name, not a secr
               help="current: an order arriving during bar k may fill against bar k (the "
                    "backtest's assumption for an order sent at bar k-1's close); next: only "
                    "from the first bar that starts after it arrived.")
+@click.option("--latency", "latency_ms", type=click.FloatRange(min=0, max=10_000), default=0.0,
+              show_default=True,
+              help="Simulated network round trip in ms: REST answers and stream messages "
+                   "arrive as from a distant Alpaca (real: ~10-80 ms). 0 = loopback speed.")
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug logging.")
 def alpaca_sim(port: int, data_dir: Path, key: str, secret_file: Path | None,
                secret_argv: str | None, speed: float, start: str | None, cash: float,
                symbols: str | None, participation: float | None, skip_closed: bool,
-               state_path: Path | None, fill_bar: str, verbose: int) -> None:
+               state_path: Path | None, fill_bar: str, latency_ms: float,
+               verbose: int) -> None:
     """Run the loopback Alpaca-compatible server (trading + market data, REST + streams)."""
     setup_logging(verbose)
     secret = _secret(secret_file, secret_argv)
@@ -88,7 +93,7 @@ def alpaca_sim(port: int, data_dir: Path, key: str, secret_file: Path | None,
                      MarketOptions(volume_participation=participation,
                                    fill_current_bar=fill_bar == "current"),
                      ServerOptions(key=key, secret=secret, skip_closed=skip_closed,
-                                   state_path=state_path))
+                                   state_path=state_path, latency_ms=latency_ms))
     except SimStateError as exc:
         raise ConfigError(f"{exc}: move it aside (or pass another --state) to start a new "
                           "account") from None

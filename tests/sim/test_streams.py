@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -247,3 +248,44 @@ def test_bars_arrive_in_replayed_real_time(book: BarBook, speed: float) -> None:
         assert stamps == sorted(stamps)
         assert all(b - a == timedelta(minutes=1) for a, b in zip(stamps, stamps[1:], strict=False))
         assert stamps[-1] + timedelta(minutes=1) <= now  # only closed bars
+
+
+@pytest.mark.parametrize("latency_ms", [0.0, 300.0], ids=["loopback", "300ms"])
+def test_latency_delays_rest_answers_and_stream_messages_in_order(book: BarBook,
+                                                                  latency_ms: float) -> None:
+    """``--latency``: a rehearsal against a distant Alpaca. With a 300 ms round trip a REST
+    call through alpaca-py takes at least 300 ms (150 ms each way), and a trade update
+    reaches the real TradingStream 150 ms after the server published it, in order; with 0
+    (the default) the same calls are loopback-fast."""
+    rtt = 0.3
+    seen: list[tuple[str, float]] = []
+
+    async def on_update(u: Any) -> None:
+        seen.append((u.event, time.monotonic()))
+
+    with SimServer(book=book, start=DEFAULT_START + timedelta(minutes=1),
+                   latency_ms=latency_ms) as sim:
+        trading = TradingClient(sim.key, sim.secret, paper=True, url_override=sim.base_url)
+        stream = TradingStream(sim.key, sim.secret, paper=True,
+                               url_override=sim.trading_stream_url)
+        stream.subscribe_trade_updates(on_update)
+        listening = lambda: sim.call(  # noqa: E731
+            lambda: any(c.listening for c in sim.app.hub.conns))
+        with running_stream(sim, stream, "trading", listening):
+            t0 = time.monotonic()
+            trading.get_clock()
+            rest = time.monotonic() - t0
+            posted = time.monotonic()
+            order = trading.submit_order(LimitOrderRequest(
+                symbol="ACME", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+                limit_price=1.0))
+            trading.cancel_order_by_id(order.id)
+            wait_for(lambda: [e for e, _ in seen] == ["new", "canceled"])
+    if latency_ms:
+        assert rest >= rtt
+        # ``new`` is published once the POST has made its trip (half the round trip) and
+        # reaches the client half a round trip later
+        assert seen[0][1] - posted >= rtt
+        assert seen[1][1] - posted >= 2 * rtt  # the DELETE went after the POST's answer
+    else:
+        assert rest < rtt / 2
