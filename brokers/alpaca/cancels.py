@@ -68,15 +68,25 @@ class Cancels(BrokerCore):
         try:
             result = self.gateway.cancel(tr.alpaca_id)
         except (RetryableError, BrokerError) as exc:
-            logger.warning("%s: cancel of %s failed (%s); retrying", tr.symbol, tr.cid, exc)
-            self._cancel_later(tr)
+            self._cancel_answered(tr, None, str(exc))
             return None
+        self._cancel_answered(tr, result)
+        return result
+
+    def _cancel_answered(self, tr: Tracked, result: CancelResult | None,
+                         error: str = "") -> None:
+        """Record a DELETE's outcome on ``tr`` (sent here or by an exit's chain): None =
+        it failed, sent again later with backoff; else Alpaca has it (404: looked up by
+        client order id)."""
+        if result is None:
+            logger.warning("%s: cancel of %s failed (%s); retrying", tr.symbol, tr.cid, error)
+            self._cancel_later(tr)
+            return
         tr.cancel_acked = True
         if result is CancelResult.NOT_FOUND:
             logger.error("%s: cancel of %s: Alpaca does not know order id %s; looking it up "
                          "by client order id", tr.symbol, tr.cid, tr.alpaca_id)
             tr.cancel_not_found = True
-        return result
 
     def _cancel_later(self, tr: Tracked) -> None:
         # per-order backoff: an unconfirmed cancel must not drain the request budget
@@ -190,18 +200,9 @@ class Cancels(BrokerCore):
         stop = self._by_cid.get(chain.stop_cid)
         if stop is not None:
             stop.cancel_on_worker = False
-            if chain.cancel is None:
-                logger.warning("%s: cancel of %s failed (%s); retrying", stop.symbol, stop.cid,
-                               chain.error)
-                self._cancel_later(stop)
-            else:
-                stop.cancel_acked = True
+            self._cancel_answered(stop, chain.cancel, chain.error)
+            if chain.cancel is not None:
                 stop.next_cancel = self.clock.monotonic()  # confirmed by the loop's next poll
-                if chain.cancel is CancelResult.NOT_FOUND:
-                    logger.error("%s: cancel of %s: Alpaca does not know order id %s; looking "
-                                 "it up by client order id", stop.symbol, stop.cid,
-                                 chain.stop_alpaca_id)
-                    stop.cancel_not_found = True
             if not stop.order.alive():
                 stop.cancel_pending = False
         if chain.posted or tr.state != "sent":
